@@ -1,0 +1,1 @@
+"""ssdfast: SSD object detection."""
