@@ -156,3 +156,43 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     one_class = torch.zeros(len(s), dtype=torch.long, device=boxes.device)
     kept = _greedy_nms(boxes.float(), s, one_class, order, iou_threshold, len(s))
     return torch.tensor(kept, dtype=torch.long, device=boxes.device)
+
+
+def postprocess_loop(
+    locs: Tensor,
+    confs: Tensor,
+    anchors: Tensor,
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.45,
+    topk_per_class: int = 200,
+    max_det: int = 200,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The seed's decode_batch, written the seed's way: per image, per class, a while loop of NMS.
+
+    The oracle for ssdfast.postprocess and its speed baseline. Suppresses IoU > nms_threshold (the
+    seed suppressed >=; with continuous scores and boxes the two agree).
+    Returns, per image, (boxes [n, 4] xyxy, scores [n], labels [n]) sorted by decreasing score.
+    """
+    results = []
+    all_boxes = box_decode(locs, anchors)
+    all_probs = confs.float().softmax(dim=-1)
+    for boxes, probs in zip(all_boxes, all_probs):
+        out_boxes, out_scores, out_labels = [], [], []
+        for c in range(1, probs.shape[1]):
+            score = probs[:, c]
+            mask = score > score_threshold
+            cls_boxes, score = boxes[mask], score[mask]
+            order = score.argsort(descending=True)[:topk_per_class]
+            kept = []
+            while order.numel() > 0:
+                best = order[0]
+                kept.append(int(best))
+                overlap = _iou(cls_boxes[best], cls_boxes[order[1:]])
+                order = order[1:][overlap <= nms_threshold]
+            out_boxes.append(cls_boxes[kept])
+            out_scores.append(score[kept])
+            out_labels += [c] * len(kept)
+        scores = torch.cat(out_scores) if out_scores else torch.zeros(0)
+        best = scores.argsort(descending=True)[:max_det]
+        results.append((torch.cat(out_boxes)[best], scores[best], torch.tensor(out_labels, dtype=torch.long)[best]))
+    return results

@@ -1,0 +1,113 @@
+"""Checkpoints: atomic save, safe load, and loading the seed's and NVIDIA's SSD checkpoints.
+
+Formats understood by load_model_weights:
+  * ssdfast:   {"model": state_dict, "model_name", "num_classes", "epoch", "optimizer", ...}
+  * the seed:  {"epoch", "model_state_dict", "optimizer", "scheduler"}  (SSDLite: extra loc.6/conf.6, ignored)
+  * NVIDIA DeepLearningExamples SSD300: {"model": state_dict, ...}, keys possibly prefixed "module."
+  * a bare state dict.
+Loading never runs code from the file: torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# The seed's unused seventh SSDLite head.
+IGNORED_KEYS = ("loc.6.", "conf.6.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+
+    A run killed at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint dict safely (weights_only). Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # argparse.Namespace: NVIDIA's checkpoints may carry their args; it holds plain values.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            " (truncated or corrupted file, or not a PyTorch checkpoint)"
+        ) from error
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def model_state_dict(ckpt: dict, path: str | Path = "<checkpoint>") -> dict:
+    """The model weights inside any supported checkpoint format, with 'module.' prefixes removed
+    and the seed's unused SSDLite head dropped."""
+    if "model" in ckpt and isinstance(ckpt["model"], dict):
+        state = ckpt["model"]
+    elif "model_state_dict" in ckpt:
+        state = ckpt["model_state_dict"]
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state = ckpt
+    else:
+        raise CheckpointError(
+            f"{path}: no model weights found (expected a 'model' or 'model_state_dict' entry, or a bare state "
+            f"dict); top-level keys: {sorted(ckpt)[:10]}"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(IGNORED_KEYS)}
+
+
+def infer_num_classes(state: dict) -> int:
+    """C (without background) from the first confidence head: conf.0 has nd * (C + 1) outputs."""
+    conf_bias = next((v for k, v in state.items() if k.startswith("conf.0.") and k.endswith("bias")), None)
+    loc_bias = next((v for k, v in state.items() if k.startswith("loc.0.") and k.endswith("bias")), None)
+    if conf_bias is None or loc_bias is None:
+        raise CheckpointError("cannot infer the number of classes: no conf.0 / loc.0 head in the weights")
+    boxes_per_location = loc_bias.numel() // 4
+    return conf_bias.numel() // boxes_per_location - 1
+
+
+def infer_model_name(state: dict) -> str:
+    """'ssd300_resnet50' or 'ssdlite300_mobilenetv2', from the parameter names."""
+    return "ssd300_resnet50" if any(k.startswith("additional_blocks.0.0.") for k in state) else "ssdlite300_mobilenetv2"
+
+
+def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<checkpoint>") -> None:
+    """Copy `state` into `model`, with an error naming the file and the mismatching keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
+
+        raise CheckpointError(
+            f"weights in {path} do not fit {model.__class__.__name__} (num_classes={getattr(model, 'num_classes', '?')}):"
+            f" missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; wrong shapes: {show(wrong_shape)}"
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,153 @@
+"""COCO-format detection dataset for the PyTorch data path (any category set).
+
+Layout (the seed's): DATA/annotations/instances_{split}2017.json and DATA/{split}2017/*.jpg.
+Labels: 0 = background, 1..C = the categories sorted by category id (COCO: 80).
+Crowd boxes and degenerate boxes are dropped; boxes are clipped to the image. Training skips
+images without boxes; evaluation keeps every image. An unreadable image (missing, zero bytes,
+not an image, truncated JPEG) does not stop the run: the sample comes back as {"unreadable": path}
+and the collate counts it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from .transforms import SSDTransform
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # the 80 COCO 2017 categories in category-id order: label i + 1
+
+
+def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split in the COCO layout, checked to exist."""
+    root = Path(root)
+    ann_file = root / "annotations" / f"instances_{split}2017.json"
+    image_dir = root / f"{split}2017"
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann_file} "
+                                f"(expected the COCO layout: DATA/annotations/instances_{split}2017.json)")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir} (expected the COCO layout: DATA/{split}2017/)")
+    return ann_file, image_dir
+
+
+def load_coco(ann_file: Path) -> COCO:
+    """pycocotools COCO object, quietly, with a clear error for a broken file."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(ann_file))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot parse COCO annotation file {ann_file}: {error}") from error
+
+
+def _jpeg_is_complete(raw: bytes) -> bool:
+    """A JPEG ends its last scan with an EOI marker (FF D9). Scan data cannot contain FF D9 (FF bytes
+    are stuffed), so "an EOI after the last SOS (FF DA)" tells a complete file from a truncated one."""
+    sos = raw.rfind(b"\xff\xda")
+    return sos != -1 and raw.rfind(b"\xff\xd9") > sos
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """RGB uint8 [H, W, 3], or None when the file is missing, empty, truncated or not an image.
+
+    OpenCV applies the EXIF orientation and converts grayscale, CMYK and PNG (with alpha) to 3 channels.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    if raw[:2] == b"\xff\xd8" and not _jpeg_is_complete(raw):
+        return None
+    image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR) if raw else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class ImageRecord:
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    boxes: np.ndarray  # [n, 4] float32 normalised xyxy, clipped, non-degenerate
+    labels: np.ndarray  # [n] int64, 1..C
+
+
+def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[int, int]):
+    """COCO annotations of one image -> (boxes [n, 4] normalised xyxy, labels [n]); crowd, unknown-category
+    and degenerate (zero/negative size, or outside the image) boxes are dropped, the rest clipped."""
+    boxes, labels = [], []
+    for ann in anns:
+        if ann.get("iscrowd", 0) or ann.get("category_id") not in label_of or len(ann.get("bbox", ())) != 4:
+            continue
+        x, y, w, h = ann["bbox"]
+        x1, y1 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
+        x2, y2 = min(max((x + w) / width, 0.0), 1.0), min(max((y + h) / height, 0.0), 1.0)
+        if x2 > x1 and y2 > y1:
+            boxes.append((x1, y1, x2, y2))
+            labels.append(label_of[ann["category_id"]])
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+
+
+class CocoDetection(Dataset):
+    """Samples {"image": [3, 300, 300], "boxes": [n, 4], "labels": [n], "image_id", "size": (h, w)}.
+
+    Args:
+        root: dataset folder in the COCO layout. split: "train" or "val".
+        train: training augmentation and skip images without boxes (default: split == "train").
+        seed: with the epoch (set_epoch) and the index, fixes every random choice of a sample.
+    """
+
+    def __init__(self, root, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0):
+        self.ann_file, self.image_dir = coco_paths(root, split)
+        self.train = split == "train" if train is None else train
+        self.transform = SSDTransform(train=self.train, size=size)
+        self.seed, self.epoch = seed, 0
+        self.coco = load_coco(self.ann_file)
+        self.category_ids = sorted(self.coco.getCatIds())
+        self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
+        label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self.records: list[ImageRecord] = []
+        for image_id in sorted(self.coco.getImgIds()):
+            info = self.coco.imgs[image_id]
+            boxes, labels = parse_annotations(self.coco.imgToAnns.get(image_id, []), info["width"], info["height"],
+                                              label_of)
+            if self.train and len(boxes) == 0:
+                continue
+            self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        path = self.image_dir / record.file_name
+        image = read_image(path)
+        if image is None:
+            return {"unreadable": str(path)}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, boxes, labels = self.transform(image, record.boxes.copy(), record.labels.copy(), rng)
+        return {"image": image, "boxes": boxes, "labels": labels, "image_id": record.image_id,
+                "size": (record.height, record.width)}

@@ -1,0 +1,87 @@
+"""build_loader: one entry point for both data paths, so the engine does not care which one runs."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from .batch import DEFAULT_MAX_BOXES, Collate
+from .coco import CocoDetection, coco_paths, load_coco
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r takes indices r, r + world, ... so the ranks
+    together cover every image exactly once (DistributedSampler would repeat some to even out)."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class TorchLoader:
+    """torch.utils.data path. set_epoch reshuffles (DistributedSampler) and re-keys the augmentation."""
+
+    def __init__(self, dataset: CocoDetection, loader: DataLoader):
+        self.dataset, self.loader = dataset, loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
+                 dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
+                 fp16: bool = False):
+    """A loader of Batches for `split` of a COCO-layout dataset, sharded for (rank, world_size).
+
+    Returns an object with set_epoch(epoch), len() (batches per epoch), iteration over Batch, and the
+    attributes coco (pycocotools COCO), category_ids, category_names, num_images.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ann_file, image_dir = coco_paths(data_path, split)
+    if dali:
+        from .dali import DaliLoader
+
+        device = torch.device(device)
+        loader = DaliLoader(ann_file, image_dir, train=train, batch_size=batch_size, max_boxes=max_boxes,
+                            device_id=device.index or 0 if device.type == "cuda" else None, rank=rank,
+                            world_size=world_size, seed=seed, num_threads=max(num_workers, 1), fp16=fp16,
+                            channels_last=channels_last)
+        loader.coco = load_coco(ann_file)
+        loader.category_names = [loader.coco.cats[c]["name"] for c in loader.category_ids]
+        loader.num_images = len(loader.coco.getImgIds())
+        return loader
+
+    dataset = CocoDetection(data_path, split, train=train, seed=seed)
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        drop_last = len(sampler) >= batch_size
+        if not drop_last:
+            warnings.warn(f"{split}: only {len(sampler)} images per rank for a batch of {batch_size}; "
+                          "using one smaller batch per epoch")
+    else:
+        sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
+    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                             collate_fn=Collate(max_boxes, keep_batch_size=train), drop_last=drop_last,
+                             pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
+    loader = TorchLoader(dataset, data_loader)
+    loader.coco, loader.category_ids = dataset.coco, dataset.category_ids
+    loader.category_names, loader.num_images = dataset.category_names, len(dataset)
+    return loader

@@ -1,0 +1,87 @@
+"""What both SSD models share: the box/class heads, their output layout, and the anchors.
+
+Subclasses build `self.loc` / `self.conf` (one head per feature map) and define
+`feature_maps(x) -> list[Tensor]`.
+
+Head layout: head conv channel = value * nd + shape (nd = boxes per location), which is the seed's
+and NVIDIA's layout (they reshape [B, nd*4, H, W] with `.view(B, 4, -1)`), so their checkpoints load
+unchanged. ssdfast returns per-anchor rows instead, [B, A, 4] and [B, A, C+1], in anchor order
+(map, shape, location), which is what the loss and the post-processing want.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..anchors import AnchorSpec, default_boxes
+
+
+def flatten_head(out: Tensor, boxes_per_location: int, values: int) -> Tensor:
+    """[B, values * nd, H, W] with channel = value * nd + shape  ->  [B, nd * H * W, values]."""
+    batch, _, height, width = out.shape
+    out = out.reshape(batch, values, boxes_per_location, height, width)
+    return out.permute(0, 2, 3, 4, 1).reshape(batch, boxes_per_location * height * width, values)
+
+
+def xavier_init(modules) -> None:
+    """The seed's init of the extra layers and heads: Xavier-uniform on every weight with dim > 1."""
+    for module in modules:
+        for param in module.parameters():
+            if param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+
+
+class SSDBase(nn.Module):
+    """Base of the SSD detectors. forward(x [B, 3, 300, 300]) -> (locs [B, A, 4], confs [B, A, C+1])."""
+
+    def __init__(self, num_classes: int, anchor_spec: AnchorSpec):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (not counting background), got {num_classes}")
+        self.num_classes = num_classes  # C, without background
+        self.anchor_spec = anchor_spec
+        # Not persistent: recomputed from the spec, so state dicts stay the seed's.
+        self.register_buffer("anchors", default_boxes(anchor_spec, "xyxy"), persistent=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        locs, confs = [], []
+        for feature, loc, conf, nd in zip(
+            self.feature_maps(x), self.loc, self.conf, self.anchor_spec.boxes_per_location
+        ):
+            locs.append(flatten_head(loc(feature), nd, 4))
+            confs.append(flatten_head(conf(feature), nd, self.num_classes + 1))
+        return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
+
+
+def load_backbone_weights(module: nn.Module, weights, torchvision_weights, what: str) -> None:
+    """Load backbone weights into a full torchvision classifier `module` before it is cut up.
+
+    weights: "none" / None (random init), "imagenet" (torchvision's ImageNet weights, downloaded to the
+    torch hub cache), or a path to a torchvision state dict of that classifier.
+    """
+    if weights in (None, "none"):
+        return
+    if weights == "imagenet":
+        try:
+            state = torchvision_weights.get_state_dict(progress=True)
+        except Exception as error:  # no network, proxy, hub cache not writable...
+            raise RuntimeError(
+                f"could not download torchvision's ImageNet weights for the {what} backbone ({error}). "
+                f"Download {torchvision_weights.url} elsewhere and pass its path "
+                "(--backbone-weights /path/to/file.pth), or train from scratch with --backbone-weights none."
+            ) from error
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone weights file not found: {path} (expected 'imagenet', 'none' or a path to a "
+                f"torchvision {what} state dict)"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise RuntimeError(f"backbone weights {weights!r} do not fit torchvision's {what}: {error}") from error

@@ -1,0 +1,67 @@
+"""From network outputs to detections, batched, fixed-size, no host synchronisation.
+
+decode offsets -> softmax -> per class: the top `topk_per_class` scores -> class-aware NMS that
+ignores scores <= `score_threshold` and stops at `max_det` kept boxes (= the best max_det by score).
+The seed's decode_batch did the same with a Python loop per image and per class
+(ssdfast.reference.postprocess_loop, the test oracle).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+
+class Detections(NamedTuple):
+    boxes: Tensor  # [B, K, 4] xyxy, normalised to [0, 1] (padding: 0)
+    scores: Tensor  # [B, K] (padding: 0), decreasing within a row
+    labels: Tensor  # [B, K] int64 class 1..C (padding: 0)
+    counts: Tensor  # [B] int64: how many entries of each row are real
+
+
+def postprocess(
+    locs: Tensor,
+    confs: Tensor,
+    anchors: Tensor,
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.45,
+    topk_per_class: int = 200,
+    max_det: int = 200,
+) -> Detections:
+    """
+    Args:
+        locs (Tensor[B, A, 4]), confs (Tensor[B, A, C+1]): the model's outputs.
+        anchors (Tensor[A, 4]): xyxy default boxes (model.anchors).
+    """
+    boxes = ops.box_decode(locs, anchors)  # [B, A, 4]
+    probs = confs.float().softmax(dim=-1)[..., 1:]  # [B, A, C], background dropped
+    batch, num_anchors, num_classes = probs.shape
+    k = min(topk_per_class, num_anchors)
+    scores, index = probs.transpose(1, 2).topk(k, dim=-1)  # [B, C, k]
+    index = index.reshape(batch, num_classes * k)
+    cand_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, C*k, 4]
+    cand_scores = scores.reshape(batch, num_classes * k)
+    cand_labels = torch.arange(1, num_classes + 1, device=locs.device).repeat_interleave(k).expand(batch, -1)
+
+    keep, counts = ops.batched_nms_padded(cand_boxes, cand_scores, cand_labels, nms_threshold, score_threshold, max_det)
+    real = keep >= 0
+    keep = keep.clamp(min=0)
+    return Detections(
+        boxes=cand_boxes.gather(1, keep[..., None].expand(-1, -1, 4)) * real[..., None],
+        scores=cand_scores.gather(1, keep) * real,
+        labels=cand_labels.gather(1, keep) * real,
+        counts=counts,
+    )
+
+
+def scale_to_image(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Normalised xyxy boxes [B, K, 4] -> pixel xyxy boxes of each original image.
+
+    image_sizes (Tensor[B, 2]): (height, width) of each original image.
+    """
+    h, w = image_sizes[:, 0].to(boxes.dtype), image_sizes[:, 1].to(boxes.dtype)
+    scale = torch.stack([w, h, w, h], dim=1)[:, None, :]
+    return boxes * scale
