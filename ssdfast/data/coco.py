@@ -114,6 +114,7 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, root, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0):
+        cv2.setNumThreads(1)  # the loader parallelises over images; OpenCV threads would only contend
         self.ann_file, self.image_dir = coco_paths(root, split)
         self.train = split == "train" if train is None else train
         self.transform = SSDTransform(train=self.train, size=size)

@@ -1,0 +1,203 @@
+"""Training and evaluation loops shared by the tools.
+
+The training step (TrainStep): loss targets are built on the device by the fused match+encode op
+from the padded ground truth, so the step has static shapes; CudaGraphTrainStep captures the whole
+step (forward, loss, backward, optimizer) once and replays it.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from . import ops
+from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
+from .loss import LossOutput, MultiBoxLoss
+from .postprocess import postprocess
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainStep:
+    """Eager step: match_encode -> forward (autocast) -> MultiBox loss (fp32) -> backward -> step.
+
+    images [B, 3, H, W], gt_boxes [B, G, 4], gt_labels [B, G] -> LossOutput (no host sync)."""
+
+    def __init__(self, model, optimizer, amp_dtype=None, scaler=None, loss_fn=None):
+        self.model, self.optimizer, self.amp_dtype, self.scaler = model, optimizer, amp_dtype, scaler
+        self.loss_fn = loss_fn or MultiBoxLoss()
+        self.anchors = unwrap(model).anchors
+
+    def compute(self, images, gt_boxes, gt_labels) -> LossOutput:
+        offsets, labels = ops.match_encode(gt_boxes, gt_labels, self.anchors)
+        with autocast(images.device, self.amp_dtype):
+            locs, confs = self.model(images)
+        loss = self.loss_fn(locs, confs, offsets, labels)
+        if self.scaler is not None:
+            self.scaler.scale(loss.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.total.backward()
+            self.optimizer.step()
+        return LossOutput(*(t.detach() for t in loss))
+
+    def __call__(self, images, gt_boxes, gt_labels) -> LossOutput:
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.compute(images, gt_boxes, gt_labels)
+
+
+class CudaGraphTrainStep(TrainStep):
+    """The whole TrainStep captured in one CUDA graph on the first call, then replayed.
+
+    Inputs are copied into static buffers (the shapes must not change: drop_last and padded G do
+    that). Requirements, checked by the caller: a CUDA device, no GradScaler (its step syncs with the
+    host; use bf16 or fp32), and an optimizer whose lr is a device tensor (fused SGD) so that lr
+    changes reach the replayed graph.
+    """
+
+    def __init__(self, *args, warmup_steps: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.scaler is not None:
+            raise ValueError("CUDA graphs cannot capture a GradScaler step (it syncs with the host): use bf16 or fp32")
+        self.warmup_steps = warmup_steps
+        self.graph = None
+
+    def _capture(self, images, gt_boxes, gt_labels) -> None:
+        self.static = [images.clone(), gt_boxes.clone(), gt_labels.clone()]
+        # Warm up on a side stream (allocates optimizer state, picks cuDNN algorithms), then capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_steps):
+                super().__call__(*self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.compute(*self.static)
+
+    def __call__(self, images, gt_boxes, gt_labels) -> LossOutput:
+        if self.graph is None:
+            self._capture(images, gt_boxes, gt_labels)
+        for buffer, value in zip(self.static, (images, gt_boxes, gt_labels)):
+            buffer.copy_(value, non_blocking=True)
+        self.graph.replay()
+        return LossOutput(*(t.clone() for t in self.static_loss))
+
+
+def lr_at(base_lr: float, epoch: int, iteration: int, iters_per_epoch: int, milestones, warmup_iters: int) -> float:
+    """Step schedule x0.1 at each milestone epoch, with linear warmup over the first warmup_iters."""
+    lr = base_lr * 0.1 ** sum(epoch >= m for m in milestones)
+    step = epoch * iters_per_epoch + iteration
+    if warmup_iters > 0 and step < warmup_iters:
+        lr *= (step + 1) / warmup_iters
+    return lr
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: a captured CUDA graph reads this tensor
+        else:
+            group["lr"] = lr
+
+
+def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, channels_last=False, log_every=10,
+                    max_iters=None, is_main=True, on_log=None) -> dict:
+    """One pass over `loader`. Returns mean loss parts, images/s and the unreadable images seen."""
+    model = step.model
+    model.train()
+    loader.set_epoch(epoch)
+    num_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
+    totals = torch.zeros(3, device=device)  # summed on the device; read at log points only
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    skipped, seen, images_done = [], 0, 0
+    bar = tqdm(total=num_iters, desc=f"epoch {epoch}", disable=not is_main, dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    for it, batch in enumerate(loader):
+        if it >= num_iters:
+            break
+        skipped += batch.skipped
+        if len(batch.images) == 0:
+            continue
+        lr = lr_fn(epoch, it, num_iters)
+        set_lr(step.optimizer, lr)
+        batch = batch.to(device, channels_last=channels_last)
+        loss = step(batch.images, batch.boxes, batch.labels)
+        parts = torch.stack(list(loss))
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(parts).all(), torch.tensor(it, device=device),
+                                first_bad)
+        totals += torch.nan_to_num(parts)
+        seen += 1
+        images_done += len(batch.images)
+        if (it + 1) % log_every == 0 or it + 1 == num_iters:
+            bad = int(first_bad)  # host sync, every log_every iterations
+            if bad >= 0:
+                raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {bad}: stopping "
+                                         "(the last checkpoint is untouched); try a lower --lr or --warmup")
+            mean = (totals / max(seen, 1)).tolist()
+            bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
+            if on_log is not None:
+                on_log(epoch, it, {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr})
+        bar.update(1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    mean = (totals / max(seen, 1)).tolist()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr if seen else float("nan"),
+            "images_per_s": images_done * world / max(elapsed, 1e-9), "skipped": skipped}
+
+
+@torch.no_grad()
+def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_threshold=0.45, score_threshold=0.05,
+            category_ids, max_batches=None, is_main=True) -> tuple[list[dict], list[int], list[str]]:
+    """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank."""
+    model.eval()
+    anchors = unwrap(model).anchors
+    results, image_ids, skipped = [], [], []
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, batch in enumerate(tqdm(loader, total=total, desc="eval", disable=not is_main, leave=False)):
+        if i >= total:
+            break
+        skipped += batch.skipped
+        if len(batch.images) == 0:
+            continue
+        images = batch.to(device, channels_last=channels_last).images
+        with autocast(device, amp_dtype):
+            locs, confs = model(images)
+        dets = postprocess(locs, confs, anchors, score_threshold=score_threshold, nms_threshold=nms_threshold)
+        results += detections_to_coco(dets, batch.image_ids, batch.sizes, category_ids)
+        image_ids += batch.image_ids.tolist()
+    return results, image_ids, skipped
+
+
+def evaluate(model, loader, device, *, backend="pycocotools", **kwargs) -> tuple[dict | None, str, list[dict]]:
+    """COCO evaluation over a (possibly sharded) loader. Rank 0 gets (stats, table, all results);
+    other ranks get (None, "", [])."""
+    results, image_ids, skipped = predict(model, loader, device, category_ids=loader.category_ids, **kwargs)
+    results, image_ids = gather_to_rank0(results), gather_to_rank0(image_ids)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None, "", []
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) left out of evaluation, e.g. {skipped[0]}")
+    stats, table = coco_evaluate(loader.coco, results, image_ids=image_ids, backend=backend)
+    return stats, table, results
+

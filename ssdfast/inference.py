@@ -1,0 +1,49 @@
+"""Load a trained detector from any supported checkpoint and run it on plain images."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .checkpoint import infer_model_name, infer_num_classes, load_checkpoint, load_model_weights, model_state_dict
+from .data.coco import COCO_CLASSES
+from .data.transforms import SSDTransform
+from .models import SSDBase, build_model
+from .postprocess import postprocess, scale_to_image
+
+
+def load_detector(weights, device="cpu") -> tuple[SSDBase, dict]:
+    """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
+    "category_ids"} from an ssdfast, seed or NVIDIA checkpoint."""
+    ckpt = load_checkpoint(weights)
+    state = model_state_dict(ckpt, weights)
+    name = ckpt.get("model_name") or infer_model_name(state)
+    num_classes = ckpt.get("num_classes") or infer_num_classes(state)
+    model = build_model(name, num_classes=num_classes)
+    load_model_weights(model, state, weights)
+    names = ckpt.get("category_names") or (list(COCO_CLASSES) if num_classes == 80 else
+                                           [f"class {i}" for i in range(1, num_classes + 1)])
+    meta = {"model_name": name, "num_classes": num_classes, "category_names": list(names),
+            "category_ids": ckpt.get("category_ids"), "epoch": ckpt.get("epoch")}
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def detect(model: SSDBase, images_rgb: list[np.ndarray], score_threshold: float = 0.3, nms_threshold: float = 0.45,
+           max_det: int = 200) -> list[dict]:
+    """Detect objects in RGB uint8 images [H, W, 3] (any sizes).
+
+    Returns per image {"boxes": float [n, 4] pixel xyxy, "scores": [n], "labels": int [n] (1..C)}."""
+    device = model.anchors.device
+    transform = SSDTransform(train=False)
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    batch = torch.stack([transform(img, *empty, rng=None)[0] for img in images_rgb]).to(device)
+    locs, confs = model(batch)
+    dets = postprocess(locs, confs, model.anchors, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                       max_det=max_det)
+    sizes = torch.tensor([img.shape[:2] for img in images_rgb], device=device)
+    boxes = scale_to_image(dets.boxes, sizes).cpu().numpy()
+    out = []
+    for i, n in enumerate(dets.counts.tolist()):
+        out.append({"boxes": boxes[i, :n], "scores": dets.scores[i, :n].cpu().numpy(),
+                    "labels": dets.labels[i, :n].cpu().numpy()})
+    return out

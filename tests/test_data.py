@@ -1,0 +1,246 @@
+"""Data: augmentation invariants, label mapping, both data paths, DDP sharding, bad data."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssdfast.data import Collate, CocoDetection, build_loader, read_image
+from ssdfast.data.batch import pad_targets
+from ssdfast.data.transforms import SSDTransform, hflip, random_crop
+
+
+def coordinate_image(height=200, width=250):
+    """R = column, G = row: a crop reveals its own window."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([xx, yy, np.zeros_like(xx)], axis=-1).astype(np.uint8)
+
+
+def random_boxes_np(rng, n):
+    xy = rng.uniform(0, 0.8, size=(n, 2))
+    wh = rng.uniform(0.02, 0.5, size=(n, 2))
+    return np.clip(np.concatenate([xy, xy + wh], 1), 0, 1).astype(np.float32)
+
+
+def test_random_crop_keeps_exactly_the_boxes_centred_inside():
+    rng = np.random.default_rng(0)
+    image = coordinate_image()
+    H, W = image.shape[:2]
+    cropped_some = False
+    for trial in range(300):
+        boxes = random_boxes_np(rng, 6)
+        labels = np.arange(1, 7)
+        crop, kept, kept_labels = random_crop(image, boxes.copy(), labels, rng)
+        assert ((kept >= 0) & (kept <= 1)).all() and (kept[:, 2] > kept[:, 0]).all() and (kept[:, 3] > kept[:, 1]).all()
+        if crop.shape == image.shape:
+            assert np.array_equal(kept, boxes)
+            continue
+        cropped_some = True
+        left, top, h, w = int(crop[0, 0, 0]), int(crop[0, 0, 1]), crop.shape[0], crop.shape[1]
+        window = np.array([left / W, top / H, (left + w) / W, (top + h) / H])
+        slack = 1.5 / min(H, W)
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        surely_in = (cx > window[0] + slack) & (cx < window[2] - slack) & (cy > window[1] + slack) & (cy < window[3] - slack)
+        surely_out = (cx < window[0] - slack) | (cx > window[2] + slack) | (cy < window[1] - slack) | (cy > window[3] + slack)
+        assert set(labels[surely_in]) <= set(kept_labels) and not set(labels[surely_out]) & set(kept_labels)
+        for box, label in zip(kept, kept_labels):  # clipped to the window, re-normalised
+            orig = np.clip(boxes[label - 1], window[[0, 1, 0, 1]], window[[2, 3, 2, 3]])
+            expected = (orig - window[[0, 1, 0, 1]]) / (window[[2, 3, 2, 3]] - window[[0, 1, 0, 1]])
+            np.testing.assert_allclose(box, expected, atol=0.02)
+    assert cropped_some
+
+
+def test_flip_twice_is_identity_and_moves_boxes():
+    rng = np.random.default_rng(1)
+    image, boxes = coordinate_image(), random_boxes_np(rng, 5)
+    once_img, once = hflip(image, boxes)
+    assert np.allclose(once[:, 0], 1 - boxes[:, 2]) and np.array_equal(once_img[:, 0], image[:, -1])
+    twice_img, twice = hflip(once_img, once)
+    assert np.array_equal(twice_img, image) and np.allclose(twice, boxes)
+
+
+def test_eval_transform_preserves_box_geometry():
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[60:180, 80:160] = 255  # a white box at x 80-160, y 60-180
+    box = np.array([[80 / 320, 60 / 240, 160 / 320, 180 / 240]], np.float32)
+    tensor, boxes, labels = SSDTransform(train=False)(image, box, np.array([1]), rng=None)
+    assert tensor.shape == (3, 300, 300) and torch.equal(boxes, torch.from_numpy(box))
+    white = (tensor[0] > 1.5).nonzero()
+    y1, x1, y2, x2 = white[:, 0].min(), white[:, 1].min(), white[:, 0].max() + 1, white[:, 1].max() + 1
+    np.testing.assert_allclose(np.array([x1, y1, x2, y2]) / 300, box[0], atol=2 / 300)
+
+
+def test_training_samples_are_valid_and_reproducible(synthetic_coco):
+    data = CocoDetection(synthetic_coco, "train", seed=3)
+    for i in range(len(data)):
+        s = data[i]
+        assert s["image"].shape == (3, 300, 300) and s["image"].dtype == torch.float32
+        b = s["boxes"]
+        assert ((b >= 0) & (b <= 1)).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert len(b) == len(s["labels"]) >= 1
+    data.set_epoch(1)
+    again = CocoDetection(synthetic_coco, "train", seed=3)
+    again.set_epoch(1)
+    assert torch.equal(data[5]["image"], again[5]["image"])
+    again.set_epoch(2)
+    assert not torch.equal(data[5]["image"], again[5]["image"])
+
+
+def write_annotations(root, split, images, annotations, categories):
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"instances_{split}2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    for img in images:
+        cv2.imwrite(str(root / f"{split}2017" / img["file_name"]), np.full((img["height"], img["width"], 3), 128, np.uint8))
+
+
+def test_label_mapping_crowd_degenerate_and_empty_images(tmp_path):
+    cats = [{"id": 90, "name": "z"}, {"id": 2, "name": "a"}, {"id": 17, "name": "m"}]  # gaps, unsorted
+    images = [{"id": 7, "file_name": "7.jpg", "height": 100, "width": 200},
+              {"id": 3, "file_name": "3.jpg", "height": 50, "width": 50}]
+    anns = [
+        {"id": 1, "image_id": 7, "category_id": 17, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+        {"id": 2, "image_id": 7, "category_id": 90, "bbox": [150, 50, 100, 100], "iscrowd": 0},  # clipped
+        {"id": 3, "image_id": 7, "category_id": 2, "bbox": [0, 0, 50, 50], "iscrowd": 1},  # crowd: dropped
+        {"id": 4, "image_id": 7, "category_id": 2, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width: dropped
+        {"id": 5, "image_id": 7, "category_id": 2, "bbox": [300, 5, 10, 10], "iscrowd": 0},  # outside: dropped
+    ]
+    write_annotations(tmp_path, "train", images, anns, cats)
+    train = CocoDetection(tmp_path, "train")
+    assert train.category_ids == [2, 17, 90] and train.category_names == ["a", "m", "z"]
+    assert [r.image_id for r in train.records] == [7]  # image 3 has no boxes: skipped for training
+    rec = train.records[0]
+    assert rec.labels.tolist() == [2, 3]
+    np.testing.assert_allclose(rec.boxes, [[0.05, 0.2, 0.2, 0.6], [0.75, 0.5, 1.0, 1.0]], atol=1e-6)
+    evaluation = CocoDetection(tmp_path, "train", train=False)
+    assert [r.image_id for r in evaluation.records] == [3, 7]  # evaluation keeps every image
+    sample = evaluation[0]
+    assert sample["image_id"] == 3 and sample["size"] == (50, 50) and len(sample["boxes"]) == 0
+
+
+def test_missing_files_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
+        CocoDetection(tmp_path, "train")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="val2017"):
+        CocoDetection(tmp_path, "val")
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot parse COCO annotation file"):
+        CocoDetection(tmp_path, "val")
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    images = [{"id": i, "file_name": f"{i}.jpg", "height": 64, "width": 64} for i in range(1, 6)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 30, 30], "iscrowd": 0} for i in range(1, 6)]
+    write_annotations(tmp_path, "train", images, anns, [{"id": 1, "name": "thing"}])
+    folder = tmp_path / "train2017"
+    good = (folder / "1.jpg").read_bytes()
+    (folder / "2.jpg").write_bytes(b"")  # zero bytes
+    (folder / "3.jpg").write_bytes(b"this is not an image")
+    (folder / "4.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG
+    (folder / "5.jpg").unlink()  # missing
+    for name in ["2.jpg", "3.jpg", "4.jpg", "5.jpg"]:
+        assert read_image(folder / name) is None
+    data = CocoDetection(tmp_path, "train")
+    samples = [data[i] for i in range(5)]
+    batch = Collate(max_boxes=4)(samples)
+    assert len(batch.skipped) == 4 and batch.images.shape[0] == 5  # training keeps the batch size
+    assert torch.equal(batch.images[1], batch.images[0])
+    eval_batch = Collate(max_boxes=4, keep_batch_size=False)(samples)
+    assert eval_batch.images.shape[0] == 1 and eval_batch.image_ids.tolist() == [1]
+
+
+def test_grayscale_cmyk_png_and_exif_rotation(tmp_path):
+    from PIL import Image
+
+    gray = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
+    cv2.imwrite(str(tmp_path / "gray.jpg"), gray)
+    img = read_image(tmp_path / "gray.jpg")
+    assert img.shape == (32, 64, 3) and abs(int(img[0, 40, 0]) - 40) <= 3
+
+    Image.new("CMYK", (40, 20), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # CMYK red
+    img = read_image(tmp_path / "cmyk.jpg")
+    assert img.shape == (20, 40, 3) and img[10, 20, 0] > 200 and img[10, 20, 1] < 60
+
+    rgba = np.zeros((16, 24, 4), np.uint8)
+    rgba[..., 1] = 200  # BGR(A): green
+    rgba[..., 3] = 255
+    cv2.imwrite(str(tmp_path / "alpha.png"), rgba)
+    img = read_image(tmp_path / "alpha.png")
+    assert img.shape == (16, 24, 3) and img[0, 0, 1] == 200
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif)
+    img = read_image(tmp_path / "rotated.jpg")
+    assert img.shape == (40, 20, 3)  # displayed upright: portrait
+    assert img[5, 10].mean() > 200 and img[35, 10].mean() < 50  # the white half is now on top
+
+
+def test_too_many_boxes_are_truncated_with_a_warning():
+    with pytest.warns(UserWarning, match="only the first 3"):
+        boxes, labels = pad_targets([torch.rand(5, 4), torch.rand(1, 4)], [torch.ones(5), torch.ones(1)], 3)
+    assert boxes.shape == (2, 3, 4) and labels.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_ddp_shards_are_disjoint_and_cover_the_set(synthetic_coco):
+    def ids(rank, train):
+        loader = build_loader(synthetic_coco, "train" if train else "val", train=train, batch_size=2, num_workers=0,
+                              rank=rank, world_size=2, seed=0)
+        loader.set_epoch(0)
+        return [i for batch in loader for i in batch.image_ids.tolist()], loader.num_images
+
+    (a, n), (b, _) = ids(0, True), ids(1, True)
+    assert not set(a) & set(b) and len(set(a) | set(b)) == n == 24
+    (a, n), (b, _) = ids(0, False), ids(1, False)
+    assert not set(a) & set(b) and sorted(a + b) == sorted(set(a + b)) and len(a + b) == n == 8
+
+
+try:
+    import nvidia.dali  # noqa: F401
+
+    HAS_DALI = True
+except ImportError:
+    HAS_DALI = False
+needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed (pip install nvidia-dali-cuda130)")
+
+
+@needs_dali
+def test_dali_and_pytorch_paths_agree(synthetic_coco):
+    torch_loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=0)
+    dali_loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=1, dali=True)
+    torch_batches, dali_batches = list(torch_loader), list(dali_loader)
+    assert len(torch_batches) == len(dali_batches) == 2
+    by_id = {}
+    for batch in torch_batches:
+        for i, image_id in enumerate(batch.image_ids.tolist()):
+            by_id[image_id] = (batch.images[i], batch.boxes[i], batch.labels[i], batch.sizes[i])
+    for batch in dali_batches:
+        assert batch.images.dtype == torch.float32 and batch.images.shape[1:] == (3, 300, 300)
+        assert batch.boxes.shape == (4, 128, 4) and batch.labels.dtype == torch.int64
+        for i, image_id in enumerate(batch.image_ids.tolist()):
+            image, boxes, labels, size = by_id[image_id]
+            assert torch.equal(batch.labels[i], labels) and torch.equal(batch.sizes[i], size)
+            torch.testing.assert_close(batch.boxes[i], boxes, rtol=0, atol=1e-5)
+            assert (batch.images[i] - image).abs().mean() < 0.1  # two resize implementations
+
+
+@needs_dali
+def test_dali_training_batches_are_valid(synthetic_coco):
+    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True,
+                          channels_last=True)
+    batches = list(loader)
+    assert len(batches) == 24 // 4
+    for batch in batches:
+        assert batch.images.shape == (4, 3, 300, 300) and batch.images.is_contiguous(memory_format=torch.channels_last)
+        real = batch.labels > 0
+        assert real.any(dim=1).all() and (batch.labels <= 3).all()
+        b = batch.boxes[real]
+        assert ((b >= 0) & (b <= 1)).all() and (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
+        assert -3 < batch.images.mean() < 3

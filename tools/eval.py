@@ -1,0 +1,89 @@
+"""COCO mAP of a checkpoint (ssdfast's, the seed's or NVIDIA's) on a COCO-format val set.
+
+    python tools/eval.py --data-path /coco --weights trained_models/best.pt
+    torchrun --nproc_per_node=8 tools/eval.py --data-path /coco --weights nvidia_ssd.pt --amp --dali
+
+Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ssdfast.checkpoint import CheckpointError
+from ssdfast.data import build_loader
+from ssdfast.engine import evaluate
+from ssdfast.inference import load_detector
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", required=True, help="dataset root in the COCO layout")
+    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
+    p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
+    p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
+    p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast (bf16 on CPU)")
+    p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--score-threshold", type=float, default=0.05, help="drop detections at or below this score")
+    p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
+    p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json)")
+    p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if distributed:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    else:
+        rank, world = 0, 1
+        device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    try:
+        model, meta = load_detector(args.weights, device)
+        loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
+                              num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
+                              device=device, channels_last=device.type == "cuda")
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if meta["num_classes"] != len(loader.category_ids):
+        print(f"error: {args.weights} predicts {meta['num_classes']} classes but {args.data_path} has "
+              f"{len(loader.category_ids)} categories", file=sys.stderr)
+        return 1
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    stats, table, results = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
+                                     channels_last=device.type == "cuda", nms_threshold=args.nms_threshold,
+                                     score_threshold=args.score_threshold, max_batches=args.max_batches,
+                                     is_main=rank == 0)
+    if rank == 0:
+        output = Path(args.output or Path(args.weights).with_name(f"detections_{args.split}.json"))
+        output.write_text(json.dumps(results))
+        print(f"{meta['model_name']} ({args.weights}) on {args.data_path} {args.split}, backend {args.backend}:")
+        print(table)
+        print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}; {len(results)} detections "
+              f"written to {output}")
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on a COCO-format dataset.
+
+    python tools/train.py --data-path /coco --model ssd --amp                        # one GPU (or CPU)
+    torchrun --nproc_per_node=8 tools/train.py --data-path /coco --model ssd --amp --dali
+    python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
+
+Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
+scaler, epoch; the data order and augmentation of every epoch derive from --seed and the epoch, so
+a resumed run replays what an uninterrupted one would have done). Every epoch writes last.pt
+atomically, best.pt when COCO AP improves, log.jsonl and TensorBoard scalars (--log-path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ssdfast.checkpoint import load_checkpoint, save_checkpoint
+from ssdfast.data import build_loader
+from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
+                            unwrap)
+from ssdfast.models import build_model, canonical_name
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", required=True, help="dataset root in the COCO layout (annotations/, train2017/, val2017/)")
+    p.add_argument("--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here")
+    p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
+    p.add_argument("--model", default="ssd", help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)")
+    p.add_argument("--epochs", type=int, default=65, help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
+    p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs where lr is multiplied by 0.1")
+    p.add_argument("--lr", type=float, default=2.6e-3, help="lr for a global batch of 32; scaled linearly by global batch / 32")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of the seed's Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--no-bn-weight-decay", action="store_true", help="no weight decay on BatchNorm and bias parameters (NVIDIA's tweak)")
+    p.add_argument("--warmup", type=int, default=0, help="linear lr warmup over this many iterations (NVIDIA uses 300)")
+    p.add_argument("--nms-threshold", type=float, default=0.5, help="NMS IoU threshold for the per-epoch evaluation")
+    p.add_argument("--num-workers", type=int, default=4, help="data loading workers per process (DALI: threads)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (autocast; GradScaler with fp16)")
+    p.add_argument("--amp-dtype", choices=["fp16", "bf16"], default=None, help="autocast dtype (default fp16; bf16 with --cuda-graphs)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None, help="channels_last memory format (default on CUDA)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (CUDA only)")
+    p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading (GPU decoding on CUDA, CPU otherwise)")
+    p.add_argument("--eval-every", type=int, default=1, help="COCO evaluation every N epochs (0: never)")
+    p.add_argument("--eval-batches", type=int, default=None, help="evaluate on at most this many val batches (quick checks)")
+    p.add_argument("--iters-per-epoch", type=int, default=None, help="stop each epoch after this many iterations (smoke tests)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and init")
+    p.add_argument("--backbone-weights", default="imagenet", help="imagenet (torchvision, downloaded), none, or a path to a state dict")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_FOLDER/last.pt exists (it is overwritten)")
+    p.add_argument("--max-boxes", type=int, default=128, help="ground-truth boxes per image after padding (G)")
+    p.add_argument("--log-every", type=int, default=10, help="iterations between loss checks/logs (each is a host sync)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    return p.parse_args(argv)
+
+
+def setup_distributed(args):
+    """(rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        cuda = torch.cuda.is_available() and args.device != "cpu"
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return 0, 1, device
+
+
+def build_optimizer(model, args, lr: float, device):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if args.no_bn_weight_decay and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if args.cuda_graphs:
+        # Fused SGD reads lr from a device tensor, so lr changes reach the captured graph.
+        return torch.optim.SGD(groups, lr=torch.tensor(lr, device=device), momentum=args.momentum,
+                               nesterov=not args.no_nesterov, fused=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=not args.no_nesterov)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    args.model = canonical_name(args.model)
+    rank, world, device = setup_distributed(args)
+    is_main = rank == 0
+    if args.cuda_graphs and device.type != "cuda":
+        sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    amp_dtype = None
+    if args.amp:
+        name = args.amp_dtype or ("bf16" if args.cuda_graphs else "fp16")
+        if args.cuda_graphs and name == "fp16":
+            sys.exit("error: --cuda-graphs with fp16 needs a GradScaler, which syncs with the host; use --amp-dtype bf16")
+        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+    torch.manual_seed(args.seed)
+    save_folder = Path(args.save_folder)
+    train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
+                                num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
+                                max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last)
+    val_loader = build_loader(args.data_path, "val", train=False, batch_size=args.batch_size,
+                              num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
+                              max_boxes=args.max_boxes, dali=args.dali, device=device,
+                              channels_last=channels_last) if args.eval_every > 0 else None
+    num_classes = len(train_loader.category_ids)
+    model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    base_lr = args.lr * args.batch_size * world / 32
+    optimizer = build_optimizer(model, args, base_lr, device)
+
+    start_epoch, best_ap = 0, -1.0
+    last = save_folder / "last.pt"
+    if last.exists() and not args.no_resume:
+        ckpt = load_checkpoint(last, map_location=device)
+        if ckpt.get("model_name") != args.model or ckpt.get("num_classes") != num_classes:
+            sys.exit(f"error: {last} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
+                     f"{args.model} with {num_classes}: use another --save-folder or --no-resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_ap = ckpt["epoch"] + 1, ckpt.get("best_ap", -1.0)
+        if is_main:
+            print(f"resuming from {last}: epoch {ckpt['epoch']} done, continuing at epoch {start_epoch}")
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_cls = CudaGraphTrainStep if args.cuda_graphs else TrainStep
+    step = step_cls(ddp_model, optimizer, amp_dtype=amp_dtype, scaler=scaler)
+
+    writer, log_file = None, None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_folder.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(args.log_path or str(save_folder / "tensorboard"))
+        log_file = open(save_folder / "log.jsonl", "a")
+        print(f"ssd: {args.model}, {num_classes} classes, {train_loader.num_images} train images, world {world}, "
+              f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
+              f"{'DALI' if args.dali else 'PyTorch'} data, lr {base_lr:.2e}")
+
+    def log(record: dict) -> None:
+        if is_main:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    def on_log(epoch, it, values):
+        log({"epoch": epoch, "iteration": it, **values})
+        step_index = epoch * len(train_loader) + it
+        for key, value in values.items():
+            writer.add_scalar(f"train/{key}", value, step_index)
+
+    def lr_fn(epoch, it, iters):
+        return lr_at(base_lr, epoch, it, iters, args.multistep, args.warmup)
+
+    for epoch in range(start_epoch, args.epochs):
+        torch.manual_seed(args.seed + epoch)
+        try:
+            stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
+                                    log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
+                                    on_log=on_log if is_main else None)
+        except NonFiniteLossError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if stats["skipped"] and is_main:
+            print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
+                  f"e.g. {stats['skipped'][0]}")
+        record = {"epoch": epoch, **{k: v for k, v in stats.items() if k != "skipped"}, "time": time.time()}
+        if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            coco, table, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
+                                      channels_last=channels_last, nms_threshold=args.nms_threshold,
+                                      max_batches=args.eval_batches, is_main=is_main)
+            if is_main:
+                print(f"epoch {epoch} COCO evaluation:\n{table}")
+                record.update({f"coco/{k}": v for k, v in coco.items()})
+                for key, value in coco.items():
+                    writer.add_scalar(f"coco/{key}", value, epoch)
+        if is_main:
+            writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
+            print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
+                  f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
+                  + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
+            log(record)
+            ap = record.get("coco/AP", -1.0)
+            state = {"model": unwrap(model).state_dict(), "model_name": args.model, "num_classes": num_classes,
+                     "category_ids": list(train_loader.category_ids),
+                     "category_names": list(train_loader.category_names), "epoch": epoch,
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "best_ap": max(best_ap, ap), "args": vars(args)}
+            save_checkpoint(last, state)
+            if ap > best_ap:
+                best_ap = ap
+                save_checkpoint(save_folder / "best.pt", state)
+        if world > 1:
+            dist.barrier()
+    if is_main:
+        writer.close()
+        log_file.close()
+        print(f"done: checkpoints in {save_folder} (last.pt, best.pt), log {save_folder / 'log.jsonl'}")
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
