@@ -68,11 +68,11 @@ def test_overfit_two_images(synthetic_coco):
     data = CocoDetection(synthetic_coco, "val", train=False)
     batch = Collate(max_boxes=8)([data[0], data[1]])
     model = build_model("ssdlite", num_classes=data.num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = MultiBoxLoss()
     offsets, labels = ops.match_encode(batch.boxes, batch.labels, model.anchors)
     losses = []
-    for _ in range(60):
+    for _ in range(100):
         optimizer.zero_grad()
         loss = loss_fn(*model(batch.images), offsets, labels).total
         loss.backward()

@@ -69,13 +69,17 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
-    stats, table, results = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
+    stats, table, results, image_ids = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
                                      channels_last=device.type == "cuda", nms_threshold=args.nms_threshold,
                                      score_threshold=args.score_threshold, max_batches=args.max_batches,
                                      is_main=rank == 0)
     if rank == 0:
         output = Path(args.output or Path(args.weights).with_name(f"detections_{args.split}.json"))
         output.write_text(json.dumps(results))
+        metrics = {"weights": str(args.weights), "data_path": str(args.data_path), "split": args.split,
+                   "backend": args.backend, **stats, "images_evaluated": len(image_ids),
+                   "distinct_images_evaluated": len(set(image_ids))}
+        output.with_name(output.stem.replace("detections", "metrics") + ".json").write_text(json.dumps(metrics, indent=1))
         print(f"{meta['model_name']} ({args.weights}) on {args.data_path} {args.split}, backend {args.backend}:")
         print(table)
         print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}; {len(results)} detections "

@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                   f"e.g. {stats['skipped'][0]}")
         record = {"epoch": epoch, **{k: v for k, v in stats.items() if k != "skipped"}, "time": time.time()}
         if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            coco, table, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
+            coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
                                       channels_last=channels_last, nms_threshold=args.nms_threshold,
                                       max_batches=args.eval_batches, is_main=is_main)
             if is_main:

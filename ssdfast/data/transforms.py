@@ -53,6 +53,7 @@ def random_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: n
                 continue
             kept = np.clip(boxes[inside], crop[[0, 1, 0, 1]], crop[[2, 3, 2, 3]])
             kept = (kept - crop[[0, 1, 0, 1]]) / np.array([w, h, w, h], dtype=np.float32)
+            kept = np.clip(kept, 0.0, 1.0)  # rounding can land a clipped edge at 1.0000001
             x0, y0 = int(left * width), int(top * height)
             x1, y1 = max(int((left + w) * width), x0 + 1), max(int((top + h) * height), y0 + 1)
             return image[y0:y1, x0:x1], kept.astype(np.float32), labels[inside]
