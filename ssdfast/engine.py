@@ -36,15 +36,18 @@ class NonFiniteLossError(RuntimeError):
 class TrainStep:
     """Eager step: match_encode -> forward (autocast) -> MultiBox loss (fp32) -> backward -> step.
 
-    images [B, 3, H, W], gt_boxes [B, G, 4], gt_labels [B, G] -> LossOutput (no host sync)."""
+    images [B, 3, H, W], gt_boxes [B, G, 4], gt_labels [B, G] -> LossOutput (no host sync).
+    targets_fn builds the loss targets: the compiled op by default, or its twin
+    ssdfast.reference.match_encode (what the benchmarks compare)."""
 
-    def __init__(self, model, optimizer, amp_dtype=None, scaler=None, loss_fn=None):
+    def __init__(self, model, optimizer, amp_dtype=None, scaler=None, loss_fn=None, targets_fn=ops.match_encode):
         self.model, self.optimizer, self.amp_dtype, self.scaler = model, optimizer, amp_dtype, scaler
         self.loss_fn = loss_fn or MultiBoxLoss()
+        self.targets_fn = targets_fn
         self.anchors = unwrap(model).anchors
 
     def compute(self, images, gt_boxes, gt_labels) -> LossOutput:
-        offsets, labels = ops.match_encode(gt_boxes, gt_labels, self.anchors)
+        offsets, labels = self.targets_fn(gt_boxes, gt_labels, self.anchors)
         with autocast(images.device, self.amp_dtype):
             locs, confs = self.model(images)
         loss = self.loss_fn(locs, confs, offsets, labels)

@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <numeric>
+#include <unordered_map>
 #include <vector>
 
 #include "../box_math.h"
@@ -29,18 +29,22 @@ int64_t nms_image(const float* boxes, const float* scores, const int64_t* classe
   std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return scores[i] > scores[j]; });
 
   std::vector<int64_t> kept;
-  kept.reserve(std::min<int64_t>(max_output, static_cast<int64_t>(order.size())));
+  std::unordered_map<int64_t, std::vector<Box>> kept_boxes_of_class;  // a candidate meets only its own class
   for (const int64_t i : order) {
     if (static_cast<int64_t>(kept.size()) >= max_output) break;
     const Box box = load_box(boxes + 4 * i);
+    std::vector<Box>& same_class = kept_boxes_of_class[classes[i]];
     bool suppressed = false;
-    for (const int64_t k : kept) {
-      if (classes[k] == classes[i] && box_iou(load_box(boxes + 4 * k), box) > iou_threshold) {
+    for (const Box& k : same_class) {
+      if (box_iou(k, box) > iou_threshold) {
         suppressed = true;
         break;
       }
     }
-    if (!suppressed) kept.push_back(i);
+    if (!suppressed) {
+      kept.push_back(i);
+      same_class.push_back(box);
+    }
   }
   std::fill(keep, keep + max_output, -1);
   std::copy(kept.begin(), kept.end(), keep);

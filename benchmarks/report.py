@@ -1,0 +1,106 @@
+"""Turn a pytest-benchmark JSON into benchmarks/results/<machine>.json and README's speed table.
+
+    python benchmarks/report.py benchmarks/results/latest.json
+
+Ratios compare candidates with their group's baseline from the same run (same machine, same process).
+README's table (between the bench markers) is regenerated from every results/*.json, never typed.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def machine_name(info: dict) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def summarise(raw: dict) -> dict:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    info = {
+        "device": gpu or f"CPU {os.cpu_count()} cores",
+        "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "date": raw.get("datetime"),
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    groups: dict[str, list] = {}
+    for bench in raw["benchmarks"]:
+        groups.setdefault(bench["group"], []).append(bench)
+    out = []
+    for group, benches in sorted(groups.items()):
+        base = next((b for b in benches if b["extra_info"].get("role") == "baseline"), None)
+        rows = []
+        for b in sorted(benches, key=lambda b: b["stats"]["median"]):
+            median = b["stats"]["median"]
+            items = b["extra_info"].get("items", 1)
+            rows.append({"name": b["name"].split("[", 1)[-1].rstrip("]"), "median_s": median,
+                         "items_per_s": items / median if items > 1 else None,
+                         "baseline": b is base,
+                         "speedup_vs_baseline": base["stats"]["median"] / median if base else None})
+        out.append({"group": group, "baseline": base["name"] if base else None, "rows": rows})
+    return {"machine": info, "groups": out}
+
+
+def table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"**{m['device']}** ({m['cpu']}), torch {m['torch']}, torchvision {m.get('torchvision', '?')}, "
+             f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}", "",
+             "| benchmark | implementation | median | throughput | vs baseline |", "|---|---|---:|---:|---:|"]
+    for group in result["groups"]:
+        for row in group["rows"]:
+            thr = f"{row['items_per_s']:.1f} /s" if row["items_per_s"] else ""
+            ratio = "baseline" if row["baseline"] else (f"{row['speedup_vs_baseline']:.1f}x"
+                                                        if row["speedup_vs_baseline"] else "")
+            median = row["median_s"]
+            shown = f"{median * 1e3:.2f} ms" if median < 1 else f"{median:.2f} s"
+            lines.append(f"| {group['group']} | {row['name']} | {shown} | {thr} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(path: str) -> int:
+    result = summarise(json.loads(Path(path).read_text()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = RESULTS / f"{machine_name(result['machine'])}.json"
+    target.write_text(json.dumps(result, indent=1))
+    print(f"wrote {target}")
+    tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json")) if p.name != "latest.json"]
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n" + "\n\n".join(tables) + f"\n{END}{tail}")
+        print(f"updated the speed table in {readme}")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else str(RESULTS / "latest.json")))

@@ -1,0 +1,21 @@
+"""Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the seed-style loop."""
+import pytest
+
+from ssdfast import reference
+from ssdfast.postprocess import postprocess
+
+from conftest import DEVICES, run
+from workloads import ssd300_outputs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["batched_compiled", "seed_style_loop"])
+def test_postprocess(benchmark, device, impl):
+    benchmark.group = f"postprocess 32xSSD300 [{device}]"
+    locs, confs, anchors = (t.to(device) for t in ssd300_outputs())
+    if impl == "batched_compiled":
+        out = run(benchmark, lambda: postprocess(locs, confs, anchors), role="candidate", items=32, device=device)
+        assert out.boxes.shape == (32, 200, 4)
+    else:
+        run(benchmark, lambda: reference.postprocess_loop(locs, confs, anchors), role="baseline", items=32, rounds=2,
+            warmup=0, device=device)

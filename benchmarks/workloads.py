@@ -1,0 +1,51 @@
+"""SSD-shaped inputs for the benchmarks (deterministic)."""
+from __future__ import annotations
+
+import torch
+
+from ssdfast.anchors import SSD300_RESNET50, default_boxes
+
+
+def coco_like_ground_truth(batch: int = 32, max_boxes: int = 50, mean_boxes: float = 7.0, seed: int = 0):
+    """Padded ground truth [B, G, 4] / labels [B, G]: per-image counts ~ geometric with mean ~7, cap 50
+    (COCO train2017: mean 7.3 boxes per image)."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.distributions.Geometric(probs=torch.tensor(1 / mean_boxes)).sample((batch,)).long() + 1
+    counts = counts.clamp(max=max_boxes)
+    counts[0] = max_boxes  # at least one crowded image, as in COCO
+    xy = torch.rand(batch, max_boxes, 2, generator=g) * 0.8
+    wh = torch.rand(batch, max_boxes, 2, generator=g) ** 2 * 0.6 + 0.01  # many small boxes, some large
+    boxes = torch.cat([xy, (xy + wh).clamp(max=1.0)], dim=-1)
+    labels = torch.randint(1, 81, (batch, max_boxes), generator=g)
+    labels[torch.arange(max_boxes)[None, :] >= counts[:, None]] = 0
+    return boxes * (labels > 0)[..., None], labels
+
+
+def ssd300_outputs(batch: int = 32, classes: int = 80, seed: int = 0):
+    """Plausible SSD300 outputs: mostly confident background, a few hundred object-like anchors per image."""
+    g = torch.Generator().manual_seed(seed)
+    anchors = default_boxes(SSD300_RESNET50)
+    num = len(anchors)
+    locs = 0.3 * torch.randn(batch, num, 4, generator=g)
+    confs = torch.randn(batch, num, classes + 1, generator=g)
+    confs[..., 0] += 4.0
+    objects = torch.rand(batch, num, generator=g) < 0.03
+    cls = torch.randint(1, classes + 1, (batch, num), generator=g)
+    confs[objects, cls[objects]] += 7.0
+    return locs, confs, anchors
+
+
+def nms_candidates(batch: int = 32, classes: int = 80, per_class: int = 200, seed: int = 0):
+    """The post-processing NMS workload: per image, `classes` x `per_class` candidates (decoded SSD
+    boxes, clustered around objects as real detections are) with scores and class ids."""
+    g = torch.Generator().manual_seed(seed)
+    n = classes * per_class
+    centres = torch.rand(batch, 40, 2, generator=g)  # 40 objects per image
+    which = torch.randint(0, 40, (batch, n), generator=g)
+    c = centres.gather(1, which[..., None].expand(-1, -1, 2)) + 0.03 * torch.randn(batch, n, 2, generator=g)
+    wh = (0.05 + 0.3 * torch.rand(batch, 40, 2, generator=g)).gather(1, which[..., None].expand(-1, -1, 2))
+    wh = wh * (1 + 0.2 * torch.randn(batch, n, 2, generator=g)).clamp(min=0.3)
+    boxes = torch.cat([c - wh / 2, c + wh / 2], dim=-1)
+    scores = torch.rand(batch, n, generator=g) ** 3  # most candidates weak
+    labels = torch.arange(1, classes + 1).repeat_interleave(per_class).expand(batch, -1).contiguous()
+    return boxes, scores, labels
