@@ -82,13 +82,18 @@ def model_state_dict(ckpt: dict, path: str | Path = "<checkpoint>") -> dict:
 
 
 def infer_num_classes(state: dict) -> int:
-    """C (without background) from the first confidence head: conf.0 has nd * (C + 1) outputs."""
-    conf_bias = next((v for k, v in state.items() if k.startswith("conf.0.") and k.endswith("bias")), None)
-    loc_bias = next((v for k, v in state.items() if k.startswith("loc.0.") and k.endswith("bias")), None)
-    if conf_bias is None or loc_bias is None:
-        raise CheckpointError("cannot infer the number of classes: no conf.0 / loc.0 head in the weights")
-    boxes_per_location = loc_bias.numel() // 4
-    return conf_bias.numel() // boxes_per_location - 1
+    """C (without background) from the first heads: conf.0 has nd * (C + 1) outputs, loc.0 has nd * 4.
+
+    The output layer is the last one with a bias inside the head (SSDLite heads are depthwise conv,
+    BN, ReLU6, 1x1 conv; state dicts keep module order)."""
+    def last_bias(prefix):
+        biases = [v for k, v in state.items() if k.startswith(prefix) and k.endswith("bias")]
+        if not biases:
+            raise CheckpointError(f"cannot infer the number of classes: no {prefix}* head in the weights")
+        return biases[-1]
+
+    boxes_per_location = last_bias("loc.0.").numel() // 4
+    return last_bias("conf.0.").numel() // boxes_per_location - 1
 
 
 def infer_model_name(state: dict) -> str:

@@ -59,8 +59,9 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
         from .dali import DaliLoader
 
         device = torch.device(device)
+        device_id = (device.index or 0) if device.type == "cuda" else None  # None: DALI's CPU-only mode
         loader = DaliLoader(ann_file, image_dir, train=train, batch_size=batch_size, max_boxes=max_boxes,
-                            device_id=device.index or 0 if device.type == "cuda" else None, rank=rank,
+                            device_id=device_id, rank=rank,
                             world_size=world_size, seed=seed, num_threads=max(num_workers, 1), fp16=fp16,
                             channels_last=channels_last)
         loader.coco = load_coco(ann_file)
