@@ -58,6 +58,34 @@ inline void check_ground_truth(const at::Tensor& gt_boxes, const at::Tensor& per
   check_same_device(gt_boxes, "gt_boxes", anchors, "anchors");
 }
 
+inline void check_match_inputs(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, const at::Tensor& anchors,
+                               double iou_threshold) {
+  check_ground_truth(gt_boxes, gt_mask, "gt_mask", anchors);
+  TORCH_CHECK(gt_mask.scalar_type() == at::kBool, "ssdfast: gt_mask must be a bool tensor, got ",
+              gt_mask.scalar_type());
+  check_threshold(iou_threshold, "iou_threshold");
+}
+
+inline void check_match_encode_inputs(const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+                                      const at::Tensor& anchors, double iou_threshold, double center_var,
+                                      double size_var) {
+  check_ground_truth(gt_boxes, gt_labels, "gt_labels", anchors);
+  TORCH_CHECK(gt_labels.scalar_type() == at::kLong || gt_labels.scalar_type() == at::kInt,
+              "ssdfast: gt_labels must be an int64 or int32 tensor (0 = padding), got ", gt_labels.scalar_type());
+  check_threshold(iou_threshold, "iou_threshold");
+  check_variances(center_var, size_var);
+}
+
+// boxes [N, 4] and scores [N] for the torchvision-compatible single-image nms.
+inline void check_single_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_boxes(boxes, "boxes", 2, "[N, 4]");
+  check_float(scores, "scores");
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "ssdfast: scores must have shape [N] = [",
+              boxes.size(0), "] to match boxes, got ", scores.sizes());
+  check_same_device(boxes, "boxes", scores, "scores");
+  check_threshold(iou_threshold, "iou_threshold");
+}
+
 // Boxes/scores/classes for the padded batched NMS.
 inline void check_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& classes,
                              double iou_threshold, int64_t max_output) {

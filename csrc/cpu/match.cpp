@@ -40,10 +40,7 @@ void match_image(const float* gt, const bool* valid, int64_t num_gt, const float
 
 at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, const at::Tensor& anchors,
                      double iou_threshold) {
-  check_ground_truth(gt_boxes, gt_mask, "gt_mask", anchors);
-  TORCH_CHECK(gt_mask.scalar_type() == at::kBool, "ssdfast: gt_mask must be a bool tensor, got ",
-              gt_mask.scalar_type());
-  check_threshold(iou_threshold, "iou_threshold");
+  check_match_inputs(gt_boxes, gt_mask, anchors, iou_threshold);
   const at::Tensor gt = as_float(gt_boxes), an = as_float(anchors), mask = gt_mask.contiguous();
   const int64_t B = gt.size(0), G = gt.size(1), A = an.size(0);
   at::Tensor matched = at::empty({B, A}, gt.options().dtype(at::kLong));
@@ -58,11 +55,7 @@ at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, cons
 std::tuple<at::Tensor, at::Tensor> match_encode_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
                                                     const at::Tensor& anchors, double iou_threshold, double cv,
                                                     double sv) {
-  check_ground_truth(gt_boxes, gt_labels, "gt_labels", anchors);
-  TORCH_CHECK(gt_labels.scalar_type() == at::kLong || gt_labels.scalar_type() == at::kInt,
-              "ssdfast: gt_labels must be an int64 or int32 tensor (0 = padding), got ", gt_labels.scalar_type());
-  check_threshold(iou_threshold, "iou_threshold");
-  check_variances(cv, sv);
+  check_match_encode_inputs(gt_boxes, gt_labels, anchors, iou_threshold, cv, sv);
   const at::Tensor gt = as_float(gt_boxes), an = as_float(anchors);
   const at::Tensor labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor valid = labels.gt(0).contiguous();

@@ -70,12 +70,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(const at::Tensor& boxe
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_boxes(boxes, "boxes", 2, "[N, 4]");
-  check_float(scores, "scores");
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "ssdfast: scores must have shape [N] = [",
-              boxes.size(0), "] to match boxes, got ", scores.sizes());
-  check_same_device(boxes, "boxes", scores, "scores");
-  check_threshold(iou_threshold, "iou_threshold");
+  check_single_nms_inputs(boxes, scores, iou_threshold);
   const at::Tensor b = as_float(boxes), s = as_float(scores);
   const int64_t n = b.size(0);
   const std::vector<int64_t> one_class(n, 0);

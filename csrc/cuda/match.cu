@@ -138,10 +138,7 @@ at::Tensor launch_match(const at::Tensor& gt, const at::Tensor& valid, const at:
 
 at::Tensor match_cuda(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, const at::Tensor& anchors,
                       double iou_threshold) {
-  check_ground_truth(gt_boxes, gt_mask, "gt_mask", anchors);
-  TORCH_CHECK(gt_mask.scalar_type() == at::kBool, "ssdfast: gt_mask must be a bool tensor, got ",
-              gt_mask.scalar_type());
-  check_threshold(iou_threshold, "iou_threshold");
+  check_match_inputs(gt_boxes, gt_mask, anchors, iou_threshold);
   const c10::cuda::CUDAGuard guard(gt_boxes.device());
   return launch_match(as_float(gt_boxes), gt_mask.contiguous(), at::Tensor(), as_float(anchors), iou_threshold, 1.0,
                       1.0, nullptr, nullptr);
@@ -150,11 +147,7 @@ at::Tensor match_cuda(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, con
 std::tuple<at::Tensor, at::Tensor> match_encode_cuda(const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
                                                      const at::Tensor& anchors, double iou_threshold, double cv,
                                                      double sv) {
-  check_ground_truth(gt_boxes, gt_labels, "gt_labels", anchors);
-  TORCH_CHECK(gt_labels.scalar_type() == at::kLong || gt_labels.scalar_type() == at::kInt,
-              "ssdfast: gt_labels must be an int64 or int32 tensor (0 = padding), got ", gt_labels.scalar_type());
-  check_threshold(iou_threshold, "iou_threshold");
-  check_variances(cv, sv);
+  check_match_encode_inputs(gt_boxes, gt_labels, anchors, iou_threshold, cv, sv);
   const c10::cuda::CUDAGuard guard(gt_boxes.device());
   const at::Tensor labels = gt_labels.to(at::kLong).contiguous();
   at::Tensor offsets, out_labels;

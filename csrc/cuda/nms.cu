@@ -118,12 +118,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(const at::Tensor& box
 // torchvision-compatible: the number kept is only known on the device, so this one op does sync
 // (one scalar copy to the host) to return a tensor of the right length.
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_boxes(boxes, "boxes", 2, "[N, 4]");
-  check_float(scores, "scores");
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "ssdfast: scores must have shape [N] = [",
-              boxes.size(0), "] to match boxes, got ", scores.sizes());
-  check_same_device(boxes, "boxes", scores, "scores");
-  check_threshold(iou_threshold, "iou_threshold");
+  check_single_nms_inputs(boxes, scores, iou_threshold);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const at::Tensor one_class = at::zeros({1, n}, boxes.options().dtype(at::kLong));
