@@ -66,7 +66,9 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
                             channels_last=channels_last)
         loader.coco = load_coco(ann_file)
         loader.category_names = [loader.coco.cats[c]["name"] for c in loader.category_ids]
-        loader.num_images = len(loader.coco.getImgIds())
+        # Training reads only images with a non-crowd box (skip_empty, include_iscrowd=False), like the PyTorch path.
+        loader.num_images = len({a["image_id"] for a in loader.coco.dataset.get("annotations", [])
+                                 if not a.get("iscrowd", 0)}) if train else len(loader.coco.getImgIds())
         return loader
 
     dataset = CocoDetection(data_path, split, train=train, seed=seed)
