@@ -29,8 +29,8 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
       const float area_a = box_area(a);
       float* row = po + i * m;
       for (int64_t j = 0; j < m; ++j) {
-        const float iw = fmaxf(fminf(a.x2, x2[j]) - fmaxf(a.x1, x1[j]), 0.0f);
-        const float ih = fmaxf(fminf(a.y2, y2[j]) - fmaxf(a.y1, y1[j]), 0.0f);
+        const float iw = max_f(min_f(a.x2, x2[j]) - max_f(a.x1, x1[j]), 0.0f);
+        const float ih = max_f(min_f(a.y2, y2[j]) - max_f(a.y1, y1[j]), 0.0f);
         const float inter = iw * ih;
         const float uni = area_a + (x2[j] - x1[j]) * (y2[j] - y1[j]) - inter;
         row[j] = uni > 0.0f ? inter / uni : 0.0f;
