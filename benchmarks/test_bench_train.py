@@ -49,7 +49,7 @@ CPU_CONFIGS = {
 def test_train_step_ssdlite_cpu(benchmark, config):
     benchmark.group = "train step ssdlite b8 [cpu]"
     steps = make_step("ssdlite", 8, "cpu", **CPU_CONFIGS[config])
-    run(benchmark, steps, role="baseline" if config == "fp32_nchw" else "candidate", items=8 * STEPS, rounds=2)
+    run(benchmark, steps, role="baseline" if config == "fp32_nchw" else "candidate", items=8 * STEPS, rounds=5)
 
 
 GPU_CONFIGS = {
