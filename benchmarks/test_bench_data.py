@@ -1,6 +1,5 @@
 """Data loading throughput with the training augmentation: PyTorch path (2 workers) vs DALI."""
 import pytest
-import torch
 
 from ssdfast.data import build_loader
 

@@ -12,7 +12,6 @@ from ssdfast.checkpoint import (CheckpointError, load_checkpoint, load_model_wei
                                 save_checkpoint)
 from ssdfast.inference import load_detector
 from ssdfast.models import build_model
-from ssdfast.postprocess import postprocess
 
 
 # ------------------------------------------------ the seed's layout, written here from DESIGN section 3

@@ -1,5 +1,4 @@
 """MultiBox loss against a straightforward per-image loop; autocast; an overfit test."""
-import numpy as np
 import torch
 import torch.nn.functional as F
 
