@@ -15,6 +15,17 @@ from ssdfast.models import build_model
 
 
 # ------------------------------------------------ the seed's layout, written here from DESIGN section 3
+def seed_bbox_view(model, feed, x):
+    """The seed's forward tail: run the extra blocks on x, then view each head's [B, nd*k, H, W] output as
+    [B, k, nd*H*W] and concatenate -> locs [B, 4, A], confs [B, C+1, A]."""
+    for block in model.additional_blocks:
+        x = block(x)
+        feed.append(x)
+    locs = [l(f).view(f.size(0), 4, -1) for f, l in zip(feed, model.loc)]
+    confs = [c(f).view(f.size(0), model.num_classes, -1) for f, c in zip(feed, model.conf)]
+    return torch.cat(locs, 2).contiguous(), torch.cat(confs, 2).contiguous()
+
+
 class SeedResNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -48,13 +59,7 @@ class SeedSSD(nn.Module):
 
     def forward(self, x):
         x = self.feature_extractor(x)
-        feed = [x]
-        for block in self.additional_blocks:
-            x = block(x)
-            feed.append(x)
-        locs = [l(f).view(f.size(0), 4, -1) for f, l in zip(feed, self.loc)]
-        confs = [c(f).view(f.size(0), self.num_classes, -1) for f, c in zip(feed, self.conf)]
-        return torch.cat(locs, 2).contiguous(), torch.cat(confs, 2).contiguous()
+        return seed_bbox_view(self, [x], x)
 
 
 class SeedSSDLite(nn.Module):
@@ -80,13 +85,7 @@ class SeedSSDLite(nn.Module):
 
     def forward(self, x):
         x = self.feature_extractor.feature_extractor(x)
-        feed = [self._tap[0], x]
-        for block in self.additional_blocks:
-            x = block(x)
-            feed.append(x)
-        locs = [l(f).view(f.size(0), 4, -1) for f, l in zip(feed, self.loc)]
-        confs = [c(f).view(f.size(0), self.num_classes, -1) for f, c in zip(feed, self.conf)]
-        return torch.cat(locs, 2).contiguous(), torch.cat(confs, 2).contiguous()
+        return seed_bbox_view(self, [self._tap[0], x], x)
 
 
 def seed_decode(locs, confs, spec):
