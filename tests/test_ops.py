@@ -308,3 +308,33 @@ def test_cuda_matches_cpu_on_ssd_workload():
     gpu = ops.match_encode(gt.cuda(), labels.cuda(), anchors.cuda())
     assert torch.equal(cpu[1], gpu[1].cpu())
     torch.testing.assert_close(cpu[0], gpu[0].cpu(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- fallback without a build
+def test_import_without_the_extension_falls_back_to_the_reference(tmp_path):
+    """A broken or skipped build: `import ssdfast` still works and every op runs its pure-PyTorch twin."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, warnings
+sys.modules["ssdfast._C"] = None  # makes `from . import _C` raise ImportError, as a missing build does
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from ssdfast import ops, reference
+assert any("ssdfast._C is not available" in str(w.message) for w in caught)
+import torch
+assert ops.backend("cpu") == "reference" and ops.backend("cuda") == "reference"
+g = torch.Generator().manual_seed(0)
+xy = torch.rand(12, 2, generator=g) * 0.5
+gt = torch.cat([xy, xy + 0.3], 1).view(2, 6, 4)
+labels = torch.randint(0, 4, (2, 6), generator=g)
+anchors = torch.cat([xy, xy + 0.2], 1)
+for got, want in zip(ops.match_encode(gt, labels, anchors), reference.match_encode(gt, labels, anchors)):
+    assert torch.equal(got, want)
+keep, counts = ops.batched_nms_padded(gt, torch.rand(2, 6, generator=g), labels, 0.5, 0.0, 4)
+assert keep.shape == (2, 4)
+print("fallback ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr
