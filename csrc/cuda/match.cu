@@ -34,7 +34,7 @@ __device__ __forceinline__ int64_t key_anchor(Key key) { return 0xFFFFFFFFll - s
 __global__ void best_per_anchor_kernel(const float* __restrict__ gt, const bool* __restrict__ valid, int64_t G,
                                        const float* __restrict__ anchors, int64_t A, float* __restrict__ best_iou,
                                        int64_t* __restrict__ best_gt, Key* __restrict__ gt_keys) {
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];  // holds 64-bit keys and float boxes
   Key* s_key = reinterpret_cast<Key*>(smem);
   Box* s_gt = reinterpret_cast<Box*>(s_key + G);
   bool* s_valid = reinterpret_cast<bool*>(s_gt + G);
@@ -77,7 +77,7 @@ __global__ void claim_and_encode_kernel(const float* __restrict__ gt, const bool
                                         const Key* __restrict__ gt_keys, float iou_threshold, float cv, float sv,
                                         int64_t* __restrict__ matched, float* __restrict__ offsets,
                                         int64_t* __restrict__ labels) {
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];  // holds 64-bit keys and float boxes
   int64_t* s_claimed = reinterpret_cast<int64_t*>(smem);  // anchor claimed by each ground truth (-1: none)
   const int64_t b = blockIdx.y;
   for (int64_t g = threadIdx.x; g < G; g += blockDim.x)
