@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data import build_loader
+from ssdfast.distributed import setup_distributed
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
 
@@ -42,18 +42,7 @@ def get_args(argv=None):
 
 def main(argv=None) -> int:
     args = get_args(argv)
-    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    if distributed:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    else:
-        rank, world = 0, 1
-        device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    rank, world, device = setup_distributed(args.device)
     try:
         model, meta = load_detector(args.weights, device)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
@@ -84,7 +73,7 @@ def main(argv=None) -> int:
         print(table)
         print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}; {len(results)} detections "
               f"written to {output}")
-    if distributed:
+    if world > 1:
         dist.destroy_process_group()
     return 0
 

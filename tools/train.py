@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.distributed as dist
 
 from ssdfast.checkpoint import load_checkpoint, save_checkpoint
 from ssdfast.data import build_loader
+from ssdfast.distributed import setup_distributed
 from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
                             unwrap)
 from ssdfast.models import build_model, canonical_name
@@ -63,19 +63,6 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup_distributed(args):
-    """(rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        cuda = torch.cuda.is_available() and args.device != "cpu"
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return 0, 1, device
-
-
 def build_optimizer(model, args, lr: float, device):
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -93,7 +80,7 @@ def build_optimizer(model, args, lr: float, device):
 def main(argv=None) -> int:
     args = get_args(argv)
     args.model = canonical_name(args.model)
-    rank, world, device = setup_distributed(args)
+    rank, world, device = setup_distributed(args.device)
     is_main = rank == 0
     if args.cuda_graphs and device.type != "cuda":
         sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
