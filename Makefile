@@ -1,7 +1,9 @@
 # ssdfast: two commands on a fresh machine.
 #   make demo   installs everything, builds the kernels, then trains/evaluates/detects on a synthetic set
 #   make test   installs everything, builds the kernels (CUDA ones compiled and linked even without a GPU), runs the tests
-# Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table), make clean.
+# Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table),
+#   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, sanitizers,
+#   GPU benchmarks -> benchmarks/results/<gpu>.json; see tools/gpu_check.py), make clean.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -25,7 +27,9 @@ export MAX_JOBS
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu clean
+# make gpu uses the python that already has torch (no venv).
+GPU_PYTHON ?= python3
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,7 @@ install: $(VENV)/.built
 test: install
 	$(PY) -m pytest tests -q -ra
 	$(PY) -m pytest benchmarks -q --benchmark-disable
+	$(PY) tools/gpu_check.py
 
 demo: install
 	$(PY) tools/demo.py
@@ -51,5 +56,8 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json -q
 	$(PY) benchmarks/report.py benchmarks/results/latest.json
 
+gpu:
+	$(GPU_PYTHON) tools/gpu_check.py
+
 clean:
-	rm -rf build *.egg-info ssdfast/*.so $(VENV) demo_output
+	rm -rf build *.egg-info ssdfast/*.so $(VENV) demo_output gpu_check_logs

@@ -1,12 +1,14 @@
 """Turn a pytest-benchmark JSON into benchmarks/results/<machine>.json and README's speed table.
 
     python benchmarks/report.py benchmarks/results/latest.json
+    python benchmarks/report.py part1.json part2.json --checks checks.json    # what tools/gpu_check.py does
 
 Ratios compare candidates with their group's baseline from the same run (same machine, same process).
 README's table (between the bench markers) is regenerated from every results/*.json, never typed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -32,6 +34,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# Dense bf16 tensor-core peak (no sparsity), from NVIDIA's data sheets, for "% of peak".
+BF16_PEAK_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 NVL": 835.5e12, "H100 PCIe": 756.5e12,
+                   "H200": 989.4e12, "A100": 312e12, "L40S": 362.1e12}
+
+
+def bf16_peak(gpu: str | None) -> float | None:
+    return next((peak for name, peak in BF16_PEAK_FLOPS.items() if gpu and name in gpu), None)
+
+
 def summarise(raw: dict) -> dict:
     import os
 
@@ -54,16 +65,21 @@ def summarise(raw: dict) -> dict:
     for bench in raw["benchmarks"]:
         groups.setdefault(bench["group"], []).append(bench)
     out = []
+    peak = bf16_peak(gpu)
+    if peak:
+        info["bf16_peak_tflops"] = peak / 1e12
     for group, benches in sorted(groups.items()):
         base = next((b for b in benches if b["extra_info"].get("role") == "baseline"), None)
         rows = []
         for b in sorted(benches, key=lambda b: b["stats"]["median"]):
             median = b["stats"]["median"]
             items = b["extra_info"].get("items", 1)
+            flop = b["extra_info"].get("flop_per_item")  # counted by torch.utils.flop_counter in the benchmark
             rows.append({"name": b["name"].split("[", 1)[-1].rstrip("]"), "median_s": median,
                          "items_per_s": items / median if items > 1 else None,
                          "baseline": b is base,
-                         "speedup_vs_baseline": base["stats"]["median"] / median if base else None})
+                         "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
+                         "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None})
         out.append({"group": group, "baseline": base["name"] if base else None, "rows": rows})
     return {"machine": info, "groups": out}
 
@@ -72,7 +88,8 @@ def table(result: dict) -> str:
     m = result["machine"]
     lines = [f"**{m['device']}** ({m['cpu']}), torch {m['torch']}, torchvision {m.get('torchvision', '?')}, "
              f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}", "",
-             "| benchmark | implementation | median | throughput | vs baseline |", "|---|---|---:|---:|---:|"]
+             "| benchmark | implementation | median | throughput | vs baseline | % of bf16 peak |",
+             "|---|---|---:|---:|---:|---:|"]
     for group in result["groups"]:
         for row in group["rows"]:
             thr = f"{row['items_per_s']:.1f} /s" if row["items_per_s"] else ""
@@ -80,12 +97,29 @@ def table(result: dict) -> str:
                                                         if row["speedup_vs_baseline"] else "")
             median = row["median_s"]
             shown = f"{median * 1e3:.2f} ms" if median < 1 else f"{median:.2f} s"
-            lines.append(f"| {group['group']} | {row['name']} | {shown} | {thr} | {ratio} |")
+            pct = f"{row['pct_of_bf16_peak']:.1f}%" if row.get("pct_of_bf16_peak") else ""
+            lines.append(f"| {group['group']} | {row['name']} | {shown} | {thr} | {ratio} | {pct} |")
+    checks = result.get("checks")
+    if checks:
+        lines += ["", "Checks on this machine (tools/gpu_check.py): " + ", ".join(
+            f"{name} {'passed' if c.get('ok') else 'FAILED'}" for name, c in checks.items() if isinstance(c, dict))]
     return "\n".join(lines)
 
 
-def main(path: str) -> int:
-    result = summarise(json.loads(Path(path).read_text()))
+def merge(paths: list[str]) -> dict:
+    """One pytest-benchmark JSON from several runs on the same machine (benchmarks concatenated)."""
+    raws = [json.loads(Path(p).read_text()) for p in paths]
+    return {"datetime": raws[-1].get("datetime"), "benchmarks": [b for raw in raws for b in raw["benchmarks"]]}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="*", default=[str(RESULTS / "latest.json")], help="pytest-benchmark JSON file(s)")
+    parser.add_argument("--checks", default=None, help="JSON of check results to store beside the timings")
+    args = parser.parse_args(argv)
+    result = summarise(merge(args.json))
+    if args.checks:
+        result["checks"] = json.loads(Path(args.checks).read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / f"{machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
@@ -103,4 +137,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else str(RESULTS / "latest.json")))
+    sys.exit(main(sys.argv[1:]))

@@ -41,5 +41,5 @@ def test_inference_ssdlite_cpu(benchmark, post):
 def test_inference_ssd300_cuda(benchmark, batch, post):
     benchmark.group = f"inference ssd300 b{batch} fp16 channels_last [cuda]"
     run(benchmark, make_infer("ssd", batch, "cuda", post, channels_last=True, amp_dtype=torch.float16),
-        role="baseline" if post == "seed_style_loop" else "candidate", items=batch, rounds=10, warmup=3,
-        device="cuda")
+        role="baseline" if post == "seed_style_loop" else "candidate", items=batch,
+        rounds=3 if post == "seed_style_loop" else 10, warmup=1 if post == "seed_style_loop" else 3, device="cuda")

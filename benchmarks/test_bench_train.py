@@ -1,10 +1,16 @@
 """Training-step throughput on synthetic tensors (data loading excluded): memory formats, AMP,
-CUDA graphs, and loss targets from the compiled op vs the pure-PyTorch twin."""
+CUDA graphs, torch.compile, and loss targets from the compiled op vs the pure-PyTorch twin; then the
+same step fed by the real data path, to show whether loading keeps up."""
+import functools
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ssdfast import ops, reference
 from ssdfast.engine import CudaGraphTrainStep, TrainStep
+from ssdfast.data import build_loader
+from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.models import build_model
 
 from conftest import CUDA, run
@@ -13,17 +19,29 @@ from workloads import coco_like_ground_truth
 STEPS = 3  # optimisation steps per timed call
 
 
-def make_step(name, batch, device, *, channels_last=False, amp_dtype=None, cuda_graphs=False, targets="compiled"):
+@functools.lru_cache
+def train_flop_per_image(name: str) -> float:
+    """FLOPs of one training image (forward + backward of the model), counted by PyTorch on CPU."""
+    model = build_model(name, num_classes=80, backbone_weights="none")
+    with FlopCounterMode(display=False) as counter:
+        locs, confs = model(torch.randn(1, 3, 300, 300))
+        (locs.sum() + confs.sum()).backward()
+    return float(counter.get_total_flops())
+
+
+def make_step(name, batch, device, *, channels_last=False, amp_dtype=None, cuda_graphs=False, targets="compiled",
+              compiled=False):
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = device == "cuda"  # what the tools do on CUDA (ssdfast.runtime)
     model = build_model(name, num_classes=80).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = torch.tensor(1e-3, device=device) if cuda_graphs else 1e-3
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=cuda_graphs or None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=device == "cuda" or None)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     targets_fn = reference.match_encode if targets == "reference" else ops.match_encode
-    step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(model, optimizer, amp_dtype=amp_dtype, scaler=scaler,
-                                                              targets_fn=targets_fn)
+    step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(torch.compile(model) if compiled else model, optimizer,
+                                                              amp_dtype=amp_dtype, scaler=scaler, targets_fn=targets_fn)
     images = torch.randn(batch, 3, 300, 300, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -60,14 +78,57 @@ GPU_CONFIGS = {
     "amp_bf16_channels_last_cuda_graphs": {"channels_last": True, "amp_dtype": torch.bfloat16, "cuda_graphs": True},
     "amp_bf16_channels_last_cuda_graphs_reference_targets": {"channels_last": True, "amp_dtype": torch.bfloat16,
                                                              "cuda_graphs": True, "targets": "reference"},
+    # torch.compile fuses BatchNorm/ReLU/add (memory-bound in eager mode); compiling takes minutes.
+    "amp_fp16_channels_last_compiled": {"channels_last": True, "amp_dtype": torch.float16, "compiled": True},
 }
+GPU_MODELS = [("ssd", 64), ("ssd", 128), ("ssdlite", 128)]
 
 
 @CUDA
-@pytest.mark.parametrize("batch", [64, 128])
+@pytest.mark.parametrize("name,batch", GPU_MODELS, ids=[f"{n}-b{b}" for n, b in GPU_MODELS])
 @pytest.mark.parametrize("config", list(GPU_CONFIGS))
-def test_train_step_ssd300_cuda(benchmark, config, batch):
-    benchmark.group = f"train step ssd300 b{batch} [cuda]"
-    steps = make_step("ssd", batch, "cuda", **GPU_CONFIGS[config])
+def test_train_step_cuda(benchmark, config, name, batch):
+    benchmark.group = f"train step {name} b{batch} [cuda]"
+    steps = make_step(name, batch, "cuda", **GPU_CONFIGS[config])
+    benchmark.extra_info["flop_per_item"] = train_flop_per_image(name)
     run(benchmark, steps, role="baseline" if config == "fp32_nchw" else "candidate", items=batch * STEPS, rounds=5,
         warmup=2, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def loader_coco(tmp_path_factory):
+    """A synthetic COCO-layout set with 1024 training images: 8 batches of 128 per epoch."""
+    return write_synthetic_coco(tmp_path_factory.mktemp("loader_coco"), num_train=1024, num_val=8, seed=0)
+
+
+@CUDA
+@pytest.mark.parametrize("source", ["synthetic_tensors", "pytorch_loader_16_workers"])
+def test_train_from_loader_cuda(benchmark, loader_coco, source):
+    """SSD300 b128 fp16 channels_last: the step alone vs the step fed by the PyTorch data path
+    (JPEG decode + SSD augmentation on CPU workers, pinned copies). Equal rates: data keeps up."""
+    batch = 128
+    benchmark.group = f"train ssd300 b{batch} fp16 channels_last: data path [cuda]"
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
+    train_step = TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
+    loader = build_loader(loader_coco, "train", train=True, batch_size=batch, num_workers=16, device="cuda",
+                          max_boxes=128)
+    batches = len(loader)
+    if source == "synthetic_tensors":
+        fixed = next(iter(loader)).to("cuda", channels_last=True)
+
+        def epoch():
+            for _ in range(batches):
+                loss = train_step(fixed.images, fixed.boxes, fixed.labels)
+            return loss
+    else:
+        def epoch():
+            for data in loader:
+                data = data.to("cuda", channels_last=True)
+                loss = train_step(data.images, data.boxes, data.labels)
+            return loss
+    benchmark.extra_info["flop_per_item"] = train_flop_per_image("ssd")
+    run(benchmark, epoch, role="baseline" if source == "synthetic_tensors" else "candidate", items=batch * batches,
+        rounds=3, warmup=1, device="cuda")

@@ -7,7 +7,7 @@ step (forward, loss, backward, optimizer) once and replays it.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,22 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@contextmanager
+def host_sync_point(device: torch.device):
+    """Marks where the loop reads from the GPU on purpose (a host sync). Under
+    torch.cuda.set_sync_debug_mode("error") any other sync fails loudly, so a test can prove the
+    loop syncs only here."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 class TrainStep:
@@ -69,9 +85,14 @@ class CudaGraphTrainStep(TrainStep):
     """The whole TrainStep captured in one CUDA graph on the first call, then replayed.
 
     Inputs are copied into static buffers (the shapes must not change: drop_last and padded G do
-    that). Requirements, checked by the caller: a CUDA device, no GradScaler (its step syncs with the
-    host; use bf16 or fp32), and an optimizer whose lr is a device tensor (fused SGD) so that lr
-    changes reach the replayed graph.
+    that). Requirements, checked by the caller: a CUDA device, one process (DDP capture is not
+    supported: tools/train.py refuses it), no GradScaler (its step syncs with the host; use bf16 or
+    fp32), and an optimizer whose lr is a device tensor (fused SGD) so that lr changes reach the
+    replayed graph.
+
+    The first call is not a throw-away: the warm-up steps that must run before a capture (they
+    allocate optimizer state and let cuDNN pick its algorithms) are undone afterwards, so N graph
+    steps give the weights N eager steps give.
     """
 
     def __init__(self, *args, warmup_steps: int = 3, **kwargs):
@@ -81,18 +102,47 @@ class CudaGraphTrainStep(TrainStep):
         self.warmup_steps = warmup_steps
         self.graph = None
 
+    def _snapshot(self) -> tuple[dict, dict]:
+        """Copies of the model state (parameters and BN buffers) and of the optimizer state."""
+        model = {k: v.clone() for k, v in self.model.state_dict().items()}
+        optim = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                 for p, state in self.optimizer.state.items()}
+        return model, optim
+
+    def _restore(self, snapshot: tuple[dict, dict]) -> None:
+        """Put back what the warm-up changed, in place (the graph will read these very tensors).
+        Optimizer state the warm-up created is zeroed: zero is the state an optimizer starts from
+        (Adam's moments) or behaves exactly like (SGD's momentum buffer with dampening 0)."""
+        model, optim = snapshot
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(model[k])
+            for p, state in self.optimizer.state.items():
+                for k, v in state.items():
+                    if torch.is_tensor(v):
+                        v.copy_(optim[p][k]) if p in optim else v.zero_()
+        for group in self.optimizer.param_groups:
+            if group.get("dampening", 0) != 0:
+                raise ValueError("CUDA graphs need SGD with dampening 0 (the warm-up is undone by zeroing momentum)")
+
     def _capture(self, images, gt_boxes, gt_labels) -> None:
         self.static = [images.clone(), gt_boxes.clone(), gt_labels.clone()]
-        # Warm up on a side stream (allocates optimizer state, picks cuDNN algorithms), then capture.
+        snapshot = self._snapshot()
+        # Warm up on a side stream (allocates optimizer state, picks cuDNN algorithms), then undo it.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup_steps):
                 super().__call__(*self.static)
         torch.cuda.current_stream().wait_stream(side)
+        self._restore(snapshot)
         self.graph = torch.cuda.CUDAGraph()
+        # Grads to None: the captured backward then allocates them from the graph's private pool
+        # and writes them fresh each replay (no stale accumulation from the warm-up).
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
+        # thread_local: CUDA calls from other threads (the DataLoader's pin-memory thread, DALI's
+        # prefetch) go on during the capture; the default global mode would fail on them.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_loss = self.compute(*self.static)
 
     def __call__(self, images, gt_boxes, gt_labels) -> LossOutput:
@@ -101,6 +151,7 @@ class CudaGraphTrainStep(TrainStep):
         for buffer, value in zip(self.static, (images, gt_boxes, gt_labels)):
             buffer.copy_(value, non_blocking=True)
         self.graph.replay()
+        # Clone: the next replay overwrites static_loss in place.
         return LossOutput(*(t.clone() for t in self.static_loss))
 
 
@@ -144,26 +195,29 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
         batch = batch.to(device, channels_last=channels_last)
         loss = step(batch.images, batch.boxes, batch.labels)
         parts = torch.stack(list(loss))
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(parts).all(), torch.tensor(it, device=device),
-                                first_bad)
+        # The non-finite check stays on the device (a Python int scalar is no host-device copy);
+        # it is read at the next log point only.
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(parts).all(), it, first_bad)
         totals += torch.nan_to_num(parts)
         seen += 1
         images_done += len(batch.images)
         if (it + 1) % log_every == 0 or it + 1 == num_iters:
-            bad = int(first_bad)  # host sync, every log_every iterations
+            with host_sync_point(device):  # the only sync of the loop, every log_every iterations
+                bad = int(first_bad)
+                mean = (totals / max(seen, 1)).tolist()
             if bad >= 0:
                 raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {bad}: stopping "
                                          "(the last checkpoint is untouched); try a lower --lr or --warmup")
-            mean = (totals / max(seen, 1)).tolist()
             bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
             if on_log is not None:
                 on_log(epoch, it, {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr})
         bar.update(1)
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    mean = (totals / max(seen, 1)).tolist()
+    with host_sync_point(device):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        mean = (totals / max(seen, 1)).tolist()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr if seen else float("nan"),
             "images_per_s": images_done * world / max(elapsed, 1e-9), "skipped": skipped}

@@ -142,7 +142,7 @@ def batched_nms_padded(
     for b in range(B):
         s = scores[b].float()
         order = torch.sort(s, descending=True, stable=True).indices
-        order = order[s[order] > score_threshold]
+        order = order[s[order] > score_threshold]  # NaN scores fail this test: never kept
         kept = _greedy_nms(boxes[b].float(), s, classes[b], order, iou_threshold, max_output)
         keep[b, : len(kept)] = torch.tensor(kept, dtype=torch.long, device=boxes.device)
         counts[b] = len(kept)
@@ -153,6 +153,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """torchvision.ops.nms semantics: boxes [N, 4], scores [N] -> kept indices [n] by decreasing score."""
     s = scores.float()
     order = torch.sort(s, descending=True, stable=True).indices
+    order = order[~s[order].isnan()]  # a NaN score is never kept (torchvision would rank it first)
     one_class = torch.zeros(len(s), dtype=torch.long, device=boxes.device)
     kept = _greedy_nms(boxes.float(), s, one_class, order, iou_threshold, len(s))
     return torch.tensor(kept, dtype=torch.long, device=boxes.device)
@@ -192,7 +193,8 @@ def postprocess_loop(
             out_boxes.append(cls_boxes[kept])
             out_scores.append(score[kept])
             out_labels += [c] * len(kept)
-        scores = torch.cat(out_scores) if out_scores else torch.zeros(0)
+        scores = torch.cat(out_scores) if out_scores else torch.zeros(0, device=locs.device)
         best = scores.argsort(descending=True)[:max_det]
-        results.append((torch.cat(out_boxes)[best], scores[best], torch.tensor(out_labels, dtype=torch.long)[best]))
+        labels = torch.tensor(out_labels, dtype=torch.long, device=locs.device)
+        results.append((torch.cat(out_boxes)[best], scores[best], labels[best]))
     return results

@@ -338,3 +338,31 @@ print("fallback ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr
+
+
+# ---------------------------------------------------------------- non-finite scores and boxes
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_non_finite_scores_and_boxes_same_on_every_backend(device):
+    """NaN scores are never kept (a descending sort ranks NaN first: the CUDA kernel once dropped
+    every later candidate after one), +inf scores rank first, -inf fall below any threshold, and a
+    box with a NaN coordinate neither suppresses nor is suppressed (its IoU compares false)."""
+    g = torch.Generator().manual_seed(11)
+    boxes = random_boxes(2 * 150, g, max_size=0.1).view(2, 150, 4)  # small: few overlaps
+    scores = torch.rand(2, 150, generator=g)
+    classes = torch.randint(0, 3, (2, 150), generator=g)
+    scores[0, [0, 7, 64, 65, 149]] = float("nan")  # one at a chunk start (64)
+    scores[0, 3] = float("inf")
+    scores[1, 5] = float("-inf")
+    boxes[1, 9, 2] = float("nan")
+    scores[1, 9] = 0.99
+    keep, counts = ops.batched_nms_padded(boxes.to(device), scores.to(device), classes.to(device), 0.5, 0.05, 100)
+    ref_keep, ref_counts = reference.batched_nms_padded(boxes, scores, classes, 0.5, 0.05, 100)
+    assert torch.equal(keep.cpu(), ref_keep) and torch.equal(counts.cpu(), ref_counts)
+    kept0 = set(ref_keep[0, : ref_counts[0]].tolist())
+    assert not kept0 & {0, 7, 64, 65, 149} and 3 in kept0 and ref_keep[0, 0] == 3
+    assert 5 not in set(ref_keep[1].tolist()) and 9 in set(ref_keep[1].tolist())
+    # Candidates after the NaNs are still visited: many more than one chunk survive.
+    assert ref_counts[0] > 64
+    single = ops.nms(boxes[0].to(device), scores[0].to(device), 0.5)
+    assert torch.equal(single.cpu(), reference.nms(boxes[0], scores[0], 0.5))
+    assert not set(single.tolist()) & {0, 7, 64, 65, 149}

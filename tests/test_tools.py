@@ -158,3 +158,18 @@ def test_ddp_two_processes_on_cpu(synthetic_coco, tmp_path):
                   "--num-workers", 0, prefix=torchrun)
     metrics = json.loads((tmp_path / "ddp" / "metrics_val.json").read_text())
     assert metrics["images_evaluated"] == metrics["distinct_images_evaluated"] == 8, result.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("data", ["pytorch_4_workers", "dali"])
+def test_cuda_graph_training_with_loader_threads(synthetic_coco, tmp_path, data):
+    """--cuda-graphs captures in the first iteration while the loader's threads (pin-memory thread,
+    DALI prefetch) make CUDA calls: the capture must not be invalidated by them."""
+    extra = ["--num-workers", 4, "--dali"] if data == "dali" else ["--num-workers", 4]
+    if data == "dali":
+        pytest.importorskip("nvidia.dali")
+    result = tool("train", *train_args(synthetic_coco, tmp_path, 2, "--amp", "--cuda-graphs", *extra,
+                                       "--iters-per-epoch", 3, "--eval-every", 2))
+    assert "cuda graphs True" in result.stdout and "epoch 1:" in result.stdout
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.inference import detect, load_detector
+from ssdfast.runtime import configure_cudnn
 from ssdfast.visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -37,6 +38,7 @@ def get_args(argv=None):
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw detections above this score")
     p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     return p.parse_args(argv)
 
@@ -117,6 +119,7 @@ def run_video(model, names, path: Path, output: Path, args) -> dict:
 def main(argv=None) -> int:
     args = get_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
     try:
         model, meta = load_detector(args.weights, device)

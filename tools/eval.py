@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data import build_loader
-from ssdfast.distributed import setup_distributed
+from ssdfast.runtime import configure_cudnn, setup_distributed
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
 
@@ -36,6 +36,7 @@ def get_args(argv=None):
     p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
     p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json)")
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     return p.parse_args(argv)
 
@@ -43,6 +44,7 @@ def get_args(argv=None):
 def main(argv=None) -> int:
     args = get_args(argv)
     rank, world, device = setup_distributed(args.device)
+    configure_cudnn(device, not args.no_cudnn_benchmark)
     try:
         model, meta = load_detector(args.weights, device)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ssdfast.checkpoint import load_checkpoint, save_checkpoint
 from ssdfast.data import build_loader
-from ssdfast.distributed import setup_distributed
+from ssdfast.runtime import configure_cudnn, setup_distributed
 from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
                             unwrap)
 from ssdfast.models import build_model, canonical_name
@@ -49,7 +49,8 @@ def get_args(argv=None):
     p.add_argument("--amp-dtype", choices=["fp16", "bf16"], default=None, help="autocast dtype (default fp16; bf16 with --cuda-graphs)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None, help="channels_last memory format (default on CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
-    p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (CUDA only)")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading (GPU decoding on CUDA, CPU otherwise)")
     p.add_argument("--eval-every", type=int, default=1, help="COCO evaluation every N epochs (0: never)")
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on at most this many val batches (quick checks)")
@@ -70,11 +71,13 @@ def build_optimizer(model, args, lr: float, device):
     groups = [{"params": decay, "weight_decay": args.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    # On CUDA, fused SGD: one kernel for all parameters, and it takes GradScaler's inf check on the
+    # device (the unfused step reads it on the host: a sync every iteration with fp16).
+    fused = device.type == "cuda" or None
     if args.cuda_graphs:
-        # Fused SGD reads lr from a device tensor, so lr changes reach the captured graph.
-        return torch.optim.SGD(groups, lr=torch.tensor(lr, device=device), momentum=args.momentum,
-                               nesterov=not args.no_nesterov, fused=True)
-    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=not args.no_nesterov)
+        # lr as a device tensor, so lr changes reach the captured graph.
+        lr = torch.tensor(lr, device=device)
+    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=not args.no_nesterov, fused=fused)
 
 
 def main(argv=None) -> int:
@@ -84,6 +87,12 @@ def main(argv=None) -> int:
     is_main = rank == 0
     if args.cuda_graphs and device.type != "cuda":
         sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
+    if args.cuda_graphs and world > 1:
+        # PyTorch's recipe for capturing DDP (DDP built on a side stream, 11+ eager warm-up steps,
+        # NCCL async error handling off) has not been run on several GPUs here: refuse rather than guess.
+        sys.exit("error: --cuda-graphs is single-process for now (capturing DDP is untested): drop --cuda-graphs "
+                 "under torchrun, or train on one GPU")
+    cudnn_benchmark = configure_cudnn(device, not args.no_cudnn_benchmark)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     amp_dtype = None
     if args.amp:
@@ -139,6 +148,7 @@ def main(argv=None) -> int:
         log_file = open(save_folder / "log.jsonl", "a")
         print(f"ssd: {args.model}, {num_classes} classes, {train_loader.num_images} train images, world {world}, "
               f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
+              f"cudnn.benchmark {cudnn_benchmark}, "
               f"{'DALI' if args.dali else 'PyTorch'} data, lr {base_lr:.2e}")
 
     def log(record: dict) -> None:

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <unordered_map>
 #include <vector>
 
@@ -23,8 +24,10 @@ int64_t nms_image(const float* boxes, const float* scores, const int64_t* classe
                   bool filter_scores, float score_threshold, int64_t max_output, int64_t* keep) {
   std::vector<int64_t> order;
   order.reserve(n);
+  // A NaN score is never kept (and would break the sort's ordering); filtered runs keep only
+  // scores above the threshold.
   for (int64_t i = 0; i < n; ++i)
-    if (!filter_scores || scores[i] > score_threshold) order.push_back(i);
+    if (!std::isnan(scores[i]) && (!filter_scores || scores[i] > score_threshold)) order.push_back(i);
   // Stable: equal scores keep their input order (lowest index first).
   std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return scores[i] > scores[j]; });
 

@@ -24,7 +24,7 @@ namespace {
 constexpr int kChunk = 64;  // candidates per step == threads per block == bits in a row mask
 
 __global__ void nms_kernel(const float* __restrict__ boxes, const float* __restrict__ sorted_scores,
-                           const int64_t* __restrict__ order, const int64_t* __restrict__ classes, int64_t N,
+                           const float* __restrict__ sort_keys, const int64_t* __restrict__ order, const int64_t* __restrict__ classes, int64_t N,
                            float iou_threshold, bool filter_scores, float score_threshold, int64_t max_output,
                            int64_t* __restrict__ keep, int64_t* __restrict__ counts, Box* __restrict__ kept_boxes,
                            int64_t* __restrict__ kept_classes) {
@@ -42,7 +42,8 @@ __global__ void nms_kernel(const float* __restrict__ boxes, const float* __restr
 
   for (int64_t start = 0; start < N && s_count < max_output; start += kChunk) {
     const int64_t p = start + t;
-    const bool valid = p < N && (!filter_scores || sorted_scores[p] > score_threshold);
+    // A NaN score is never kept (every backend); filtered runs keep only scores above the threshold.
+    const bool valid = p < N && !isnan(sorted_scores[p]) && (!filter_scores || sorted_scores[p] > score_threshold);
     if (valid) {
       s_box[t] = load_box(boxes + 4 * order[p]);
       s_class[t] = classes[order[p]];
@@ -76,8 +77,9 @@ __global__ void nms_kernel(const float* __restrict__ boxes, const float* __restr
       s_count = c;
     }
     __syncthreads();
-    // Sorted scores: once the chunk's first candidate is below the threshold, all later ones are too.
-    if (filter_scores && !(sorted_scores[start] > score_threshold)) break;
+    // Sorted keys (NaN ranked as -inf, so last): once the chunk's first key is not above the
+    // threshold, no later candidate is either.
+    if (filter_scores && !(sort_keys[start] > score_threshold)) break;
   }
   for (int64_t k = s_count + t; k < max_output; k += kChunk) keep[k] = -1;
   if (t == 0) counts[b] = s_count;
@@ -93,13 +95,16 @@ std::tuple<at::Tensor, at::Tensor> launch_nms(const at::Tensor& boxes, const at:
   at::Tensor counts = at::zeros({B}, c.options());
   if (B == 0) return {keep, counts};
   if (N == 0 || max_output == 0) return {keep.fill_(-1), counts};
-  // Stable sort keeps equal scores in index order, as the CPU kernel does.
-  const auto sorted = at::sort(s, /*stable=*/true, /*dim=*/1, /*descending=*/true);
-  const at::Tensor sorted_scores = std::get<0>(sorted).contiguous(), order = std::get<1>(sorted).contiguous();
+  // Stable sort keeps equal scores in index order, as the CPU kernel does. A descending sort would
+  // put NaN first; ranking NaN as -inf sends it to the end, so the early stop below stays correct.
+  const at::Tensor keys = at::where(at::isnan(s), -std::numeric_limits<float>::infinity(), s);
+  const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/1, /*descending=*/true);
+  const at::Tensor sort_keys = std::get<0>(sorted).contiguous(), order = std::get<1>(sorted).contiguous();
+  const at::Tensor sorted_scores = s.gather(1, order);  // the real scores, NaN included, in key order
   at::Tensor kept_boxes = at::empty({B, max_output, 4}, b.options());
   at::Tensor kept_classes = at::empty({B, max_output}, c.options());
   nms_kernel<<<static_cast<unsigned int>(B), kChunk, 0, at::cuda::getCurrentCUDAStream()>>>(
-      b.data_ptr<float>(), sorted_scores.data_ptr<float>(), order.data_ptr<int64_t>(), c.data_ptr<int64_t>(), N,
+      b.data_ptr<float>(), sorted_scores.data_ptr<float>(), sort_keys.data_ptr<float>(), order.data_ptr<int64_t>(), c.data_ptr<int64_t>(), N,
       static_cast<float>(iou_threshold), filter_scores, static_cast<float>(score_threshold), max_output,
       keep.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), reinterpret_cast<Box*>(kept_boxes.data_ptr<float>()),
       kept_classes.data_ptr<int64_t>());

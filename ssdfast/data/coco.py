@@ -142,13 +142,16 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """key: an index (augmented for the epoch of set_epoch) or (epoch, index), which is how the
+        loader's persistent workers learn the epoch (their copy of the dataset never sees set_epoch)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
         path = self.image_dir / record.file_name
         image = read_image(path)
         if image is None:
             return {"unreadable": str(path)}
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         image, boxes, labels = self.transform(image, record.boxes.copy(), record.labels.copy(), rng)
         return {"image": image, "boxes": boxes, "labels": labels, "image_id": record.image_id,
                 "size": (record.height, record.width)}

@@ -25,6 +25,25 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class EpochKeyedSampler(Sampler):
+    """Yields (epoch, index) pairs: the epoch travels with every index to the workers, so workers
+    started once (persistent_workers, no restart cost per epoch) still re-key the augmentation."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class TorchLoader:
     """torch.utils.data path. set_epoch reshuffles (DistributedSampler) and re-keys the augmentation."""
 
@@ -33,8 +52,7 @@ class TorchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
-        if isinstance(self.loader.sampler, DistributedSampler):
-            self.loader.sampler.set_epoch(epoch)
+        self.loader.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -59,7 +77,9 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
         from .dali import DaliLoader
 
         device = torch.device(device)
-        device_id = (device.index or 0) if device.type == "cuda" else None  # None: DALI's CPU-only mode
+        # A plain "cuda" means the current device, not device 0. None: DALI's CPU-only mode.
+        device_id = (torch.cuda.current_device() if device.index is None else device.index) \
+            if device.type == "cuda" else None
         loader = DaliLoader(ann_file, image_dir, train=train, batch_size=batch_size, max_boxes=max_boxes,
                             device_id=device_id, rank=rank,
                             world_size=world_size, seed=seed, num_threads=max(num_workers, 1), fp16=fp16,
@@ -81,9 +101,10 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
                           "using one smaller batch per epoch")
     else:
         sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
-    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                             collate_fn=Collate(max_boxes, keep_batch_size=train), drop_last=drop_last,
-                             pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
+    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochKeyedSampler(sampler),
+                             num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
+                             drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
+                             persistent_workers=num_workers > 0)
     loader = TorchLoader(dataset, data_loader)
     loader.coco, loader.category_ids = dataset.coco, dataset.category_ids
     loader.category_names, loader.num_images = dataset.category_names, len(dataset)
