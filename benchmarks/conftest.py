@@ -35,6 +35,13 @@ def bench_coco(tmp_path_factory):
     return write_synthetic_coco(tmp_path_factory.mktemp("bench_coco"), num_train=256, num_val=64, seed=0)
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record torch, CUDA and the GPU in the JSON, so results can be reported on another machine."""
+    from report import this_machine
+
+    machine_info["ssdfast"] = this_machine()
+
+
 def pytest_terminal_summary(terminalreporter, config):
     """Print each group's ratios (baseline median / candidate median) after the run."""
     session = getattr(config, "_benchmarksession", None)
@@ -42,7 +49,7 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     groups: dict[str, list] = {}
     for bench in session.benchmarks:
-        if bench.stats is not None and getattr(bench.stats, "median", None):
+        if bench.stats is not None and getattr(bench.stats, "data", None) and bench.stats.median:
             groups.setdefault(bench.group, []).append(bench)
     terminalreporter.section("ssdfast speed ratios (baseline median / candidate median)")
     for group, benches in sorted(groups.items()):

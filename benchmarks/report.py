@@ -43,24 +43,31 @@ def bf16_peak(gpu: str | None) -> float | None:
     return next((peak for name, peak in BF16_PEAK_FLOPS.items() if gpu and name in gpu), None)
 
 
-def summarise(raw: dict) -> dict:
+def this_machine() -> dict:
+    """What this process runs on (benchmarks/conftest.py stores the same in every JSON it writes)."""
     import os
 
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    info = {
-        "device": gpu or f"CPU {os.cpu_count()} cores",
-        "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "date": raw.get("datetime"),
-    }
+    info = {"device": gpu or f"CPU {os.cpu_count()} cores", "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
     try:
         import torchvision
 
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
+    return info
+
+
+def summarise(raw: dict) -> dict:
+    # The machine that ran the benchmarks (recorded in the JSON), else this one.
+    recorded = raw.get("machine_info", {}).get("ssdfast")
+    info = {**(recorded or this_machine()), "date": raw.get("datetime")}
+    if raw.get("commit_info", {}).get("id"):
+        info["commit"] = raw["commit_info"]["id"][:10]
+    gpu = info.get("gpu")
     groups: dict[str, list] = {}
     for bench in raw["benchmarks"]:
         groups.setdefault(bench["group"], []).append(bench)
@@ -87,7 +94,9 @@ def summarise(raw: dict) -> dict:
 def table(result: dict) -> str:
     m = result["machine"]
     lines = [f"**{m['device']}** ({m['cpu']}), torch {m['torch']}, torchvision {m.get('torchvision', '?')}, "
-             f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}", "",
+             f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}"
+             + (f", commit {m['commit']}" if m.get("commit") else "") + (f". {m['note']}" if m.get("note") else ""),
+             "",
              "| benchmark | implementation | median | throughput | vs baseline | % of bf16 peak |",
              "|---|---|---:|---:|---:|---:|"]
     for group in result["groups"]:
@@ -109,19 +118,25 @@ def table(result: dict) -> str:
 def merge(paths: list[str]) -> dict:
     """One pytest-benchmark JSON from several runs on the same machine (benchmarks concatenated)."""
     raws = [json.loads(Path(p).read_text()) for p in paths]
-    return {"datetime": raws[-1].get("datetime"), "benchmarks": [b for raw in raws for b in raw["benchmarks"]]}
+    return {"datetime": raws[-1].get("datetime"), "machine_info": raws[-1].get("machine_info", {}),
+            "commit_info": raws[-1].get("commit_info", {}),
+            "benchmarks": [b for raw in raws for b in raw["benchmarks"]]}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="*", default=[str(RESULTS / "latest.json")], help="pytest-benchmark JSON file(s)")
     parser.add_argument("--checks", default=None, help="JSON of check results to store beside the timings")
+    parser.add_argument("--name", default=None, help="results file name (default: the machine's name)")
+    parser.add_argument("--note", default=None, help="a sentence shown with the table (e.g. what code was measured)")
     args = parser.parse_args(argv)
     result = summarise(merge(args.json))
+    if args.note:
+        result["machine"]["note"] = args.note
     if args.checks:
         result["checks"] = json.loads(Path(args.checks).read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    target = RESULTS / f"{machine_name(result['machine'])}.json"
+    target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
     tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json")) if p.name != "latest.json"]
