@@ -244,3 +244,25 @@ def test_dali_training_batches_are_valid(synthetic_coco):
         b = batch.boxes[real]
         assert ((b >= 0) & (b <= 1)).all() and (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert -3 < batch.images.mean() < 3
+
+
+def test_persistent_workers_still_change_the_augmentation_every_epoch(synthetic_coco):
+    """Workers start once (persistent_workers) and keep their own copy of the dataset, which never sees
+    set_epoch: the epoch reaches them with every index. Each epoch's batches must equal those of a
+    loader without workers (the same keys), and differ from the previous epoch's."""
+    def epochs(num_workers):
+        loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=num_workers, seed=3)
+        out = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            out.append([(b.images.clone(), b.boxes.clone(), b.image_ids.clone()) for b in loader])
+        return loader, out
+
+    loader, with_workers = epochs(2)
+    assert loader.loader.persistent_workers
+    _, without_workers = epochs(0)
+    for epoch in range(2):
+        for (img, box, ids), (img0, box0, ids0) in zip(with_workers[epoch], without_workers[epoch]):
+            assert torch.equal(ids, ids0) and torch.equal(img, img0) and torch.equal(box, box0)
+    first, second = with_workers
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
