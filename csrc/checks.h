@@ -56,6 +56,8 @@ inline void check_ground_truth(const at::Tensor& gt_boxes, const at::Tensor& per
               gt_boxes.size(1), "] to match gt_boxes, got ", per_box.sizes());
   check_same_device(gt_boxes, "gt_boxes", per_box, per_box_name);
   check_same_device(gt_boxes, "gt_boxes", anchors, "anchors");
+  // Zero anchors would leave "each ground truth claims its best anchor" without an anchor to claim.
+  TORCH_CHECK(anchors.size(0) > 0, "ssdfast: anchors must hold at least one box to match against, got A = 0");
 }
 
 inline void check_match_inputs(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, const at::Tensor& anchors,

@@ -25,6 +25,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename.
 
@@ -38,6 +45,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a shared run's teammates must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,3 +124,20 @@ def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<check
             f" missing keys: {show(missing)}; unexpected keys: {show(unexpected)}; wrong shapes: {show(wrong_shape)}"
         )
     model.load_state_dict(state)
+
+
+def check_categories(trained: list[str], dataset: list[str], weights, data) -> None:
+    """Refuse weights whose class labels mean other categories than the dataset's.
+
+    Labels are 1..C in the order of sorted category ids, so two category sets with the same count but
+    another order or other names would silently swap meanings. `trained`: the checkpoint's category
+    names (COCO's 80 for the seed's and NVIDIA's checkpoints); `dataset`: the dataset's."""
+    if list(trained) == list(dataset):
+        return
+    if len(trained) != len(dataset):
+        raise CheckpointError(f"{weights} predicts {len(trained)} classes but {data} has {len(dataset)} categories")
+    differ = [f"label {i + 1}: '{a}' in the weights, '{b}' in the data"
+              for i, (a, b) in enumerate(zip(trained, dataset)) if a != b]
+    raise CheckpointError(f"{weights} was trained on other categories than {data} has ({len(differ)} of "
+                          f"{len(dataset)} labels differ; {'; '.join(differ[:5])}{'; ...' if len(differ) > 5 else ''}). "
+                          "Labels follow sorted category ids; pass --ignore-category-names to use the weights anyway")

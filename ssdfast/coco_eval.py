@@ -46,13 +46,19 @@ def gather_to_rank0(items: list) -> list:
 
 
 def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None,
-                  backend: str = "pycocotools") -> tuple[dict[str, float], str]:
+                  backend: str = "pycocotools") -> tuple[dict[str, float] | None, str]:
     """COCO box AP/AR of `results` against `coco_gt` (a pycocotools COCO object).
 
-    image_ids: restrict to these images (default: all of coco_gt). Returns ({name: value}, table text).
+    image_ids: restrict to these images (default: all of coco_gt). Returns ({name: value}, table text),
+    or (None, the reason) when those images have no ground truth to compare with.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
+    evaluated = set(coco_gt.getImgIds() if image_ids is None else image_ids)
+    if not any(ann["image_id"] in evaluated and not ann.get("iscrowd", 0) for ann in coco_gt.dataset["annotations"]):
+        # COCOeval would print -1 for every metric; say why instead.
+        return None, (f"nothing to evaluate: the {len(evaluated)} evaluated image(s) have no ground-truth boxes "
+                      "(an annotation file without annotations?)")
     if not results:
         zeros = {name: 0.0 for name in STAT_NAMES}
         return zeros, "no detections: every COCO metric is 0"

@@ -213,13 +213,16 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
                 on_log(epoch, it, {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr})
         bar.update(1)
     bar.close()
+    if seen == 0:  # nothing trained: say so rather than log a loss of 0 and an untrained checkpoint
+        raise ValueError(f"epoch {epoch}: no batch had a readable image ({len(skipped)} unreadable, e.g. "
+                         f"{skipped[0] if skipped else 'none'}): check the image files")
     with host_sync_point(device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         mean = (totals / max(seen, 1)).tolist()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr if seen else float("nan"),
+    return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr,
             "images_per_s": images_done * world / max(elapsed, 1e-9), "skipped": skipped}
 
 

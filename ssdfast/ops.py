@@ -151,7 +151,11 @@ def batched_nms_padded(
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Drop-in for ``torchvision.ops.nms``: boxes (Tensor[N, 4]), scores (Tensor[N]) -> kept indices
-    (Tensor[n] int64) by decreasing score. The output length depends on the data: one host sync on CUDA."""
+    (Tensor[n] int64) by decreasing score. The output length depends on the data: one host sync on CUDA.
+
+    The same on every backend (compiled CPU, CUDA, reference), and different from torchvision in two
+    ways: a NaN score is never kept (torchvision ranks NaN first and keeps it), and boxes and scores
+    must be floating point (integer boxes are an error, not silently converted)."""
     if _use_compiled("nms", boxes):
         return torch.ops.ssdfast.nms(boxes, scores, iou_threshold)
     return reference.nms(boxes, scores, iou_threshold)
@@ -161,6 +165,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """Drop-in for ``torchvision.ops.batched_nms``: NMS within each category of ``idxs`` (Tensor[N]).
 
     Returns kept indices (Tensor[n] int64) by decreasing score. One host sync (the output length).
+    Like ``nms``, NaN scores are never kept; so are -inf scores (they are not above the -inf threshold).
     """
     keep, counts = batched_nms_padded(boxes[None], scores[None], idxs[None], iou_threshold, float("-inf"), len(scores))
     return keep[0, : int(counts[0])]

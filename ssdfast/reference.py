@@ -3,13 +3,26 @@ missing or has no kernel for a device.
 
 Each function has the same semantics as its C++/CUDA kernel (see ``csrc/``), written for clarity.
 Box maths follows the same float operation order as ``csrc/box_math.h``, so IoUs are bit-identical
-and matching decisions agree exactly, ties included. Inputs are assumed valid: the compiled ops are
-the ones that check shapes, dtypes and devices.
+and matching decisions agree exactly, ties included. The compiled ops check shapes, dtypes and devices
+(csrc/checks.h); the twins check the two things whose answer would otherwise differ between backends:
+boxes must be floating point, and matching needs at least one anchor.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def _check_float(t: Tensor, name: str) -> None:
+    if not t.is_floating_point():
+        raise RuntimeError(f"ssdfast: {name} must be a floating point tensor (float32, float16, bfloat16 or "
+                           f"float64), got {t.dtype}")
+
+
+def _check_anchors(anchors: Tensor) -> None:
+    _check_float(anchors, "anchors")
+    if anchors.shape[0] == 0:
+        raise RuntimeError("ssdfast: anchors must hold at least one box to match against, got A = 0")
 
 
 def _area(b: Tensor) -> Tensor:
@@ -27,6 +40,7 @@ def _iou(a: Tensor, b: Tensor) -> Tensor:
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU: boxes1 [N, 4], boxes2 [M, 4] (xyxy) -> [N, M] float32."""
+    _check_float(boxes1, "boxes1"), _check_float(boxes2, "boxes2")
     return _iou(boxes1.float()[:, None, :], boxes2.float()[None, :, :])
 
 
@@ -36,6 +50,7 @@ def _center_size(b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
     """xyxy boxes [..., A, 4] relative to anchors [A, 4] (xyxy) -> SSD offsets [..., A, 4] float32."""
+    _check_float(boxes, "boxes"), _check_float(anchors, "anchors")
     gcx, gcy, gw, gh = _center_size(boxes.float())
     acx, acy, aw, ah = _center_size(anchors.float())
     return torch.stack(
@@ -51,6 +66,7 @@ def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, siz
 
 def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
     """SSD offsets [..., A, 4] relative to anchors [A, 4] (xyxy) -> xyxy boxes [..., A, 4] float32."""
+    _check_float(offsets, "offsets"), _check_float(anchors, "anchors")
     t = offsets.float()
     acx, acy, aw, ah = _center_size(anchors.float())
     cx = t[..., 0] * center_variance * aw + acx
@@ -70,6 +86,7 @@ def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: flo
     Returns:
         [B, A] int64: index of the matched ground truth per anchor, -1 for background.
     """
+    _check_float(gt_boxes, "gt_boxes"), _check_anchors(anchors)
     B, G = gt_mask.shape
     A = anchors.shape[0]
     if G == 0:
@@ -102,6 +119,9 @@ def match_encode(
     """Loss targets in one call: gt_boxes [B, G, 4], gt_labels [B, G] (0 = padding), anchors [A, 4]
     -> (offsets [B, A, 4] float32, zero for background; labels [B, A] int64, 0 for background)."""
     matched = match(gt_boxes, gt_labels > 0, anchors, iou_threshold)
+    if gt_boxes.shape[1] == 0:  # no ground-truth slots: every anchor is background (nothing to gather from)
+        return (torch.zeros(*matched.shape, 4, device=matched.device),
+                torch.zeros_like(matched))
     positive = matched >= 0
     index = matched.clamp(min=0)
     boxes = gt_boxes.float().gather(1, index[..., None].expand(-1, -1, 4))
@@ -136,6 +156,7 @@ def batched_nms_padded(
     Returns:
         keep [B, K] int64 (candidate indices by decreasing score, padded with -1), counts [B] int64.
     """
+    _check_float(boxes, "boxes"), _check_float(scores, "scores")
     B = boxes.shape[0]
     keep = torch.full((B, max_output), -1, dtype=torch.long, device=boxes.device)
     counts = torch.zeros(B, dtype=torch.long, device=boxes.device)
@@ -150,7 +171,9 @@ def batched_nms_padded(
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision.ops.nms semantics: boxes [N, 4], scores [N] -> kept indices [n] by decreasing score."""
+    """torchvision.ops.nms semantics: boxes [N, 4], scores [N] -> kept indices [n] by decreasing score,
+    except that a NaN score is never kept (torchvision would rank it first)."""
+    _check_float(boxes, "boxes"), _check_float(scores, "scores")
     s = scores.float()
     order = torch.sort(s, descending=True, stable=True).indices
     order = order[~s[order].isnan()]  # a NaN score is never kept (torchvision would rank it first)

@@ -146,9 +146,10 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     for name in ["2.jpg", "3.jpg", "4.jpg", "5.jpg"]:
         assert read_image(folder / name) is None
     data = CocoDetection(tmp_path, "train")
-    samples = [data[i] for i in range(5)]
+    assert data.dropped["missing image files"] == 1 and len(data) == 4  # found once, at load
+    samples = [data[i] for i in range(4)]
     batch = Collate(max_boxes=4)(samples)
-    assert len(batch.skipped) == 4 and batch.images.shape[0] == 5  # training keeps the batch size
+    assert len(batch.skipped) == 3 and batch.images.shape[0] == 4  # training keeps the batch size
     assert torch.equal(batch.images[1], batch.images[0])
     eval_batch = Collate(max_boxes=4, keep_batch_size=False)(samples)
     assert eval_batch.images.shape[0] == 1 and eval_batch.image_ids.tolist() == [1]

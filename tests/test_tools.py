@@ -60,7 +60,7 @@ def test_eval_tool(trained, synthetic_coco):
     assert set(metrics) >= {"AP", "AP50", "AP75", "AP_small", "AR1", "AR100", "AR_large"}
     fast = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--num-workers", 0,
                 "--backend", "faster-coco-eval", "--output", folder / "fast_detections.json")
-    fast_metrics = json.loads((folder / "fast_metrics.json").read_text())
+    fast_metrics = json.loads((folder / "fast_detections.metrics.json").read_text())
     assert abs(fast_metrics["AP"] - metrics["AP"]) < 1e-6, fast.stdout
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.inference import detect, load_detector
+from ssdfast.outputs import writable_file, writable_folder
 from ssdfast.runtime import configure_cudnn
 from ssdfast.visualize import draw_detections
 
@@ -34,7 +35,8 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint: ssdfast, the seed's, or NVIDIA's")
     p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")
-    p.add_argument("--output", required=True, help="output image / folder (for folders and globs) / video")
+    p.add_argument("--output", required=True, help="output image (one input image), folder (several images, or a "
+                   "name ending in '/'), or video; drawings keep the input file names")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw detections above this score")
     p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
@@ -57,9 +59,29 @@ def list_images(spec: str) -> list[Path]:
     return [path]
 
 
+def image_targets(paths: list[Path], output: Path, single: bool) -> dict[Path, Path]:
+    """Where each input image is drawn: OUTPUT itself for one image given as a file name, else
+    OUTPUT/<input name>, numbered when names repeat (a.jpg from two folders), so no drawing
+    overwrites another or an input."""
+    if single:
+        targets = {paths[0]: output}
+    else:
+        targets, used = {}, set()
+        for path in paths:
+            name, n = path.name, 0
+            while name.lower() in used:
+                n += 1
+                name = f"{path.stem}_{n}{path.suffix}"
+            used.add(name.lower())
+            targets[path] = output / name
+    clobbered = [p for p, t in targets.items() if t.resolve() in {q.resolve() for q in paths}]
+    if clobbered:
+        raise ValueError(f"the output would overwrite the input image {clobbered[0]}: choose another --output")
+    return targets
+
+
 def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
-    if not single:
-        output.mkdir(parents=True, exist_ok=True)
+    targets = image_targets(paths, output, single)
     report = {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
         chunk = paths[start:start + args.batch_size]
@@ -74,9 +96,9 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
         for (path, img), det in zip(readable, dets):
             drawn = draw_detections(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"],
                                     names)
-            target = output if single else output / f"{path.stem}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), drawn)
+            target = targets[path]
+            if not cv2.imwrite(str(target), drawn):
+                raise ValueError(f"cannot write the image {target} (unknown image suffix, or no space left?)")
             report[str(path)] = to_records(det, names)
     return report
 
@@ -125,20 +147,30 @@ def main(argv=None) -> int:
         model, meta = load_detector(args.weights, device)
         names = meta["category_names"]
         if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+            if output.resolve() == source.resolve():
+                raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
+            writable_file(output, "output video")
             report = run_video(model, names, source, output, args)
         else:
             paths = list_images(args.input)
             if not paths or not all(p.is_file() for p in paths):
                 raise FileNotFoundError(f"no input images found at {args.input} (an image, a folder of images, "
                                         "a glob such as 'dir/*.jpg', or a video file)")
-            single = len(paths) == 1 and source.is_file()
+            # One image to a file name; otherwise OUTPUT is a folder (also for one image and an existing
+            # folder, a trailing '/', or a name without suffix).
+            single = (len(paths) == 1 and source.is_file() and output.suffix.lower() in IMAGE_SUFFIXES
+                      and not output.is_dir() and not args.output.endswith(("/", "\\")))
+            if single:
+                writable_file(output, "output image")
+            else:
+                writable_folder(output, "output folder")
             report = run_images(model, names, paths, output, args, single)
             if not report:
                 raise ValueError(f"none of the {len(paths)} input image(s) could be read")
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    json_path = output.with_suffix(".json") if output.suffix else output / "detections.json"
+    json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
     json_path.write_text(json.dumps(report, indent=1))
     count = sum(len(v) for v in report.values())
     print(f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "

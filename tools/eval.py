@@ -3,7 +3,8 @@
     python tools/eval.py --data-path /coco --weights trained_models/best.pt
     torchrun --nproc_per_node=8 tools/eval.py --data-path /coco --weights nvidia_ssd.pt --amp --dali
 
-Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output.
+Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output and the
+metrics beside them. Refuses weights trained on other categories than the dataset's.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ssdfast.checkpoint import CheckpointError
+from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
 from ssdfast.runtime import configure_cudnn, setup_distributed
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
+from ssdfast.outputs import distinct, writable_file
 
 
 def get_args(argv=None):
@@ -34,11 +36,26 @@ def get_args(argv=None):
     p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--score-threshold", type=float, default=0.05, help="drop detections at or below this score")
     p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
-    p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json)")
+    p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json); "
+                   "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)")
+    p.add_argument("--ignore-category-names", action="store_true", help="evaluate even if the weights were trained on "
+                   "categories with other names than the dataset's (only the count must match)")
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     return p.parse_args(argv)
+
+
+def output_paths(args) -> dict[str, Path]:
+    """Detections and metrics files: distinct, in writable folders, checked before evaluating."""
+    if args.output:
+        detections = Path(args.output)
+        metrics = detections.with_name(detections.stem + ".metrics.json")
+    else:
+        detections = Path(args.weights).with_name(f"detections_{args.split}.json")
+        metrics = detections.with_name(f"metrics_{args.split}.json")
+    return distinct({"detections file": writable_file(detections, "detections file"),
+                     "metrics file": writable_file(metrics, "metrics file")})
 
 
 def main(argv=None) -> int:
@@ -46,16 +63,17 @@ def main(argv=None) -> int:
     rank, world, device = setup_distributed(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)
     try:
+        outputs = output_paths(args) if rank == 0 else {}
         model, meta = load_detector(args.weights, device)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
                               device=device, channels_last=device.type == "cuda")
+        if args.ignore_category_names:
+            check_categories(range(meta["num_classes"]), range(len(loader.category_ids)), args.weights, args.data_path)
+        else:
+            check_categories(meta["category_names"], loader.category_names, args.weights, args.data_path)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    if meta["num_classes"] != len(loader.category_ids):
-        print(f"error: {args.weights} predicts {meta['num_classes']} classes but {args.data_path} has "
-              f"{len(loader.category_ids)} categories", file=sys.stderr)
         return 1
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -65,16 +83,17 @@ def main(argv=None) -> int:
                                      score_threshold=args.score_threshold, max_batches=args.max_batches,
                                      is_main=rank == 0)
     if rank == 0:
-        output = Path(args.output or Path(args.weights).with_name(f"detections_{args.split}.json"))
-        output.write_text(json.dumps(results))
+        detections, metrics_file = outputs["detections file"], outputs["metrics file"]
+        detections.write_text(json.dumps(results))
         metrics = {"weights": str(args.weights), "data_path": str(args.data_path), "split": args.split,
-                   "backend": args.backend, **stats, "images_evaluated": len(image_ids),
+                   "backend": args.backend, **(stats or {"note": table}), "images_evaluated": len(image_ids),
                    "distinct_images_evaluated": len(set(image_ids))}
-        output.with_name(output.stem.replace("detections", "metrics") + ".json").write_text(json.dumps(metrics, indent=1))
+        metrics_file.write_text(json.dumps(metrics, indent=1))
         print(f"{meta['model_name']} ({args.weights}) on {args.data_path} {args.split}, backend {args.backend}:")
         print(table)
-        print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}; {len(results)} detections "
-              f"written to {output}")
+        if stats:
+            print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}")
+        print(f"{len(results)} detections written to {detections}, metrics to {metrics_file}")
     if world > 1:
         dist.destroy_process_group()
     return 0

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ssdfast.checkpoint import load_checkpoint, save_checkpoint
+from ssdfast.checkpoint import CheckpointError, check_categories, load_checkpoint, save_checkpoint
 from ssdfast.data import build_loader
 from ssdfast.runtime import configure_cudnn, setup_distributed
 from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
                             unwrap)
 from ssdfast.models import build_model, canonical_name
+from ssdfast.outputs import writable_folder
 
 
 def get_args(argv=None):
@@ -61,6 +62,9 @@ def get_args(argv=None):
     p.add_argument("--max-boxes", type=int, default=128, help="ground-truth boxes per image after padding (G)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss checks/logs (each is a host sync)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
+                   "on categories with other names than the dataset's (only the count must match)")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
     return p.parse_args(argv)
 
 
@@ -104,6 +108,9 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     save_folder = Path(args.save_folder)
+    if is_main:  # found now, not after the first epoch
+        writable_folder(save_folder, "save folder")
+        writable_folder(args.log_path or save_folder / "tensorboard", "TensorBoard folder")
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                                 max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last)
@@ -125,6 +132,8 @@ def main(argv=None) -> int:
         if ckpt.get("model_name") != args.model or ckpt.get("num_classes") != num_classes:
             sys.exit(f"error: {last} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
                      f"{args.model} with {num_classes}: use another --save-folder or --no-resume")
+        if not args.ignore_category_names:
+            check_categories(ckpt.get("category_names", []), train_loader.category_names, last, args.data_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -184,8 +193,8 @@ def main(argv=None) -> int:
                                       max_batches=args.eval_batches, is_main=is_main)
             if is_main:
                 print(f"epoch {epoch} COCO evaluation:\n{table}")
-                record.update({f"coco/{k}": v for k, v in coco.items()})
-                for key, value in coco.items():
+                for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
+                    record[f"coco/{key}"] = value
                     writer.add_scalar(f"coco/{key}", value, epoch)
         if is_main:
             writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
@@ -208,11 +217,28 @@ def main(argv=None) -> int:
     if is_main:
         writer.close()
         log_file.close()
-        print(f"done: checkpoints in {save_folder} (last.pt, best.pt), log {save_folder / 'log.jsonl'}")
+        written = ", ".join(name for name in ("last.pt", "best.pt") if (save_folder / name).exists())
+        print(f"done: checkpoints in {save_folder} ({written}), log {save_folder / 'log.jsonl'}")
     if world > 1:
         dist.destroy_process_group()
     return 0
 
 
+def run(argv=None) -> int:
+    """main() with user errors as one `error:` line (a traceback only with --debug, or for bugs)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint (written at the end of the last finished epoch) is intact; "
+              "run the same command to resume", file=sys.stderr)
+        return 130
+    except (CheckpointError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError) as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from .transforms import SSDTransform
+from .validate import validate_coco
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -48,12 +50,22 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def load_coco(ann_file: Path) -> COCO:
-    """pycocotools COCO object, quietly, with a clear error for a broken file."""
+    """pycocotools COCO object of a checked annotation file (ssdfast.data.validate): a ValueError
+    naming the file, record and field for what cannot be used; a warning counting what was dropped.
+    The report stays on the object as `coco.validation`."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        data = json.loads(Path(ann_file).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot parse COCO annotation file {ann_file}: {error}") from error
+    clean, report = validate_coco(data, ann_file)
+    if report.message():
+        warnings.warn(f"{ann_file}: {report.message()}", stacklevel=2)
+    coco = COCO()
+    coco.dataset = clean
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    coco.validation = report
+    return coco
 
 
 def _jpeg_is_complete(raw: bytes) -> bool:
@@ -88,12 +100,19 @@ class ImageRecord:
     labels: np.ndarray  # [n] int64, 1..C
 
 
-def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[int, int]):
+def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[int, int],
+                      dropped: dict[str, int] | None = None):
     """COCO annotations of one image -> (boxes [n, 4] normalised xyxy, labels [n]); crowd, unknown-category
-    and degenerate (zero/negative size, or outside the image) boxes are dropped, the rest clipped."""
+    and degenerate (zero/negative size, or outside the image) boxes are dropped, the rest clipped.
+    `dropped`, if given, counts the dropped boxes by reason."""
+    dropped = {} if dropped is None else dropped
     boxes, labels = [], []
     for ann in anns:
-        if ann.get("iscrowd", 0) or ann.get("category_id") not in label_of or len(ann.get("bbox", ())) != 4:
+        if ann.get("iscrowd", 0):
+            dropped["crowd boxes"] = dropped.get("crowd boxes", 0) + 1
+            continue
+        if ann.get("category_id") not in label_of or len(ann.get("bbox", ())) != 4:
+            dropped["boxes of an unknown category"] = dropped.get("boxes of an unknown category", 0) + 1
             continue
         x, y, w, h = ann["bbox"]
         x1, y1 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
@@ -101,6 +120,9 @@ def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[
         if x2 > x1 and y2 > y1:
             boxes.append((x1, y1, x2, y2))
             labels.append(label_of[ann["category_id"]])
+        else:
+            dropped["degenerate boxes (no area inside the image)"] = dropped.get(
+                "degenerate boxes (no area inside the image)", 0) + 1
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
@@ -124,13 +146,26 @@ class CocoDetection(Dataset):
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.records: list[ImageRecord] = []
+        # What was left out and why (the annotation file's own problems first), for messages.
+        self.dropped: dict[str, int] = {k: len(v) for k, v in self.coco.validation.dropped.items()}
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
+            if not (self.image_dir / info["file_name"]).is_file():  # one stat per image, once
+                self.dropped["missing image files"] = self.dropped.get("missing image files", 0) + 1
+                continue
             boxes, labels = parse_annotations(self.coco.imgToAnns.get(image_id, []), info["width"], info["height"],
-                                              label_of)
+                                              label_of, self.dropped)
             if self.train and len(boxes) == 0:
+                self.dropped["training images without a usable box"] = self.dropped.get(
+                    "training images without a usable box", 0) + 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
+        if self.dropped.get("missing image files") and self.records:
+            warnings.warn(f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
+                          f"{self.ann_file} are missing: left out", stacklevel=2)
+        if not self.records:
+            raise ValueError(f"no usable {split} images in {root}: {len(self.coco.imgs)} image(s) in {self.ann_file}; "
+                             + (", ".join(f"{n} {why}" for why, n in self.dropped.items()) or "the file lists none"))
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,10 @@
 """build_loader: one entry point for both data paths, so the engine does not care which one runs."""
 from __future__ import annotations
 
+import atexit
+import json
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -8,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .batch import DEFAULT_MAX_BOXES, Collate
-from .coco import CocoDetection, coco_paths, load_coco
+from .coco import CocoDetection
 
 
 class ShardSampler(Sampler):
@@ -61,6 +65,20 @@ class TorchLoader:
         return iter(self.loader)
 
 
+def usable_annotation_file(dataset: CocoDetection) -> Path:
+    """The checked annotations of the images `dataset` uses, written for DALI's reader (which reads a
+    file): both paths then read exactly the same images and boxes. A temporary file, once per loader."""
+    keep = {r.image_id for r in dataset.records}
+    data = dataset.coco.dataset
+    usable = {**data, "images": [i for i in data["images"] if i["id"] in keep],
+              "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    folder = tempfile.mkdtemp(prefix="ssdfast_dali_")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / dataset.ann_file.name
+    path.write_text(json.dumps(usable))
+    return path
+
+
 def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
@@ -72,7 +90,8 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ann_file, image_dir = coco_paths(data_path, split)
+    # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
+    dataset = CocoDetection(data_path, split, train=train, seed=seed)
     if dali:
         from .dali import DaliLoader
 
@@ -80,18 +99,12 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
         # A plain "cuda" means the current device, not device 0. None: DALI's CPU-only mode.
         device_id = (torch.cuda.current_device() if device.index is None else device.index) \
             if device.type == "cuda" else None
-        loader = DaliLoader(ann_file, image_dir, train=train, batch_size=batch_size, max_boxes=max_boxes,
-                            device_id=device_id, rank=rank,
-                            world_size=world_size, seed=seed, num_threads=max(num_workers, 1), fp16=fp16,
-                            channels_last=channels_last)
-        loader.coco = load_coco(ann_file)
-        loader.category_names = [loader.coco.cats[c]["name"] for c in loader.category_ids]
-        # Training reads only images with a non-crowd box (skip_empty, include_iscrowd=False), like the PyTorch path.
-        loader.num_images = len({a["image_id"] for a in loader.coco.dataset.get("annotations", [])
-                                 if not a.get("iscrowd", 0)}) if train else len(loader.coco.getImgIds())
+        loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
+                            max_boxes=max_boxes, device_id=device_id, rank=rank, world_size=world_size, seed=seed,
+                            num_threads=max(num_workers, 1), fp16=fp16, channels_last=channels_last)
+        loader.coco, loader.category_names, loader.num_images = dataset.coco, dataset.category_names, len(dataset)
         return loader
 
-    dataset = CocoDetection(data_path, split, train=train, seed=seed)
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                      drop_last=True)
