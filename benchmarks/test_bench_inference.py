@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ssdfast import reference
+from ssdfast import baselines
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 
@@ -23,7 +23,7 @@ def make_infer(name, batch, device, post, channels_last=False, amp_dtype=None):
             locs, confs = model(images)
         if post == "compiled":
             return postprocess(locs, confs, model.anchors)
-        return reference.postprocess_loop(locs, confs, model.anchors)
+        return baselines.postprocess_loop(locs, confs, model.anchors)
 
     return infer
 

@@ -1,7 +1,7 @@
 """Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the seed-style loop."""
 import pytest
 
-from ssdfast import reference
+from ssdfast import baselines
 from ssdfast.postprocess import postprocess
 
 from conftest import DEVICES, run
@@ -18,5 +18,5 @@ def test_postprocess(benchmark, device, impl):
         assert out.boxes.shape == (32, 200, 4)
     else:
         # One round on CUDA: the loop syncs with the host for every kept box (minutes per call there).
-        run(benchmark, lambda: reference.postprocess_loop(locs, confs, anchors), role="baseline", items=32,
+        run(benchmark, lambda: baselines.postprocess_loop(locs, confs, anchors), role="baseline", items=32,
             rounds=1 if device == "cuda" else 2, warmup=0, device=device)

@@ -39,7 +39,7 @@ SSD_HD float box_iou(const Box& a, const Box& b) {
   return uni > 0.0f ? inter / uni : 0.0f;
 }
 
-// SSD box coding with variances (DESIGN section 3):
+// SSD box coding with variances (docs/ssd.md section 3):
 //   t = ((gcx - acx) / aw / vc, (gcy - acy) / ah / vc, log(gw / aw) / vs, log(gh / ah) / vs)
 // Both the box and the anchor arrive in corner form.
 SSD_HD void encode_box(const Box& g, const Box& a, float center_var, float size_var, float* out) {

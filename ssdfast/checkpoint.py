@@ -1,7 +1,11 @@
 """Checkpoints: atomic save, safe load, and loading the seed's and NVIDIA's SSD checkpoints.
 
+The one home of the checkpoint format: training_state builds what train.py saves, resume_training
+reads it back; load_checkpoint/model_state_dict read any supported file for eval and detect.
+
 Formats understood by load_model_weights:
-  * ssdfast:   {"model": state_dict, "model_name", "num_classes", "epoch", "optimizer", ...}
+  * ssdfast:   {"model": state_dict, "model_name", "num_classes", "category_ids", "category_names", "epoch",
+                "optimizer", "scaler", "best_ap", "args"}
   * the seed:  {"epoch", "model_state_dict", "optimizer", "scheduler"}  (SSDLite: extra loc.6/conf.6, ignored)
   * NVIDIA DeepLearningExamples SSD300: {"model": state_dict, ...}, keys possibly prefixed "module."
   * a bare state dict.
@@ -141,3 +145,31 @@ def check_categories(trained: list[str], dataset: list[str], weights, data) -> N
     raise CheckpointError(f"{weights} was trained on other categories than {data} has ({len(differ)} of "
                           f"{len(dataset)} labels differ; {'; '.join(differ[:5])}{'; ...' if len(differ) > 5 else ''}). "
                           "Labels follow sorted category ids; pass --ignore-category-names to use the weights anyway")
+
+
+def training_state(model: nn.Module, optimizer, scaler, *, model_name: str, epoch: int, category_ids, category_names,
+                   best_ap: float, args: dict) -> dict:
+    """What train.py writes to last.pt/best.pt after `epoch`: weights, the category set they were
+    trained on (checked by eval and at resume), and everything needed to continue (optimizer, scaler)."""
+    return {"model": model.state_dict(), "model_name": model_name, "num_classes": len(category_ids),
+            "category_ids": list(category_ids), "category_names": list(category_names), "epoch": epoch,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "best_ap": best_ap, "args": args}
+
+
+def resume_training(path: str | Path, model: nn.Module, optimizer, scaler, *, model_name: str, category_names,
+                    check_names: bool = True, data="the dataset") -> tuple[int, float]:
+    """Load a training_state into model, optimizer and scaler; (the epoch to continue at, best AP so far).
+    Refuses (CheckpointError) a checkpoint of another model, class count or category set."""
+    device = next(model.parameters()).device
+    ckpt = load_checkpoint(path, map_location=device)
+    if ckpt.get("model_name") != model_name or ckpt.get("num_classes") != len(category_names):
+        raise CheckpointError(f"{path} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
+                              f"{model_name} with {len(category_names)}: use another --save-folder or --no-resume")
+    if check_names:
+        check_categories(ckpt.get("category_names", []), category_names, path, data)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return ckpt["epoch"] + 1, ckpt.get("best_ap", -1.0)

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import ops
+from .anchors import SSD_DEFAULTS
 from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
 from .loss import LossOutput, MultiBoxLoss
 from .postprocess import postprocess
@@ -227,7 +228,8 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_threshold=0.45, score_threshold=0.05,
+def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_threshold=SSD_DEFAULTS.nms_threshold,
+            score_threshold=SSD_DEFAULTS.score_threshold,
             category_ids, max_batches=None, is_main=True) -> tuple[list[dict], list[int], list[str]]:
     """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank."""
     model.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .anchors import SSD_DEFAULTS
 from .checkpoint import infer_model_name, infer_num_classes, load_checkpoint, load_model_weights, model_state_dict
 from .data.coco import COCO_CLASSES
 from .data.transforms import SSDTransform
@@ -28,9 +29,10 @@ def load_detector(weights, device="cpu") -> tuple[SSDBase, dict]:
 
 
 @torch.no_grad()
-def detect(model: SSDBase, images_rgb: list[np.ndarray], score_threshold: float = 0.3, nms_threshold: float = 0.45,
-           max_det: int = 200) -> list[dict]:
-    """Detect objects in RGB uint8 images [H, W, 3] (any sizes).
+def detect(model: SSDBase, images_rgb: list[np.ndarray], score_threshold: float = 0.3,
+           nms_threshold: float = SSD_DEFAULTS.nms_threshold, max_det: int = SSD_DEFAULTS.max_detections) -> list[dict]:
+    """Detect objects in RGB uint8 images [H, W, 3] (any sizes). score_threshold is for showing
+    detections (0.3), not the low evaluation threshold of SSD_DEFAULTS, which keeps weak detections for AP.
 
     Returns per image {"boxes": float [n, 4] pixel xyxy, "scores": [n], "labels": int [n] (1..C)}."""
     device = model.anchors.device

@@ -1,4 +1,4 @@
-"""MultiBox loss (DESIGN section 3), vectorised over the batch.
+"""MultiBox loss (docs/ssd.md section 4), vectorised over the batch.
 
 Per image: smooth L1 (beta 1) on positive anchors, summed over the 4 offsets; cross entropy on the
 positives plus the 3x-positives hardest negatives; divided by that image's positive count. Images
@@ -11,6 +11,8 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .anchors import SSD_DEFAULTS
+
 
 class LossOutput(NamedTuple):
     total: Tensor  # scalar: what to backpropagate
@@ -19,7 +21,7 @@ class LossOutput(NamedTuple):
 
 
 class MultiBoxLoss(nn.Module):
-    def __init__(self, neg_pos_ratio: int = 3):
+    def __init__(self, neg_pos_ratio: int = SSD_DEFAULTS.neg_pos_ratio):
         super().__init__()
         self.neg_pos_ratio = neg_pos_ratio
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .anchors import SSD_DEFAULTS
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.ssdfast.*)
@@ -62,7 +63,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return reference.box_iou(boxes1, boxes2)
 
 
-def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
+def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
+               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
     """Encode xyxy boxes as SSD offsets relative to the anchors.
 
     Args:
@@ -76,15 +78,16 @@ def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, siz
     return reference.box_encode(boxes, anchors, center_variance, size_variance)
 
 
-def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
+def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
+               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
     """Inverse of :func:`box_encode`: offsets (Tensor[..., A, 4]) -> xyxy boxes (Tensor[..., A, 4] float32)."""
     if _use_compiled("box_decode", offsets):
         return torch.ops.ssdfast.box_decode(offsets, anchors, center_variance, size_variance)
     return reference.box_decode(offsets, anchors, center_variance, size_variance)
 
 
-def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> Tensor:
-    """SSD matching of padded ground truth to anchors (DESIGN section 3).
+def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: float = SSD_DEFAULTS.match_iou) -> Tensor:
+    """SSD matching of padded ground truth to anchors (docs/ssd.md section 2).
 
     Each anchor takes its best ground truth; each ground truth then claims its best anchor whatever
     the IoU (a later ground truth wins a contested anchor); anchors with IoU > threshold (or claimed)
@@ -106,9 +109,9 @@ def match_encode(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     anchors: Tensor,
-    iou_threshold: float = 0.5,
-    center_variance: float = 0.1,
-    size_variance: float = 0.2,
+    iou_threshold: float = SSD_DEFAULTS.match_iou,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
 ) -> tuple[Tensor, Tensor]:
     """Fused :func:`match` + :func:`box_encode`: the MultiBox loss targets in one pass.
 

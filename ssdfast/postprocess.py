@@ -3,7 +3,7 @@
 decode offsets -> softmax -> per class: the top `topk_per_class` scores -> class-aware NMS that
 ignores scores <= `score_threshold` and stops at `max_det` kept boxes (= the best max_det by score).
 The seed's decode_batch did the same with a Python loop per image and per class
-(ssdfast.reference.postprocess_loop, the test oracle).
+(ssdfast.baselines.postprocess_loop, the test oracle).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .anchors import SSD_DEFAULTS
 
 
 class Detections(NamedTuple):
@@ -26,10 +27,10 @@ def postprocess(
     locs: Tensor,
     confs: Tensor,
     anchors: Tensor,
-    score_threshold: float = 0.05,
-    nms_threshold: float = 0.45,
-    topk_per_class: int = 200,
-    max_det: int = 200,
+    score_threshold: float = SSD_DEFAULTS.score_threshold,
+    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
+    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
+    max_det: int = SSD_DEFAULTS.max_detections,
 ) -> Detections:
     """
     Args:

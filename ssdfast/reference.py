@@ -1,4 +1,5 @@
-"""Pure-PyTorch twins of every ssdfast op: the test oracle, and the fallback when ``ssdfast._C`` is
+"""SSD's box coding and matching in plain PyTorch (for learners: read this, not csrc/, first), which is
+also the twin of every compiled ssdfast op: the test oracle, and the fallback when ``ssdfast._C`` is
 missing or has no kernel for a device.
 
 Each function has the same semantics as its C++/CUDA kernel (see ``csrc/``), written for clarity.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .anchors import SSD_DEFAULTS
 
 
 def _check_float(t: Tensor, name: str) -> None:
@@ -48,7 +51,8 @@ def _center_size(b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (b[..., 0] + b[..., 2]) * 0.5, (b[..., 1] + b[..., 3]) * 0.5, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
 
 
-def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
+def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
+               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
     """xyxy boxes [..., A, 4] relative to anchors [A, 4] (xyxy) -> SSD offsets [..., A, 4] float32."""
     _check_float(boxes, "boxes"), _check_float(anchors, "anchors")
     gcx, gcy, gw, gh = _center_size(boxes.float())
@@ -64,7 +68,8 @@ def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = 0.1, siz
     )
 
 
-def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = 0.1, size_variance: float = 0.2) -> Tensor:
+def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
+               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
     """SSD offsets [..., A, 4] relative to anchors [A, 4] (xyxy) -> xyxy boxes [..., A, 4] float32."""
     _check_float(offsets, "offsets"), _check_float(anchors, "anchors")
     t = offsets.float()
@@ -76,8 +81,8 @@ def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = 0.1, s
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
 
-def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> Tensor:
-    """SSD matching (DESIGN section 3), batched.
+def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: float = SSD_DEFAULTS.match_iou) -> Tensor:
+    """SSD matching (docs/ssd.md section 2), batched.
 
     Args:
         gt_boxes: [B, G, 4] xyxy ground truth, padded.
@@ -112,9 +117,9 @@ def match_encode(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     anchors: Tensor,
-    iou_threshold: float = 0.5,
-    center_variance: float = 0.1,
-    size_variance: float = 0.2,
+    iou_threshold: float = SSD_DEFAULTS.match_iou,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
 ) -> tuple[Tensor, Tensor]:
     """Loss targets in one call: gt_boxes [B, G, 4], gt_labels [B, G] (0 = padding), anchors [A, 4]
     -> (offsets [B, A, 4] float32, zero for background; labels [B, A] int64, 0 for background)."""
@@ -180,44 +185,3 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     one_class = torch.zeros(len(s), dtype=torch.long, device=boxes.device)
     kept = _greedy_nms(boxes.float(), s, one_class, order, iou_threshold, len(s))
     return torch.tensor(kept, dtype=torch.long, device=boxes.device)
-
-
-def postprocess_loop(
-    locs: Tensor,
-    confs: Tensor,
-    anchors: Tensor,
-    score_threshold: float = 0.05,
-    nms_threshold: float = 0.45,
-    topk_per_class: int = 200,
-    max_det: int = 200,
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The seed's decode_batch, written the seed's way: per image, per class, a while loop of NMS.
-
-    The oracle for ssdfast.postprocess and its speed baseline. Suppresses IoU > nms_threshold (the
-    seed suppressed >=; with continuous scores and boxes the two agree).
-    Returns, per image, (boxes [n, 4] xyxy, scores [n], labels [n]) sorted by decreasing score.
-    """
-    results = []
-    all_boxes = box_decode(locs, anchors)
-    all_probs = confs.float().softmax(dim=-1)
-    for boxes, probs in zip(all_boxes, all_probs):
-        out_boxes, out_scores, out_labels = [], [], []
-        for c in range(1, probs.shape[1]):
-            score = probs[:, c]
-            mask = score > score_threshold
-            cls_boxes, score = boxes[mask], score[mask]
-            order = score.argsort(descending=True)[:topk_per_class]
-            kept = []
-            while order.numel() > 0:
-                best = order[0]
-                kept.append(int(best))
-                overlap = _iou(cls_boxes[best], cls_boxes[order[1:]])
-                order = order[1:][overlap <= nms_threshold]
-            out_boxes.append(cls_boxes[kept])
-            out_scores.append(score[kept])
-            out_labels += [c] * len(kept)
-        scores = torch.cat(out_scores) if out_scores else torch.zeros(0, device=locs.device)
-        best = scores.argsort(descending=True)[:max_det]
-        labels = torch.tensor(out_labels, dtype=torch.long, device=locs.device)
-        results.append((torch.cat(out_boxes)[best], scores[best], labels[best]))
-    return results

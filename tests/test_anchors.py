@@ -12,7 +12,7 @@ def test_counts():
     assert default_boxes(SSDLITE300).shape == (3000, 4) and SSDLITE300.num_anchors == 3000
 
 
-# (index, expected cx, cy, w, h), computed by hand from DESIGN section 3 (fk = 300 / step).
+# (index, expected cx, cy, w, h), computed by hand from docs/ssd.md section 1 (fk = 300 / step).
 SSD300_CASES = [
     (0, 0.5 / 37.5, 0.5 / 37.5, 0.07, 0.07),  # map 0, shape (s1, s1), location (0, 0)
     (1, 1.5 / 37.5, 0.5 / 37.5, 0.07, 0.07),  # location (0, 1): j moves cx

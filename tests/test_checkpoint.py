@@ -14,7 +14,7 @@ from ssdfast.inference import load_detector
 from ssdfast.models import build_model
 
 
-# ------------------------------------------------ the seed's layout, written here from DESIGN section 3
+# ------------------------------------------------ the seed's layout, written here from docs/ssd.md and the seed's module names
 def seed_bbox_view(model, feed, x):
     """The seed's forward tail: run the extra blocks on x, then view each head's [B, nd*k, H, W] output as
     [B, k, nd*H*W] and concatenate -> locs [B, 4, A], confs [B, C+1, A]."""

@@ -1,7 +1,7 @@
 """Batched post-processing against the seed-style per-image, per-class loop."""
 import torch
 
-from ssdfast import reference
+from ssdfast import baselines
 from ssdfast.anchors import SSDLITE300, default_boxes
 from ssdfast.postprocess import postprocess, scale_to_image
 
@@ -41,14 +41,14 @@ def test_matches_reference_loop():
         locs, confs, anchors = outputs(seed)
         dets = postprocess(locs, confs, anchors, nms_threshold=0.45)
         assert dets.boxes.shape == (3, 200, 4) and dets.scores.shape == (3, 200) and dets.counts.shape == (3,)
-        assert_same(dets, reference.postprocess_loop(locs, confs, anchors, nms_threshold=0.45), 200)
+        assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, nms_threshold=0.45), 200)
 
 
 def test_max_det_truncation_and_topk():
     locs, confs, anchors = outputs(5)
     dets = postprocess(locs, confs, anchors, max_det=7, topk_per_class=50, nms_threshold=0.6)
     assert dets.boxes.shape == (3, 7, 4) and (dets.counts == 7).all()
-    assert_same(dets, reference.postprocess_loop(locs, confs, anchors, max_det=7, topk_per_class=50,
+    assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, max_det=7, topk_per_class=50,
                                                  nms_threshold=0.6), 7)
     assert (dets.scores[:, :-1] >= dets.scores[:, 1:]).all()
 

@@ -173,3 +173,13 @@ def test_cuda_graph_training_with_loader_threads(synthetic_coco, tmp_path, data)
                                        "--iters-per-epoch", 3, "--eval-every", 2))
     assert "cuda graphs True" in result.stdout and "epoch 1:" in result.stdout
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_training_and_eval_print_the_same_ap_for_one_checkpoint(trained, synthetic_coco, tmp_path):
+    """One default for each SSD constant: the per-epoch evaluation of train.py and eval.py agree."""
+    folder, _ = trained
+    epochs = [r for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "iteration" not in r]
+    result = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--batch-size", 4,
+                  "--num-workers", 0, "--output", tmp_path / "d.json")
+    metrics = json.loads((tmp_path / "d.metrics.json").read_text())
+    assert abs(metrics["AP"] - epochs[-1]["coco/AP"]) < 1e-9, result.stdout

@@ -51,7 +51,7 @@ def main() -> int:
     run([py, "tools/train.py", "--data-path", str(data), "--save-folder", str(model_dir), "--model", "ssdlite",
          "--backbone-weights", "none", "--epochs", str(args.epochs), "--multistep", str(max(args.epochs - 2, 1)),
          "--batch-size", str(args.batch_size), "--lr", "0.1", "--warmup", "30", "--num-workers", "1",
-         "--channels-last", "--nms-threshold", "0.45", *(["--no-resume"] if args.fresh else []), *device])
+         "--channels-last", *(["--no-resume"] if args.fresh else []), *device])
     run([py, "tools/eval.py", "--data-path", str(data), "--weights", str(model_dir / "last.pt"), "--batch-size", "16",
          "--num-workers", "1", *device])
     run([py, "tools/detect.py", "--weights", str(model_dir / "last.pt"), "--input", str(data / "val2017" / "*00[0-7].jpg"),

@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 
 import cv2
-import torch
 from tqdm import tqdm
 
+from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.inference import detect, load_detector
 from ssdfast.outputs import writable_file, writable_folder
-from ssdfast.runtime import configure_cudnn
+from ssdfast.runtime import configure_cudnn, pick_device
 from ssdfast.visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -38,7 +38,7 @@ def get_args(argv=None):
     p.add_argument("--output", required=True, help="output image (one input image), folder (several images, or a "
                    "name ending in '/'), or video; drawings keep the input file names")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw detections above this score")
-    p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -140,7 +140,7 @@ def run_video(model, names, path: Path, output: Path, args) -> dict:
 
 def main(argv=None) -> int:
     args = get_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
     try:

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
-from ssdfast.runtime import configure_cudnn, setup_distributed
+from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
 from ssdfast.outputs import distinct, writable_file
@@ -32,9 +33,9 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
     p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading")
-    p.add_argument("--amp", action="store_true", help="fp16 autocast (bf16 on CPU)")
-    p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU threshold")
-    p.add_argument("--score-threshold", type=float, default=0.05, help="drop detections at or below this score")
+    p.add_argument("--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)")
+    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold, help="drop detections at or below this score")
     p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
     p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json); "
                    "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)")
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         model, meta = load_detector(args.weights, device)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
-                              device=device, channels_last=device.type == "cuda")
+                              device=device, channels_last=use_channels_last(device))
         if args.ignore_category_names:
             check_categories(range(meta["num_classes"]), range(len(loader.category_ids)), args.weights, args.data_path)
         else:
@@ -75,11 +76,11 @@ def main(argv=None) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if device.type == "cuda":
+    if use_channels_last(device):
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    amp_dtype = autocast_dtype(device, args.amp)
     stats, table, results, image_ids = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
-                                     channels_last=device.type == "cuda", nms_threshold=args.nms_threshold,
+                                     channels_last=use_channels_last(device), nms_threshold=args.nms_threshold,
                                      score_threshold=args.score_threshold, max_batches=args.max_batches,
                                      is_main=rank == 0)
     if rank == 0:

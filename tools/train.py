@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ssdfast.checkpoint import CheckpointError, check_categories, load_checkpoint, save_checkpoint
+from ssdfast.anchors import SSD_DEFAULTS
+from ssdfast.checkpoint import CheckpointError, resume_training, save_checkpoint, training_state
 from ssdfast.data import build_loader
-from ssdfast.runtime import configure_cudnn, setup_distributed
+from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
                             unwrap)
 from ssdfast.models import build_model, canonical_name
@@ -44,10 +45,11 @@ def get_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     p.add_argument("--no-bn-weight-decay", action="store_true", help="no weight decay on BatchNorm and bias parameters (NVIDIA's tweak)")
     p.add_argument("--warmup", type=int, default=0, help="linear lr warmup over this many iterations (NVIDIA uses 300)")
-    p.add_argument("--nms-threshold", type=float, default=0.5, help="NMS IoU threshold for the per-epoch evaluation")
+    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold,
+                   help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)")
     p.add_argument("--num-workers", type=int, default=4, help="data loading workers per process (DALI: threads)")
     p.add_argument("--amp", action="store_true", help="mixed precision (autocast; GradScaler with fp16)")
-    p.add_argument("--amp-dtype", choices=["fp16", "bf16"], default=None, help="autocast dtype (default fp16; bf16 with --cuda-graphs)")
+    p.add_argument("--amp-dtype", choices=["fp16", "bf16"], default=None, help="autocast dtype (default: fp16 on CUDA; bf16 with --cuda-graphs and on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None, help="channels_last memory format (default on CUDA)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)")
@@ -97,13 +99,8 @@ def main(argv=None) -> int:
         sys.exit("error: --cuda-graphs is single-process for now (capturing DDP is untested): drop --cuda-graphs "
                  "under torchrun, or train on one GPU")
     cudnn_benchmark = configure_cudnn(device, not args.no_cudnn_benchmark)
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
-    amp_dtype = None
-    if args.amp:
-        name = args.amp_dtype or ("bf16" if args.cuda_graphs else "fp16")
-        if args.cuda_graphs and name == "fp16":
-            sys.exit("error: --cuda-graphs with fp16 needs a GradScaler, which syncs with the host; use --amp-dtype bf16")
-        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    channels_last = use_channels_last(device, args.channels_last)
+    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype, args.cuda_graphs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     torch.manual_seed(args.seed)
@@ -128,19 +125,11 @@ def main(argv=None) -> int:
     start_epoch, best_ap = 0, -1.0
     last = save_folder / "last.pt"
     if last.exists() and not args.no_resume:
-        ckpt = load_checkpoint(last, map_location=device)
-        if ckpt.get("model_name") != args.model or ckpt.get("num_classes") != num_classes:
-            sys.exit(f"error: {last} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
-                     f"{args.model} with {num_classes}: use another --save-folder or --no-resume")
-        if not args.ignore_category_names:
-            check_categories(ckpt.get("category_names", []), train_loader.category_names, last, args.data_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_ap = ckpt["epoch"] + 1, ckpt.get("best_ap", -1.0)
+        start_epoch, best_ap = resume_training(last, model, optimizer, scaler, model_name=args.model,
+                                               category_names=train_loader.category_names,
+                                               check_names=not args.ignore_category_names, data=args.data_path)
         if is_main:
-            print(f"resuming from {last}: epoch {ckpt['epoch']} done, continuing at epoch {start_epoch}")
+            print(f"resuming from {last}: epoch {start_epoch - 1} done, continuing at epoch {start_epoch}")
 
     ddp_model = model
     if world > 1:
@@ -203,11 +192,9 @@ def main(argv=None) -> int:
                   + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
             log(record)
             ap = record.get("coco/AP", -1.0)
-            state = {"model": unwrap(model).state_dict(), "model_name": args.model, "num_classes": num_classes,
-                     "category_ids": list(train_loader.category_ids),
-                     "category_names": list(train_loader.category_names), "epoch": epoch,
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "best_ap": max(best_ap, ap), "args": vars(args)}
+            state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch,
+                                   category_ids=train_loader.category_ids, category_names=train_loader.category_names,
+                                   best_ap=max(best_ap, ap), args=vars(args))
             save_checkpoint(last, state)
             if ap > best_ap:
                 best_ap = ap

@@ -1,4 +1,4 @@
-// SSD matching (DESIGN section 3) on the GPU, in two kernels over a (anchor chunk, image) grid.
+// SSD matching (docs/ssd.md section 2) on the GPU, in two kernels over a (anchor chunk, image) grid.
 //
 //  1. best_per_anchor_kernel: one thread per anchor loops over the image's ground truths (kept in
 //     shared memory) and records the anchor's best ground truth. The best anchor of each ground truth

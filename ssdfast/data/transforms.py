@@ -1,4 +1,4 @@
-"""SSD augmentation for the PyTorch data path (OpenCV + NumPy), the seed's recipe (DESIGN section 3).
+"""SSD augmentation for the PyTorch data path (OpenCV + NumPy), the seed's recipe (docs/ssd.md; augmentation: the paper section 2.2 "Data augmentation").
 
 Training: SSD random crop -> horizontal flip (p=0.5) -> colour jitter -> resize 300x300 -> ImageNet
 normalisation. Evaluation: resize + normalise. Boxes are normalised xyxy in [0, 1] throughout.
