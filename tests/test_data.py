@@ -195,7 +195,7 @@ def test_ddp_shards_are_disjoint_and_cover_the_set(synthetic_coco):
         loader = build_loader(synthetic_coco, "train" if train else "val", train=train, batch_size=2, num_workers=0,
                               rank=rank, world_size=2, seed=0)
         loader.set_epoch(0)
-        return [i for batch in loader for i in batch.image_ids.tolist()], loader.num_images
+        return [i for batch in loader for i in batch.image_ids.tolist()], loader.info.num_images
 
     (a, n), (b, _) = ids(0, True), ids(1, True)
     assert not set(a) & set(b) and len(set(a) | set(b)) == n == 24
@@ -230,6 +230,29 @@ def test_dali_and_pytorch_paths_agree(synthetic_coco):
             assert torch.equal(batch.labels[i], labels) and torch.equal(batch.sizes[i], size)
             torch.testing.assert_close(batch.boxes[i], boxes, rtol=0, atol=1e-5)
             assert (batch.images[i] - image).abs().mean() < 0.1  # two resize implementations
+
+
+@needs_dali
+def test_both_paths_describe_the_dataset_the_same_way(synthetic_coco, tmp_path):
+    """One DatasetInfo for both paths, and the images they read agree, also when images are dropped."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_coco, root)
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        if a["image_id"] == data["images"][0]["id"]:
+            a["iscrowd"] = 1  # an image left with only crowd boxes: not read for training
+    ann.write_text(json.dumps(data))
+    (root / "train2017" / data["images"][1]["file_name"]).unlink()  # a missing file: left out
+    paths = {dali: build_loader(root, "train", train=True, batch_size=2, num_workers=1, dali=dali) for dali in (0, 1)}
+    torch_info, dali_info = paths[0].info, paths[1].info
+    assert torch_info.num_images == dali_info.num_images == 22
+    assert torch_info.dropped == dali_info.dropped and torch_info.dropped["missing image files"] == 1
+    assert torch_info.category_names == dali_info.category_names
+    seen = {dali: sorted(i for batch in loader for i in batch.image_ids.tolist()) for dali, loader in paths.items()}
+    assert seen[0] == seen[1] and len(seen[0]) == 22
 
 
 @needs_dali

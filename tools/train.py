@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                               num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                               max_boxes=args.max_boxes, dali=args.dali, device=device,
                               channels_last=channels_last) if args.eval_every > 0 else None
-    num_classes = len(train_loader.category_ids)
+    num_classes = len(train_loader.info.category_ids)
     model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     last = save_folder / "last.pt"
     if last.exists() and not args.no_resume:
         start_epoch, best_ap = resume_training(last, model, optimizer, scaler, model_name=args.model,
-                                               category_names=train_loader.category_names,
+                                               category_names=train_loader.info.category_names,
                                                check_names=not args.ignore_category_names, data=args.data_path)
         if is_main:
             print(f"resuming from {last}: epoch {start_epoch - 1} done, continuing at epoch {start_epoch}")
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         save_folder.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(args.log_path or str(save_folder / "tensorboard"))
         log_file = open(save_folder / "log.jsonl", "a")
-        print(f"ssd: {args.model}, {num_classes} classes, {train_loader.num_images} train images, world {world}, "
+        print(f"ssd: {args.model}, {num_classes} classes, {train_loader.info.num_images} train images, world {world}, "
               f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
               f"cudnn.benchmark {cudnn_benchmark}, "
               f"{'DALI' if args.dali else 'PyTorch'} data, lr {base_lr:.2e}")
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             log(record)
             ap = record.get("coco/AP", -1.0)
             state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch,
-                                   category_ids=train_loader.category_ids, category_names=train_loader.category_names,
+                                   category_ids=train_loader.info.category_ids, category_names=train_loader.info.category_names,
                                    best_ap=max(best_ap, ap), args=vars(args))
             save_checkpoint(last, state)
             if ap > best_ap:

@@ -6,12 +6,16 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .batch import DEFAULT_MAX_BOXES, Collate
+from .batch import DEFAULT_MAX_BOXES, Batch, Collate
 from .coco import CocoDetection
 
 
@@ -48,11 +52,40 @@ class EpochKeyedSampler(Sampler):
         return len(self.sampler)
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What both data paths know about a split, built once from the checked CocoDetection."""
+    coco: COCO  # the checked annotations (pycocotools), for COCO evaluation
+    category_ids: tuple[int, ...]  # dataset category id of label 1..C
+    category_names: tuple[str, ...]
+    num_images: int  # images this split reads (training: those with a usable box)
+    dropped: dict  # what was left out at load, and why: {reason: count}
+
+    @classmethod
+    def of(cls, dataset: CocoDetection) -> "DatasetInfo":
+        return cls(dataset.coco, tuple(dataset.category_ids), tuple(dataset.category_names), len(dataset),
+                   dict(dataset.dropped))
+
+
+class Loader(Protocol):
+    """What the engine and the tools use of a loader, whichever data path built it."""
+    info: DatasetInfo
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle and re-key the augmentation for `epoch`."""
+
+    def __len__(self) -> int:
+        """Batches per epoch (of this rank)."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The epoch's batches."""
+
+
 class TorchLoader:
     """torch.utils.data path. set_epoch reshuffles (DistributedSampler) and re-keys the augmentation."""
 
     def __init__(self, dataset: CocoDetection, loader: DataLoader):
-        self.dataset, self.loader = dataset, loader
+        self.dataset, self.loader, self.info = dataset, loader, DatasetInfo.of(dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -82,12 +115,9 @@ def usable_annotation_file(dataset: CocoDetection) -> Path:
 def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
-                 fp16: bool = False):
-    """A loader of Batches for `split` of a COCO-layout dataset, sharded for (rank, world_size).
-
-    Returns an object with set_epoch(epoch), len() (batches per epoch), iteration over Batch, and the
-    attributes coco (pycocotools COCO), category_ids, category_names, num_images.
-    """
+                 fp16: bool = False) -> Loader:
+    """A Loader of Batches for `split` of a COCO-layout dataset, sharded for (rank, world_size): the
+    PyTorch path or (dali=True) the DALI path, both with the same `info` (DatasetInfo)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
@@ -102,7 +132,7 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
         loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
                             max_boxes=max_boxes, device_id=device_id, rank=rank, world_size=world_size, seed=seed,
                             num_threads=max(num_workers, 1), fp16=fp16, channels_last=channels_last)
-        loader.coco, loader.category_names, loader.num_images = dataset.coco, dataset.category_names, len(dataset)
+        loader.info = DatasetInfo.of(dataset)
         return loader
 
     if train:
@@ -118,7 +148,4 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
                              num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
                              drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
                              persistent_workers=num_workers > 0)
-    loader = TorchLoader(dataset, data_loader)
-    loader.coco, loader.category_ids = dataset.coco, dataset.category_ids
-    loader.category_names, loader.num_images = dataset.category_names, len(dataset)
-    return loader
+    return TorchLoader(dataset, data_loader)
