@@ -41,8 +41,10 @@ class MultiBoxLoss(nn.Module):
         loc = (loc * positive).sum(dim=1)
 
         ce = F.cross_entropy(confs.flatten(0, 1), target_labels.flatten(), reduction="none").view(batch, num_anchors)
-        # Hard negative mining: rank the negatives by their loss (positives count as 0) and keep
-        # the top neg_pos_ratio * num_pos of them. Two sorts, no loop, no host sync.
+        # Hard negative mining: rank the negatives by their loss (positives count as 0, so they never
+        # take a negative's place) and keep the top neg_pos_ratio * num_pos of them. argsort gives the
+        # anchors in loss order; argsort of that gives each anchor's rank in it. Two sorts of [B, A]
+        # instead of a per-image loop with data-dependent sizes: no loop, no host sync, static shapes.
         neg_ce = ce.masked_fill(positive, 0.0)
         rank = neg_ce.argsort(dim=1, descending=True).argsort(dim=1)
         num_neg = (self.neg_pos_ratio * num_pos).clamp(max=num_anchors)

@@ -36,6 +36,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16, help="training batch size")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--fresh", action="store_true", help="retrain even if OUT/model/last.pt exists")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training run (initialisation, data order, augmentation)")
     args = p.parse_args()
 
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
@@ -51,7 +52,7 @@ def main() -> int:
     run([py, "tools/train.py", "--data-path", str(data), "--save-folder", str(model_dir), "--model", "ssdlite",
          "--backbone-weights", "none", "--epochs", str(args.epochs), "--multistep", str(max(args.epochs - 2, 1)),
          "--batch-size", str(args.batch_size), "--lr", "0.1", "--warmup", "30", "--num-workers", "1",
-         "--channels-last", *(["--no-resume"] if args.fresh else []), *device])
+         "--channels-last", "--seed", str(args.seed), *(["--no-resume"] if args.fresh else []), *device])
     run([py, "tools/eval.py", "--data-path", str(data), "--weights", str(model_dir / "last.pt"), "--batch-size", "16",
          "--num-workers", "1", *device])
     run([py, "tools/detect.py", "--weights", str(model_dir / "last.pt"), "--input", str(data / "val2017" / "*00[0-7].jpg"),

@@ -45,6 +45,11 @@ class SSDBase(nn.Module):
         # Not persistent: recomputed from the spec, so state dicts stay the seed's.
         self.register_buffer("anchors", default_boxes(anchor_spec, "xyxy"), persistent=False)
 
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """The maps the heads read: x [B, 3, 300, 300] -> one [B, C_k, f_k, f_k] per map k, in the
+        order of anchor_spec.feature_sizes (SSD300: 38, 19, 10, 5, 3, 1). Each model defines it."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         locs, confs = [], []
         for feature, loc, conf, nd in zip(
