@@ -104,6 +104,36 @@ void match_image(const float* gt, const bool* valid, int64_t num_gt, const Ancho
   }
 }
 
+// Images dealt to threads by work instead of in contiguous halves: an image costs (valid boxes + 1)
+// anchor sweeps (the +1: writing its outputs), and COCO mixes images of 50 boxes with images of 2,
+// so a contiguous split can leave one thread with most of the work. Largest image first, each to
+// the least-loaded thread (the classic LPT rule): within one image's cost of the best split.
+std::vector<std::vector<int64_t>> deal_images_by_work(const bool* valid, int64_t B, int64_t G, int64_t threads) {
+  std::vector<std::pair<int64_t, int64_t>> cost_of_image(B);  // (cost, image)
+  for (int64_t b = 0; b < B; ++b) cost_of_image[b] = {std::count(valid + b * G, valid + (b + 1) * G, true) + 1, b};
+  std::stable_sort(cost_of_image.begin(), cost_of_image.end(), [](auto& x, auto& y) { return x.first > y.first; });
+  std::vector<std::vector<int64_t>> images_of(threads);
+  std::vector<int64_t> load(threads, 0);
+  for (const auto& [cost, b] : cost_of_image) {
+    const int64_t t = std::min_element(load.begin(), load.end()) - load.begin();
+    images_of[t].push_back(b);
+    load[t] += cost;
+  }
+  return images_of;
+}
+
+// Runs per_image(b, scratch) for every image, the images dealt to threads by work.
+template <typename F>
+void for_each_image_balanced(const bool* valid, int64_t B, int64_t G, F per_image) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
+  const auto images_of = deal_images_by_work(valid, B, G, threads);
+  at::parallel_for(0, static_cast<int64_t>(images_of.size()), 1, [&](int64_t begin, int64_t end) {
+    MatchScratch s;
+    for (int64_t t = begin; t < end; ++t)
+      for (const int64_t b : images_of[t]) per_image(b, s);
+  });
+}
+
 void check_anchor_count_fits_int32(int64_t A) {
   TORCH_CHECK(A <= INT32_MAX, "ssdfast: match supports at most 2^31 - 1 anchors, got ", A);
 }
@@ -117,13 +147,10 @@ at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_mask, cons
   const AnchorArrays arrays(an.data_ptr<float>(), A);
   const float threshold = static_cast<float>(iou_threshold);
   at::Tensor matched = at::empty({B, A}, gt.options().dtype(at::kLong));
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    MatchScratch s;
-    for (int64_t b = begin; b < end; ++b) {
-      match_image(gt.data_ptr<float>() + b * G * 4, mask.data_ptr<bool>() + b * G, G, arrays, s);
-      int64_t* out = matched.data_ptr<int64_t>() + b * A;
-      for (int64_t a = 0; a < A; ++a) out[a] = s.best_iou[a] > threshold ? s.valid_gt[s.best_gt[a]] : -1;
-    }
+  for_each_image_balanced(mask.data_ptr<bool>(), B, G, [&](int64_t b, MatchScratch& s) {
+    match_image(gt.data_ptr<float>() + b * G * 4, mask.data_ptr<bool>() + b * G, G, arrays, s);
+    int64_t* out = matched.data_ptr<int64_t>() + b * A;
+    for (int64_t a = 0; a < A; ++a) out[a] = s.best_iou[a] > threshold ? s.valid_gt[s.best_gt[a]] : -1;
   });
   return matched;
 }
@@ -156,14 +183,11 @@ std::tuple<at::Tensor, at::Tensor> match_encode_cpu(const at::Tensor& gt_boxes, 
   at::Tensor out_labels = at::empty({B, A}, labels.options());
   const float threshold = static_cast<float>(iou_threshold), fcv = static_cast<float>(cv),
               fsv = static_cast<float>(sv);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    MatchScratch s;
-    for (int64_t b = begin; b < end; ++b) {
-      const float* g = gt.data_ptr<float>() + b * G * 4;
-      match_image(g, valid.data_ptr<bool>() + b * G, G, arrays, s);
-      write_targets(s, g, labels.data_ptr<int64_t>() + b * G, an.data_ptr<float>(), A, threshold, fcv, fsv,
-                    offsets.data_ptr<float>() + b * A * 4, out_labels.data_ptr<int64_t>() + b * A);
-    }
+  for_each_image_balanced(valid.data_ptr<bool>(), B, G, [&](int64_t b, MatchScratch& s) {
+    const float* g = gt.data_ptr<float>() + b * G * 4;
+    match_image(g, valid.data_ptr<bool>() + b * G, G, arrays, s);
+    write_targets(s, g, labels.data_ptr<int64_t>() + b * G, an.data_ptr<float>(), A, threshold, fcv, fsv,
+                  offsets.data_ptr<float>() + b * A * 4, out_labels.data_ptr<int64_t>() + b * A);
   });
   return {offsets, out_labels};
 }
