@@ -10,7 +10,10 @@ def coco_like_ground_truth(batch: int = 32, max_boxes: int = 50, mean_boxes: flo
     """Padded ground truth [B, G, 4] / labels [B, G]: per-image counts ~ geometric with mean ~7, cap 50
     (COCO train2017: mean 7.3 boxes per image)."""
     g = torch.Generator().manual_seed(seed)
-    counts = torch.distributions.Geometric(probs=torch.tensor(1 / mean_boxes)).sample((batch,)).long() + 1
+    # Geometric counts by inverse CDF from the seeded generator (Distribution.sample would draw from
+    # the global RNG, making the workload differ from run to run).
+    u = torch.rand(batch, generator=g).clamp(min=1e-12)
+    counts = (torch.log(u) / torch.log(torch.tensor(1 - 1 / mean_boxes))).floor().long() + 1
     counts = counts.clamp(max=max_boxes)
     counts[0] = max_boxes  # at least one crowded image, as in COCO
     xy = torch.rand(batch, max_boxes, 2, generator=g) * 0.8

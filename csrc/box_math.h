@@ -14,6 +14,35 @@
 #define SSD_HD inline
 #endif
 
+// CPU vector lanes. The CPU kernels' hot loops work on Floats, 8 floats held as one value (GCC/Clang
+// vector extensions): +, -, *, / and comparisons act lane by lane, and `mask ? x : y` selects lane
+// by lane. Each lane does exactly the scalar operations, so results are bit-identical to the
+// scalar code. SSD_CPU_VECTOR_CLONES compiles a function twice, for AVX2 (one 8-float instruction
+// per operation) and for the x86-64 baseline (two SSE instructions); the loader picks the best one
+// for the CPU at run time (an ifunc), so the build still runs on any x86-64. AVX2 does not imply
+// FMA, and -ffp-contract=off forbids contraction anyway. Elsewhere it expands to nothing.
+#if !defined(__CUDACC__)
+// Floats are passed between inline functions of one file only, so the ABI note GCC prints for
+// 32-byte vectors in a non-AVX build does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#include <cstdint>
+#include <cstring>
+namespace ssdfast {
+constexpr int kLanes = 8;
+using Floats = float __attribute__((vector_size(4 * kLanes)));
+using Ints = int32_t __attribute__((vector_size(4 * kLanes)));  // also the type of a Floats comparison
+inline Floats load_floats(const float* p) { Floats v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store_floats(float* p, Floats v) { std::memcpy(p, &v, sizeof v); }
+inline Ints load_ints(const int32_t* p) { Ints v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store_ints(int32_t* p, Ints v) { std::memcpy(p, &v, sizeof v); }
+}  // namespace ssdfast
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define SSD_CPU_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SSD_CPU_VECTOR_CLONES
+#endif
+#endif
+
 namespace ssdfast {
 
 // An axis-aligned box in corner form (x1, y1) top-left, (x2, y2) bottom-right.
@@ -25,19 +54,34 @@ SSD_HD Box load_box(const float* p) { return Box{p[0], p[1], p[2], p[3]}; }
 
 // max/min as plain comparisons: the same result as fmaxf/fminf on finite input, and, unlike them
 // (NaN rules), GCC turns these into vector max/min instructions, so the CPU loops vectorise.
-SSD_HD float max_f(float a, float b) { return a > b ? a : b; }
-SSD_HD float min_f(float a, float b) { return a < b ? a : b; }
+// Templates so that the same source serves float and Floats (8 lanes).
+template <typename T> SSD_HD T max_f(T a, T b) { return a > b ? a : b; }
+template <typename T> SSD_HD T min_f(T a, T b) { return a < b ? a : b; }
 
 SSD_HD float box_area(const Box& b) { return (b.x2 - b.x1) * (b.y2 - b.y1); }
 
-// Intersection over union. Degenerate boxes (zero area) give 0, never NaN.
-SSD_HD float box_iou(const Box& a, const Box& b) {
-  const float iw = max_f(min_f(a.x2, b.x2) - max_f(a.x1, b.x1), 0.0f);
-  const float ih = max_f(min_f(a.y2, b.y2) - max_f(a.y1, b.y1), 0.0f);
-  const float inter = iw * ih;
-  const float uni = box_area(a) + box_area(b) - inter;
-  return uni > 0.0f ? inter / uni : 0.0f;
+// Intersection over union from corners and areas (loops that meet one box many times compute its
+// area once; the value is box_area's, so the IoU is the same). T is float, or Floats on the CPU:
+// one source, the same operations in the same order, so 8-lane IoUs are bit-identical to scalar ones.
+template <typename T>
+SSD_HD T iou_from_corners(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
+  const T zero = T{};
+  const T iw = max_f(min_f(ax2, bx2) - max_f(ax1, bx1), zero);
+  const T ih = max_f(min_f(ay2, by2) - max_f(ay1, by1), zero);
+  const T inter = iw * ih;
+  const T uni = area_a + area_b - inter;
+  // Divide first, then select: the same value, and a division that always runs keeps the CPU
+  // loops branch-free.
+  const T ratio = inter / uni;
+  return uni > zero ? ratio : zero;
 }
+
+SSD_HD float box_iou_with_areas(const Box& a, float area_a, const Box& b, float area_b) {
+  return iou_from_corners(a.x1, a.y1, a.x2, a.y2, area_a, b.x1, b.y1, b.x2, b.y2, area_b);
+}
+
+// Intersection over union. Degenerate boxes (zero area) give 0, never NaN.
+SSD_HD float box_iou(const Box& a, const Box& b) { return box_iou_with_areas(a, box_area(a), b, box_area(b)); }
 
 // SSD box coding with variances (docs/ssd.md section 3):
 //   t = ((gcx - acx) / aw / vc, (gcy - acy) / ah / vc, log(gw / aw) / vs, log(gh / ah) / vs)

@@ -381,3 +381,64 @@ def test_nms_non_finite_scores_and_boxes_same_on_every_backend(device):
     single = ops.nms(boxes[0].to(device), scores[0].to(device), 0.5)
     assert torch.equal(single.cpu(), reference.nms(boxes[0], scores[0], 0.5))
     assert not set(single.tolist()) & {0, 7, 64, 65, 149}
+
+
+# ---------------------------------------------------------------- vectorised CPU paths (issue 10)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_anchors", [1, 3, 13, 500])
+def test_match_heavy_padding_and_odd_anchor_counts_agree_exactly(device, num_anchors):
+    """The CPU matcher compacts the valid boxes and sweeps anchors 8 at a time (padded arrays): few
+    valid boxes scattered over G = 128 slots, the last slot included, and anchor counts that are not
+    a multiple of 8, with exact IoU ties (grid boxes), must give the reference's answer exactly."""
+    g = torch.Generator().manual_seed(num_anchors)
+    B, G = 6, 128
+    gt = grid_boxes(B * G, g).view(B, G, 4)
+    anchors = grid_boxes(num_anchors, g)
+    labels = torch.zeros(B, G, dtype=torch.long)
+    for b in range(1, B):
+        slots = torch.randperm(G, generator=g)[: 2 * b]
+        labels[b, slots] = torch.randint(1, 81, (len(slots),), generator=g)
+    labels[B - 1, G - 1] = 7
+    gt, labels, anchors = gt.to(device), labels.to(device), anchors.to(device)
+    matched = ops.match(gt, labels > 0, anchors, 0.5)
+    assert torch.equal(matched.cpu(), reference.match(gt.cpu(), labels.cpu() > 0, anchors.cpu(), 0.5))
+    offsets, out_labels = ops.match_encode(gt, labels, anchors)
+    ref_offsets, ref_labels = reference.match_encode(gt.cpu(), labels.cpu(), anchors.cpu())
+    assert torch.equal(out_labels.cpu(), ref_labels)
+    torch.testing.assert_close(offsets.cpu(), ref_offsets, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_nms_padded_any_class_ids_and_signed_zero_scores(device):
+    """Class ids outside the CPU kernel's direct table (negative, >= 1024, huge) go through its hash
+    map; -0.0 and +0.0 are equal scores (input order decides); a large max_output makes the scan run
+    past the lazily sorted prefix of the candidates."""
+    g = torch.Generator().manual_seed(12)
+    B, N = 2, 1200
+    boxes = random_boxes(B * N, g, max_size=0.3).view(B, N, 4)
+    scores = torch.rand(B, N, generator=g)
+    scores[0, ::7] = 0.0
+    scores[0, 3::7] = -0.0
+    ids = torch.tensor([-5, 0, 3, 90, 1023, 1024, 10**12])
+    classes = ids[torch.randint(0, len(ids), (B, N), generator=g)]
+    for threshold in (-1.0, 0.3):
+        keep, counts = ops.batched_nms_padded(boxes.to(device), scores.to(device), classes.to(device), 0.5,
+                                              threshold, N)
+        ref_keep, ref_counts = reference.batched_nms_padded(boxes, scores, classes, 0.5, threshold, N)
+        assert torch.equal(keep.cpu(), ref_keep) and torch.equal(counts.cpu(), ref_counts)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_extremes_and_odd_shapes_close_to_reference(device):
+    """The CPU decode's vectorised exp: overflow to inf, underflow to 0, NaN kept, and shapes with
+    leading dimensions and an anchor count that is not a multiple of 8."""
+    g = torch.Generator().manual_seed(13)
+    anchors = random_boxes(13, g).to(device)
+    offsets = torch.randn(2, 3, 13, 4, generator=g) * 3
+    offsets[0, 0, 0, 2] = 500.0  # exp(100): inf
+    offsets[0, 0, 1, 3] = -1000.0  # exp(-200): 0
+    offsets[0, 0, 2, 2] = float("nan")
+    offsets[0, 1, 3, 2:] = torch.tensor([440.0, -436.0])  # near the overflow / underflow limits
+    offsets = offsets.to(device)
+    torch.testing.assert_close(ops.box_decode(offsets, anchors), reference.box_decode(offsets, anchors),
+                               rtol=1e-5, atol=1e-6, equal_nan=True)
