@@ -86,7 +86,8 @@ def summarise(raw: dict) -> dict:
                          "items_per_s": items / median if items > 1 else None,
                          "baseline": b is base,
                          "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
-                         "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None})
+                         "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,
+                         "work": b["extra_info"].get("work")})  # what one call computes (roofline-style note)
         out.append({"group": group, "baseline": base["name"] if base else None, "rows": rows})
     return {"machine": info, "groups": out}
 
@@ -108,6 +109,11 @@ def table(result: dict) -> str:
             shown = f"{median * 1e3:.2f} ms" if median < 1 else f"{median:.2f} s"
             pct = f"{row['pct_of_bf16_peak']:.1f}%" if row.get("pct_of_bf16_peak") else ""
             lines.append(f"| {group['group']} | {row['name']} | {shown} | {thr} | {ratio} | {pct} |")
+        work = next((row["work"] for row in group["rows"] if row.get("work")), None)
+        if work:
+            fastest = min(group["rows"], key=lambda row: row["median_s"])
+            lines.append(f"| {group['group']} | *work per call: {work}; fastest {fastest['median_s'] * 1e3:.2f} ms* |"
+                         " | | | |")
     checks = result.get("checks")
     if checks:
         lines += ["", "Checks on this machine (tools/gpu_check.py): " + ", ".join(

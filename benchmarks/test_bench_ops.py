@@ -11,9 +11,9 @@ from workloads import coco_like_ground_truth, nms_candidates
 
 
 def torchvision_match_encode(boxes, labels, anchors, iou_threshold=0.5, center_variance=0.1, size_variance=0.2):
-    """The older implementation's way, the baseline: per image, torchvision's box_iou against the
-    valid boxes, best ground truth per anchor and best anchor per ground truth by max, a Python loop
-    of claims (a later ground truth wins), then SSD encoding of every anchor."""
+    """The older implementation's way (its Encoder.encode), the baseline: per image, torchvision's
+    box_iou against the valid boxes, best ground truth per anchor and best anchor per ground truth by
+    max, the claims as one indexed assignment (a later ground truth wins), then SSD encoding of every anchor."""
     anchor_wh = anchors[:, 2:] - anchors[:, :2]
     anchor_cxcy = (anchors[:, :2] + anchors[:, 2:]) / 2
     all_offsets, all_labels = [], []
@@ -27,9 +27,8 @@ def torchvision_match_encode(boxes, labels, anchors, iou_threshold=0.5, center_v
         iou = torchvision.ops.box_iou(gt, anchors)  # [g, A]
         best_iou, best_gt = iou.max(dim=0)
         best_anchor = iou.max(dim=1).indices
-        for g in range(len(best_anchor)):
-            best_gt[best_anchor[g]] = g
-        best_iou[best_anchor] = 2.0
+        best_iou.index_fill_(0, best_anchor, 2.0)
+        best_gt[best_anchor] = torch.arange(len(best_anchor), device=anchors.device)
         positive = best_iou > iou_threshold
         matched = gt[best_gt]
         cxcy = ((matched[:, :2] + matched[:, 2:]) / 2 - anchor_cxcy) / (center_variance * anchor_wh)
