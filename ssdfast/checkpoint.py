@@ -130,16 +130,17 @@ def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<check
     model.load_state_dict(state)
 
 
-def check_categories(trained: list[str], dataset: list[str], weights, data) -> None:
+def check_categories(trained: list[str], dataset: list[str], weights, data, compare_names: bool = True) -> None:
     """Refuse weights whose class labels mean other categories than the dataset's.
 
     Labels are 1..C in the order of sorted category ids, so two category sets with the same count but
     another order or other names would silently swap meanings. `trained`: the checkpoint's category
-    names (COCO's 80 for the seed's and NVIDIA's checkpoints); `dataset`: the dataset's."""
-    if list(trained) == list(dataset):
-        return
+    names (COCO's 80 for the seed's and NVIDIA's checkpoints); `dataset`: the dataset's. With
+    compare_names=False (--ignore-category-names) only the counts must agree."""
     if len(trained) != len(dataset):
         raise CheckpointError(f"{weights} predicts {len(trained)} classes but {data} has {len(dataset)} categories")
+    if not compare_names or list(trained) == list(dataset):
+        return
     differ = [f"label {i + 1}: '{a}' in the weights, '{b}' in the data"
               for i, (a, b) in enumerate(zip(trained, dataset)) if a != b]
     raise CheckpointError(f"{weights} was trained on other categories than {data} has ({len(differ)} of "
@@ -166,8 +167,7 @@ def resume_training(path: str | Path, model: nn.Module, optimizer, scaler, *, mo
     if ckpt.get("model_name") != model_name or ckpt.get("num_classes") != len(category_names):
         raise CheckpointError(f"{path} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
                               f"{model_name} with {len(category_names)}: use another --save-folder or --no-resume")
-    if check_names:
-        check_categories(ckpt.get("category_names", []), category_names, path, data)
+    check_categories(ckpt.get("category_names", []), category_names, path, data, compare_names=check_names)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler"):

@@ -55,7 +55,7 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
     evaluated = set(coco_gt.getImgIds() if image_ids is None else image_ids)
-    if not any(ann["image_id"] in evaluated and not ann.get("iscrowd", 0) for ann in coco_gt.dataset["annotations"]):
+    if not any(not ann.get("iscrowd", 0) for i in evaluated for ann in coco_gt.imgToAnns.get(i, [])):
         # COCOeval would print -1 for every metric; say why instead.
         return None, (f"nothing to evaluate: the {len(evaluated)} evaluated image(s) have no ground-truth boxes "
                       "(an annotation file without annotations?)")

@@ -100,6 +100,9 @@ class CudaGraphTrainStep(TrainStep):
         super().__init__(*args, **kwargs)
         if self.scaler is not None:
             raise ValueError("CUDA graphs cannot capture a GradScaler step (it syncs with the host): use bf16 or fp32")
+        for group in self.optimizer.param_groups:
+            if group.get("dampening", 0) != 0:
+                raise ValueError("CUDA graphs need SGD with dampening 0 (the warm-up is undone by zeroing momentum)")
         self.warmup_steps = warmup_steps
         self.graph = None
 
@@ -120,11 +123,12 @@ class CudaGraphTrainStep(TrainStep):
                 v.copy_(model[k])
             for p, state in self.optimizer.state.items():
                 for k, v in state.items():
-                    if torch.is_tensor(v):
-                        v.copy_(optim[p][k]) if p in optim else v.zero_()
-        for group in self.optimizer.param_groups:
-            if group.get("dampening", 0) != 0:
-                raise ValueError("CUDA graphs need SGD with dampening 0 (the warm-up is undone by zeroing momentum)")
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in optim:
+                        v.copy_(optim[p][k])
+                    else:
+                        v.zero_()
 
     def _capture(self, images, gt_boxes, gt_labels) -> None:
         self.static = [images.clone(), gt_boxes.clone(), gt_labels.clone()]

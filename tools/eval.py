@@ -69,10 +69,8 @@ def main(argv=None) -> int:
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
                               device=device, channels_last=use_channels_last(device))
-        if args.ignore_category_names:
-            check_categories(range(meta["num_classes"]), range(len(loader.info.category_ids)), args.weights, args.data_path)
-        else:
-            check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path)
+        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path,
+                         compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

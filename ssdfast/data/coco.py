@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,18 +102,18 @@ class ImageRecord:
 
 
 def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[int, int],
-                      dropped: dict[str, int] | None = None):
+                      dropped: Counter | None = None):
     """COCO annotations of one image -> (boxes [n, 4] normalised xyxy, labels [n]); crowd, unknown-category
     and degenerate (zero/negative size, or outside the image) boxes are dropped, the rest clipped.
     `dropped`, if given, counts the dropped boxes by reason."""
-    dropped = {} if dropped is None else dropped
+    dropped = Counter() if dropped is None else dropped
     boxes, labels = [], []
     for ann in anns:
         if ann.get("iscrowd", 0):
-            dropped["crowd boxes"] = dropped.get("crowd boxes", 0) + 1
+            dropped["crowd boxes"] += 1
             continue
         if ann.get("category_id") not in label_of or len(ann.get("bbox", ())) != 4:
-            dropped["boxes of an unknown category"] = dropped.get("boxes of an unknown category", 0) + 1
+            dropped["boxes of an unknown category"] += 1
             continue
         x, y, w, h = ann["bbox"]
         x1, y1 = min(max(x / width, 0.0), 1.0), min(max(y / height, 0.0), 1.0)
@@ -121,8 +122,7 @@ def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[
             boxes.append((x1, y1, x2, y2))
             labels.append(label_of[ann["category_id"]])
         else:
-            dropped["degenerate boxes (no area inside the image)"] = dropped.get(
-                "degenerate boxes (no area inside the image)", 0) + 1
+            dropped["degenerate boxes (no area inside the image)"] += 1
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
@@ -147,17 +147,16 @@ class CocoDetection(Dataset):
         label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.records: list[ImageRecord] = []
         # What was left out and why (the annotation file's own problems first), for messages.
-        self.dropped: dict[str, int] = {k: len(v) for k, v in self.coco.validation.dropped.items()}
+        self.dropped = Counter({k: len(v) for k, v in self.coco.validation.dropped.items()})
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
             if not (self.image_dir / info["file_name"]).is_file():  # one stat per image, once
-                self.dropped["missing image files"] = self.dropped.get("missing image files", 0) + 1
+                self.dropped["missing image files"] += 1
                 continue
             boxes, labels = parse_annotations(self.coco.imgToAnns.get(image_id, []), info["width"], info["height"],
                                               label_of, self.dropped)
             if self.train and len(boxes) == 0:
-                self.dropped["training images without a usable box"] = self.dropped.get(
-                    "training images without a usable box", 0) + 1
+                self.dropped["training images without a usable box"] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
         if self.dropped.get("missing image files") and self.records:

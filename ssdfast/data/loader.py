@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .batch import DEFAULT_MAX_BOXES, Batch, Collate
+from ..runtime import pick_device
 from .coco import CocoDetection
 
 
@@ -125,10 +126,8 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
     if dali:
         from .dali import DaliLoader
 
-        device = torch.device(device)
-        # A plain "cuda" means the current device, not device 0. None: DALI's CPU-only mode.
-        device_id = (torch.cuda.current_device() if device.index is None else device.index) \
-            if device.type == "cuda" else None
+        device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
+        device_id = device.index if device.type == "cuda" else None  # None: DALI's CPU-only mode
         loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
                             max_boxes=max_boxes, device_id=device_id, rank=rank, world_size=world_size, seed=seed,
                             num_threads=max(num_workers, 1), fp16=fp16, channels_last=channels_last)

@@ -10,6 +10,8 @@ unchanged. ssdfast returns per-anchor rows instead, [B, A, 4] and [B, A, C+1], i
 """
 from __future__ import annotations
 
+import abc
+
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ def xavier_init(modules) -> None:
                 nn.init.xavier_uniform_(param)
 
 
-class SSDBase(nn.Module):
+class SSDBase(nn.Module, abc.ABC):
     """Base of the SSD detectors. forward(x [B, 3, 300, 300]) -> (locs [B, A, 4], confs [B, A, C+1])."""
 
     def __init__(self, num_classes: int, anchor_spec: AnchorSpec):
@@ -45,10 +47,10 @@ class SSDBase(nn.Module):
         # Not persistent: recomputed from the spec, so state dicts stay the seed's.
         self.register_buffer("anchors", default_boxes(anchor_spec, "xyxy"), persistent=False)
 
+    @abc.abstractmethod
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         """The maps the heads read: x [B, 3, 300, 300] -> one [B, C_k, f_k, f_k] per map k, in the
         order of anchor_spec.feature_sizes (SSD300: 38, 19, 10, 5, 3, 1). Each model defines it."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         locs, confs = [], []
