@@ -14,7 +14,9 @@ Loading never runs code from the file: torch.load(weights_only=True).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,14 +38,43 @@ def _umask() -> int:
     return mask
 
 
+def state_bytes(state) -> int:
+    """The tensor bytes inside a (nested) checkpoint state: about its size on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def _write_error(path: Path, error: BaseException, needed: int) -> CheckpointError:
+    """One message for every way a checkpoint write fails (full disk, read-only or vanished folder)."""
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    no_space = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed
+    reason = (f"no space left ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)" if no_space else
+              getattr(error, "strerror", None) or str(error).splitlines()[0])
+    intact = "the previous one is intact" if path.exists() else "no earlier one exists"
+    return CheckpointError(f"cannot write checkpoint {path.name} to {path.parent}: {reason}; {intact}")
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename.
 
-    A run killed at any moment leaves either the old file or the new one, never a torn one.
+    A run killed at any moment leaves either the old file or the new one, never a torn one. A full
+    disk or an unwritable folder raises CheckpointError naming the folder and the space needed (the
+    old file stays: until the rename both must fit), and leaves no temporary file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    needed = state_bytes(state) + 2**20  # + headroom for the pickled metadata and the zip directory
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(path.parent).free < needed:
+            raise OSError(errno.ENOSPC, "no space left on device")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _write_error(path, error, needed) from error
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -51,9 +82,34 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a shared run's teammates must read it
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as RuntimeError ("file write failed"), the OS as OSError.
+        if isinstance(error, (OSError, RuntimeError)):
+            raise _write_error(path, error, needed) from error
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (.NAME.pt.*.tmp)."""
+    stale = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def keep_epoch_copy(last: str | Path, epoch: int, keep: int) -> None:
+    """Keep `last` as epoch_NNN.pt (a hard link: no copy, no extra space while last.pt is unchanged)
+    and delete the epoch_*.pt files beyond the newest `keep`."""
+    last = Path(last)
+    copy = last.with_name(f"epoch_{epoch:03d}.pt")
+    copy.unlink(missing_ok=True)
+    try:
+        os.link(last, copy)
+    except OSError:  # a file system without hard links
+        shutil.copy2(last, copy)
+    for old in sorted(last.parent.glob("epoch_[0-9][0-9][0-9]*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -149,18 +205,21 @@ def check_categories(trained: list[str], dataset: list[str], weights, data, comp
 
 
 def training_state(model: nn.Module, optimizer, scaler, *, model_name: str, epoch: int, category_ids, category_names,
-                   best_ap: float, args: dict) -> dict:
-    """What train.py writes to last.pt/best.pt after `epoch`: weights, the category set they were
-    trained on (checked by eval and at resume), and everything needed to continue (optimizer, scaler)."""
+                   best_ap: float, args: dict, position: dict | None = None) -> dict:
+    """What train.py writes to last.pt/best.pt: weights, the category set they were trained on (checked
+    by eval and at resume), and everything needed to continue (optimizer, scaler). `epoch`: the last
+    finished epoch (-1: none yet); `position`: where the epoch in progress stands (engine.EpochProgress's
+    state_dict), None at an epoch end."""
     return {"model": model.state_dict(), "model_name": model_name, "num_classes": len(category_ids),
             "category_ids": list(category_ids), "category_names": list(category_names), "epoch": epoch,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "position": position, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "best_ap": best_ap, "args": args}
 
 
 def resume_training(path: str | Path, model: nn.Module, optimizer, scaler, *, model_name: str, category_names,
-                    check_names: bool = True, data="the dataset") -> tuple[int, float]:
-    """Load a training_state into model, optimizer and scaler; (the epoch to continue at, best AP so far).
+                    check_names: bool = True, data="the dataset") -> tuple[int, float, dict | None]:
+    """Load a training_state into model, optimizer and scaler; (the epoch to continue at, best AP so far,
+    the position inside that epoch or None to start it from its first batch).
     Refuses (CheckpointError) a checkpoint of another model, class count or category set."""
     device = next(model.parameters()).device
     ckpt = load_checkpoint(path, map_location=device)
@@ -172,4 +231,5 @@ def resume_training(path: str | Path, model: nn.Module, optimizer, scaler, *, mo
     optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    return ckpt["epoch"] + 1, ckpt.get("best_ap", -1.0)
+    position = ckpt.get("position")
+    return (position["epoch"] if position else ckpt["epoch"] + 1), ckpt.get("best_ap", -1.0), position

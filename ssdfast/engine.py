@@ -177,58 +177,104 @@ def set_lr(optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+class EpochProgress:
+    """Where an epoch stands: batches consumed, loss sums, images and time so far, unreadable images.
+
+    The sums stay on the device (read at log points only); state_dict() reads them (a host sync) for
+    a mid-epoch checkpoint, from_state() puts them back so a restarted epoch logs the same means."""
+
+    def __init__(self, epoch: int, device, state: dict | None = None):
+        state = state or {}
+        self.epoch = epoch
+        self.iteration = state.get("iteration", 0)  # the next batch of the epoch to train
+        self.totals = torch.tensor(state.get("totals", [0.0, 0.0, 0.0]), device=device)
+        self.first_bad = torch.tensor(-1, device=device)  # iteration of the first non-finite loss, on the device
+        self.seen = state.get("seen", 0)  # batches trained (without the empty ones)
+        self.images = state.get("images", 0)
+        self.elapsed = state.get("elapsed", 0.0)  # seconds of training before the last restart
+        self.skipped = list(state.get("skipped", []))
+        self.started = time.perf_counter()
+
+    def check_finite(self) -> None:
+        """Host sync: raise NonFiniteLossError if a step since the epoch start had a NaN/inf loss."""
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch}, iteration {bad}: stopping "
+                                     "(the last checkpoint is untouched); try a lower --lr or --warmup")
+
+    def means(self) -> list[float]:
+        """Mean loss, loc, conf over the batches so far (host sync)."""
+        return (self.totals / max(self.seen, 1)).tolist()
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        """What a mid-epoch checkpoint stores (host sync); refuses to store a diverged run."""
+        self.check_finite()
+        return {"epoch": self.epoch, "iteration": self.iteration, "totals": self.totals.tolist(), "seen": self.seen,
+                "images": self.images, "elapsed": self.seconds(), "skipped": self.skipped[:100]}
+
+
 def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, channels_last=False, log_every=10,
-                    max_iters=None, is_main=True, on_log=None) -> dict:
-    """One pass over `loader`. Returns mean loss parts, images/s and the unreadable images seen."""
+                    max_iters=None, is_main=True, on_log=None, progress: EpochProgress | None = None,
+                    after_step=None) -> dict:
+    """One pass over `loader`, from progress.iteration on (a restarted epoch). Returns mean loss parts,
+    images/s, the unreadable images seen and whether after_step asked to stop.
+
+    after_step(progress) -> bool runs after every step (mid-epoch checkpoints, stop requests); True
+    ends the epoch early with stats["stopped"] = True."""
     model = step.model
     model.train()
-    loader.set_epoch(epoch)
+    progress = progress or EpochProgress(epoch, device)
+    loader.set_epoch(epoch, start_batch=progress.iteration)  # a restart skips what was trained already
     num_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
-    totals = torch.zeros(3, device=device)  # summed on the device; read at log points only
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    skipped, seen, images_done = [], 0, 0
-    bar = tqdm(total=num_iters, desc=f"epoch {epoch}", disable=not is_main, dynamic_ncols=True, leave=False)
-    start = time.perf_counter()
-    for it, batch in enumerate(loader):
+    stopped, lr = False, lr_fn(epoch, progress.iteration, num_iters)
+    bar = tqdm(total=num_iters, initial=progress.iteration, desc=f"epoch {epoch}", disable=not is_main,
+               dynamic_ncols=True, leave=False)
+    for it, batch in enumerate(loader, start=progress.iteration):
         if it >= num_iters:
             break
-        skipped += batch.skipped
-        if len(batch.images) == 0:
-            continue
-        lr = lr_fn(epoch, it, num_iters)
-        set_lr(step.optimizer, lr)
-        batch = batch.to(device, channels_last=channels_last)
-        loss = step(batch.images, batch.boxes, batch.labels)
-        parts = torch.stack(list(loss))
-        # The non-finite check stays on the device (a Python int scalar is no host-device copy);
-        # it is read at the next log point only.
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(parts).all(), it, first_bad)
-        totals += torch.nan_to_num(parts)
-        seen += 1
-        images_done += len(batch.images)
+        progress.skipped += batch.skipped
+        if len(batch.images) > 0:
+            lr = lr_fn(epoch, it, num_iters)
+            set_lr(step.optimizer, lr)
+            batch = batch.to(device, channels_last=channels_last)
+            loss = step(batch.images, batch.boxes, batch.labels)
+            parts = torch.stack(list(loss))
+            # The non-finite check stays on the device (a Python int scalar is no host-device copy);
+            # it is read at the next log point only.
+            progress.first_bad = torch.where((progress.first_bad < 0) & ~torch.isfinite(parts).all(), it,
+                                             progress.first_bad)
+            progress.totals += torch.nan_to_num(parts)
+            progress.seen += 1
+            progress.images += len(batch.images)
+        progress.iteration = it + 1
         if (it + 1) % log_every == 0 or it + 1 == num_iters:
-            with host_sync_point(device):  # the only sync of the loop, every log_every iterations
-                bad = int(first_bad)
-                mean = (totals / max(seen, 1)).tolist()
-            if bad >= 0:
-                raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {bad}: stopping "
-                                         "(the last checkpoint is untouched); try a lower --lr or --warmup")
+            with host_sync_point(device):  # the loop's sync, every log_every iterations
+                progress.check_finite()
+                mean = progress.means()
             bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
             if on_log is not None:
                 on_log(epoch, it, {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr})
         bar.update(1)
+        if after_step is not None and after_step(progress):
+            stopped = True
+            break
     bar.close()
-    if seen == 0:  # nothing trained: say so rather than log a loss of 0 and an untrained checkpoint
-        raise ValueError(f"epoch {epoch}: no batch had a readable image ({len(skipped)} unreadable, e.g. "
-                         f"{skipped[0] if skipped else 'none'}): check the image files")
+    if progress.seen == 0 and not stopped:
+        # nothing trained: say so rather than log a loss of 0 and an untrained checkpoint
+        raise ValueError(f"epoch {epoch}: no batch had a readable image ({len(progress.skipped)} unreadable, e.g. "
+                         f"{progress.skipped[0] if progress.skipped else 'none'}): check the image files")
     with host_sync_point(device):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        mean = (totals / max(seen, 1)).tolist()
+        progress.check_finite()
+        mean = progress.means()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr,
-            "images_per_s": images_done * world / max(elapsed, 1e-9), "skipped": skipped}
+            "images_per_s": progress.images * world / max(progress.seconds(), 1e-9), "skipped": progress.skipped,
+            "stopped": stopped}
 
 
 @torch.no_grad()

@@ -6,22 +6,37 @@ One home for these decisions, shared by tools/train.py, tools/eval.py and tools/
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
-def setup_distributed(device_arg: str | None = None) -> tuple[int, int, torch.device]:
+def setup_distributed(device_arg: str | None = None, timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
     """(rank, world_size, device). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set, world > 1) this starts
-    the process group: NCCL on GPUs, gloo on CPU. device_arg: 'cpu', 'cuda', 'cuda:N' or None (auto)."""
+    the process group: NCCL on GPUs, gloo on CPU. device_arg: 'cpu', 'cuda', 'cuda:N' or None (auto).
+    timeout: how long any collective may wait for a peer before it fails (None: torch's default)."""
     cuda = torch.cuda.is_available() and device_arg != "cpu"
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, **attempt_store(timeout))
         return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     return 0, 1, pick_device(device_arg)
+
+
+def attempt_store(timeout: timedelta | None) -> dict:
+    """Under torchrun restarts (--max-restarts), a store of this attempt's own: the restarted workers
+    share torchrun's store with the dead ones, whose keys (a gloo listening address, an NCCL id) are
+    still there, and a new rank could connect to a dead one (pytorch/pytorch#135712, #167288). A prefix
+    per restart keeps each attempt's keys apart. {} outside torchrun (init_process_group's own env://)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return {}
+    kwargs = {"timeout": timeout} if timeout is not None else {}
+    store, rank, world = next(dist.rendezvous("env://", **kwargs))
+    return {"store": dist.PrefixStore(f"ssdfast/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
 def pick_device(device_arg: str | None = None) -> torch.device:

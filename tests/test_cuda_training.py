@@ -99,8 +99,8 @@ class FixedLoader:
     def __init__(self, batches):
         self.batches = batches
 
-    def set_epoch(self, epoch):
-        pass
+    def set_epoch(self, epoch, start_batch=0):
+        assert start_batch == 0
 
     def __len__(self):
         return len(self.batches)

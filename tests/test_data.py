@@ -290,3 +290,28 @@ def test_persistent_workers_still_change_the_augmentation_every_epoch(synthetic_
             assert torch.equal(ids, ids0) and torch.equal(img, img0) and torch.equal(box, box0)
     first, second = with_workers
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_restarted_epoch_replays_the_rest_of_the_same_epoch(synthetic_coco, num_workers):
+    """set_epoch(epoch, start_batch=k): the batches k.. of that epoch, image for image and pixel for pixel
+    (same order, same augmentation draws), with persistent workers too; len() stays the whole epoch."""
+    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=num_workers, seed=3)
+    loader.set_epoch(1)
+    full = [(b.images.clone(), b.image_ids.clone()) for b in loader]
+    loader.set_epoch(1, start_batch=2)
+    rest = [(b.images.clone(), b.image_ids.clone()) for b in loader]
+    assert len(loader) == len(full) == 6 and len(rest) == 4
+    for (img, ids), (img0, ids0) in zip(rest, full[2:]):
+        assert torch.equal(ids, ids0) and torch.equal(img, img0)
+    loader.set_epoch(1)  # and the next full pass is whole again
+    assert len(list(loader)) == 6
+
+
+@needs_dali
+def test_dali_restart_skips_the_trained_batches(synthetic_coco):
+    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True)
+    loader.set_epoch(0, start_batch=4)
+    assert len(loader) == 6 and len(list(loader)) == 2
+    loader.set_epoch(1)
+    assert len(list(loader)) == 6

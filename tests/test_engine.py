@@ -1,8 +1,11 @@
-"""The training step's CPU-testable parts: the CUDA-graph warm-up is undone exactly."""
+"""The training step's CPU-testable parts: the CUDA-graph warm-up is undone exactly; where an epoch
+stands and when to checkpoint it."""
+import pytest
 import torch
 
-from ssdfast.engine import CudaGraphTrainStep, TrainStep
+from ssdfast.engine import CudaGraphTrainStep, EpochProgress, NonFiniteLossError, TrainStep
 from ssdfast.models import build_model
+from ssdfast.preemption import CheckpointSchedule
 
 
 def batch(seed, n=2, g_count=3):
@@ -40,3 +43,32 @@ def test_graph_warm_up_is_undone_exactly():
         eager_step(*batch(99))
         for (k, v), w in zip(graph_step.model.state_dict().items(), eager_step.model.state_dict().values()):
             torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_checkpoint_schedule_reads_iterations_and_times():
+    every3 = CheckpointSchedule("3")
+    assert [it for it in range(10) if every3.due(it)] == [2, 5, 8]
+    assert not any(CheckpointSchedule("0").due(it) for it in range(10))
+    for spec, seconds in (("90s", 90), ("10m", 600), ("1.5h", 5400)):
+        assert CheckpointSchedule(spec).seconds == seconds
+    timed = CheckpointSchedule("1s")
+    assert not timed.due(0)
+    timed.last -= 1.0  # a second later
+    assert timed.due(0)
+    timed.saved()
+    assert not timed.due(1)
+    for bad in ("ten", "5x", "-1", "1.5", ""):
+        with pytest.raises(ValueError, match="--checkpoint-every"):
+            CheckpointSchedule(bad)
+
+
+def test_epoch_progress_round_trips_through_a_checkpoint_state():
+    progress = EpochProgress(3, "cpu")
+    progress.iteration, progress.seen, progress.images = 5, 4, 16
+    progress.totals += torch.tensor([8.0, 2.0, 6.0])
+    state = progress.state_dict()
+    again = EpochProgress(3, "cpu", state)
+    assert again.iteration == 5 and again.means() == [2.0, 0.5, 1.5] and again.seconds() >= state["elapsed"]
+    progress.first_bad.fill_(4)  # a NaN at iteration 4: never saved
+    with pytest.raises(NonFiniteLossError, match="epoch 3, iteration 4"):
+        progress.state_dict()

@@ -5,14 +5,18 @@
     python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
 
 Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
-scaler, epoch; the data order and augmentation of every epoch derive from --seed and the epoch, so
-a resumed run replays what an uninterrupted one would have done). Every epoch writes last.pt
-atomically, best.pt when COCO AP improves, log.jsonl and TensorBoard scalars (--log-path).
+scaler, epoch and the iteration inside it; the data order and augmentation derive from --seed, the
+epoch and the image index, so a resumed run replays what an uninterrupted one would have done).
+last.pt is written atomically every --checkpoint-every (10 minutes) and at every epoch end, best.pt
+when COCO AP improves; log.jsonl and TensorBoard scalars (--log-path) follow the run.
+SIGTERM, SIGUSR1 or Ctrl-C: the current step finishes, last.pt is written, exit code 75 (a second
+Ctrl-C aborts at once). Exit codes: ssdfast/preemption.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,13 +25,16 @@ import torch
 import torch.distributed as dist
 
 from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError, resume_training, save_checkpoint, training_state
+from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_temporaries, resume_training,
+                                save_checkpoint, training_state)
 from ssdfast.data import build_loader
-from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
-from ssdfast.engine import (CudaGraphTrainStep, NonFiniteLossError, TrainStep, evaluate, lr_at, train_one_epoch,
-                            unwrap)
+from ssdfast.engine import (CudaGraphTrainStep, EpochProgress, NonFiniteLossError, TrainStep, evaluate,
+                            host_sync_point, lr_at, train_one_epoch, unwrap)
 from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
+from ssdfast.preemption import (EXIT_ABORTED, EXIT_DONE, EXIT_ERROR, EXIT_NON_FINITE, EXIT_PEER_LOST, EXIT_STOPPED,
+                                CheckpointSchedule, StopAgreement, StopRequest, process_group_timeout)
+from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 
 
 def get_args(argv=None):
@@ -61,6 +68,12 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and init")
     p.add_argument("--backbone-weights", default="imagenet", help="imagenet (torchvision, downloaded), none, or a path to a state dict")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_FOLDER/last.pt exists (it is overwritten)")
+    p.add_argument("--checkpoint-every", default="10m", help="also write last.pt inside an epoch: every N iterations "
+                   "(e.g. 500) or wall time (e.g. 10m, 90s, 1h); 0: at epoch ends only")
+    p.add_argument("--keep-checkpoints", type=int, default=0, metavar="K", help="keep the last K epoch checkpoints as "
+                   "epoch_NNN.pt besides last.pt and best.pt (0: none)")
+    p.add_argument("--dist-timeout", type=float, default=600, help="seconds a collective may wait for another rank "
+                   "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)")
     p.add_argument("--max-boxes", type=int, default=128, help="ground-truth boxes per image after padding (G)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss checks/logs (each is a host sync)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -89,7 +102,10 @@ def build_optimizer(model, args, lr: float, device):
 def main(argv=None) -> int:
     args = get_args(argv)
     args.model = canonical_name(args.model)
-    rank, world, device = setup_distributed(args.device)
+    schedule = CheckpointSchedule(args.checkpoint_every)  # a bad value fails here, before any work
+    if args.keep_checkpoints < 0:
+        raise ValueError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    rank, world, device = setup_distributed(args.device, process_group_timeout(args.dist_timeout))
     is_main = rank == 0
     if args.cuda_graphs and device.type != "cuda":
         sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
@@ -108,6 +124,8 @@ def main(argv=None) -> int:
     if is_main:  # found now, not after the first epoch
         writable_folder(save_folder, "save folder")
         writable_folder(args.log_path or save_folder / "tensorboard", "TensorBoard folder")
+        for tmp in remove_stale_temporaries(save_folder):
+            print(f"removed {tmp.name}: a checkpoint write that was interrupted")
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                                 max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last)
@@ -122,13 +140,20 @@ def main(argv=None) -> int:
     base_lr = args.lr * args.batch_size * world / 32
     optimizer = build_optimizer(model, args, base_lr, device)
 
-    start_epoch, best_ap = 0, -1.0
+    start_epoch, best_ap, position = 0, -1.0, None
     last = save_folder / "last.pt"
     if last.exists() and not args.no_resume:
-        start_epoch, best_ap = resume_training(last, model, optimizer, scaler, model_name=args.model,
-                                               category_names=train_loader.info.category_names,
-                                               check_names=not args.ignore_category_names, data=args.data_path)
-        if is_main:
+        start_epoch, best_ap, position = resume_training(last, model, optimizer, scaler, model_name=args.model,
+                                                         category_names=train_loader.info.category_names,
+                                                         check_names=not args.ignore_category_names,
+                                                         data=args.data_path)
+        if is_main and position:
+            print(f"resuming from {last}: epoch {start_epoch} stopped after iteration {position['iteration']}, "
+                  f"continuing at iteration {position['iteration']}")
+            if position.get("world", world) != world:
+                print(f"warning: {last} was written by {position['world']} processes, this run has {world}: the "
+                      "global batch, lr and data order change, so this continues as a different run")
+        elif is_main:
             print(f"resuming from {last}: epoch {start_epoch - 1} done, continuing at epoch {start_epoch}")
 
     ddp_model = model
@@ -163,44 +188,69 @@ def main(argv=None) -> int:
     def lr_fn(epoch, it, iters):
         return lr_at(base_lr, epoch, it, iters, args.multistep, args.warmup)
 
-    for epoch in range(start_epoch, args.epochs):
-        torch.manual_seed(args.seed + epoch)
-        try:
-            stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
-                                    log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
-                                    on_log=on_log if is_main else None)
-        except NonFiniteLossError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if stats["skipped"] and is_main:
-            print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
-                  f"e.g. {stats['skipped'][0]}")
-        record = {"epoch": epoch, **{k: v for k, v in stats.items() if k != "skipped"}, "time": time.time()}
-        if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
-                                      channels_last=channels_last, nms_threshold=args.nms_threshold,
-                                      max_batches=args.eval_batches, is_main=is_main)
+    def save_last(epoch_done: int, position: dict | None) -> dict:
+        state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch_done,
+                               category_ids=train_loader.info.category_ids,
+                               category_names=train_loader.info.category_names, best_ap=best_ap, args=vars(args),
+                               position=position)
+        save_checkpoint(last, state)
+        schedule.saved()
+        return state
+
+    def after_step(progress: EpochProgress) -> bool:
+        """Mid-epoch last.pt when due (rank 0) and the ranks' agreement on a stop request."""
+        stop = agreement.any(stop_request.requested is not None)
+        if is_main and (stop or schedule.due(progress.iteration - 1)):
+            with host_sync_point(device):  # reads the loss sums and the weights
+                save_last(progress.epoch - 1, {**progress.state_dict(), "world": world})
+        return stop
+
+    agreement = StopAgreement()
+    with StopRequest() as stop_request:
+        for epoch in range(start_epoch, args.epochs):
+            torch.manual_seed(args.seed + epoch)
+            progress = EpochProgress(epoch, device, position if position and position["epoch"] == epoch else None)
+            try:
+                stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
+                                        log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
+                                        on_log=on_log if is_main else None, progress=progress, after_step=after_step)
+            except NonFiniteLossError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return EXIT_NON_FINITE
+            if stats["stopped"]:
+                return stopped(world, is_main, stop_request, last, f"epoch {epoch}, iteration {progress.iteration}")
+            if stats["skipped"] and is_main:
+                print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
+                      f"e.g. {stats['skipped'][0]}")
+            record = {"epoch": epoch, **{k: v for k, v in stats.items() if k not in ("skipped", "stopped")},
+                      "time": time.time()}
+            if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+                coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
+                                             channels_last=channels_last, nms_threshold=args.nms_threshold,
+                                             max_batches=args.eval_batches, is_main=is_main)
+                if is_main:
+                    print(f"epoch {epoch} COCO evaluation:\n{table}")
+                    for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
+                        record[f"coco/{key}"] = value
+                        writer.add_scalar(f"coco/{key}", value, epoch)
             if is_main:
-                print(f"epoch {epoch} COCO evaluation:\n{table}")
-                for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
-                    record[f"coco/{key}"] = value
-                    writer.add_scalar(f"coco/{key}", value, epoch)
-        if is_main:
-            writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
-            print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
-                  f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
-                  + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
-            log(record)
-            ap = record.get("coco/AP", -1.0)
-            state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch,
-                                   category_ids=train_loader.info.category_ids, category_names=train_loader.info.category_names,
-                                   best_ap=max(best_ap, ap), args=vars(args))
-            save_checkpoint(last, state)
-            if ap > best_ap:
-                best_ap = ap
-                save_checkpoint(save_folder / "best.pt", state)
-        if world > 1:
-            dist.barrier()
+                writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
+                print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
+                      f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
+                      + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
+                log(record)
+                ap = record.get("coco/AP", -1.0)
+                improved, best_ap = ap > best_ap, max(best_ap, ap)
+                state = save_last(epoch, None)
+                if improved:
+                    save_checkpoint(save_folder / "best.pt", state)
+                if args.keep_checkpoints:
+                    keep_epoch_copy(last, epoch, args.keep_checkpoints)
+            # A signal during the evaluation: the epoch is saved, stop now (every rank agrees).
+            if agreement.any(stop_request.requested is not None) and epoch + 1 < args.epochs:
+                return stopped(world, is_main, stop_request, last, f"the end of epoch {epoch}")
+            if world > 1:
+                dist.barrier()
     if is_main:
         writer.close()
         log_file.close()
@@ -208,23 +258,52 @@ def main(argv=None) -> int:
         print(f"done: checkpoints in {save_folder} ({written}), log {save_folder / 'log.jsonl'}")
     if world > 1:
         dist.destroy_process_group()
-    return 0
+    return EXIT_DONE
+
+
+def stopped(world: int, is_main: bool, stop_request: StopRequest, last: Path, where: str) -> int:
+    """After a stop request: wait until rank 0 has written last.pt (a rank leaving early would make
+    torchrun tear the others down mid-write), say where to resume, exit EXIT_STOPPED."""
+    if world > 1:
+        dist.barrier()
+    if is_main:
+        print(f"stopped ({stop_request.requested or 'another rank was signalled'}) at {where}: {last} is saved; "
+              f"run the same command to resume from there (exit code {EXIT_STOPPED})", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    return EXIT_STOPPED
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective that failed because a peer died or timed out (gloo/NCCL report it as these)."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
+        key in text for key in ("Connection closed by peer", "Timed out", "timed out", "Connection reset", "gloo")))
 
 
 def run(argv=None) -> int:
-    """main() with user errors as one `error:` line (a traceback only with --debug, or for bugs)."""
+    """main() with user errors as one `error:` line (a traceback only with --debug, or for bugs) and the
+    exit codes of ssdfast/preemption.py."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    rank = os.environ.get("RANK", "0")
     try:
         return main(argv)
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint (written at the end of the last finished epoch) is intact; "
-              "run the same command to resume", file=sys.stderr)
-        return 130
+        print("aborted (second Ctrl-C): last.pt is the one written before (at the last checkpoint); "
+              "run the same command to resume from it", file=sys.stderr)
+        return EXIT_ABORTED
     except (CheckpointError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError) as error:
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except Exception as error:
+        if not is_collective_failure(error) or debug:
+            raise
+        print(f"error: rank {rank}: a collective operation failed: another rank died or did not answer within "
+              f"--dist-timeout ({str(error).splitlines()[0][:200]}). last.pt is intact: run the same command "
+              f"(torchrun --max-restarts does it by itself)", file=sys.stderr)
+        return EXIT_PEER_LOST
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class DaliLoader:
         self.category_ids = sorted(c["id"] for c in categories)
         self.max_boxes = max_boxes
         self.channels_last = channels_last
+        self.start_batch = 0
         self.pipe = build_pipeline(ann_file, image_dir, self.category_ids, train=train, batch_size=batch_size,
                                    size=size, device_id=device_id, shard_id=rank, num_shards=world_size, seed=seed,
                                    num_threads=num_threads, fp16=fp16, channels_last=channels_last)
@@ -104,14 +105,20 @@ class DaliLoader:
             self.pipe, ["images", "boxes", "labels", "image_ids", "sizes"], reader_name="reader", auto_reset=True,
             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
 
-    def set_epoch(self, epoch: int) -> None:
-        """DALI's reader reshuffles by itself each epoch."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """DALI's reader reshuffles by itself each epoch. A restarted run skips start_batch batches
+        (read and dropped): it resumes at the right iteration, but DALI's shuffling and augmentation
+        restart from its seed, so the skipped and the following batches are not the ones the
+        interrupted run saw (unlike the PyTorch path, which replays them exactly)."""
+        self.start_batch = start_batch
 
     def __len__(self) -> int:
         return len(self.iterator)
 
     def __iter__(self):
-        for out in self.iterator:
+        for position, out in enumerate(self.iterator):
+            if position < self.start_batch:
+                continue
             data = out[0]
             images = data["images"]
             if self.channels_last:  # HWC from DALI -> an NCHW-shaped view in channels_last memory

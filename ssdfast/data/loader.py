@@ -36,21 +36,22 @@ class ShardSampler(Sampler):
 
 class EpochKeyedSampler(Sampler):
     """Yields (epoch, index) pairs: the epoch travels with every index to the workers, so workers
-    started once (persistent_workers, no restart cost per epoch) still re-key the augmentation."""
+    started once (persistent_workers, no restart cost per epoch) still re-key the augmentation.
+    `skip` drops the first indices of an epoch: a run restarted mid-epoch continues where it stopped."""
 
     def __init__(self, sampler: Sampler):
-        self.sampler, self.epoch = sampler, 0
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return ((self.epoch, index) for index in self.sampler)
+        return ((self.epoch, index) for position, index in enumerate(self.sampler) if position >= self.skip)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.skip, 0)
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,30 @@ class Loader(Protocol):
     """What the engine and the tools use of a loader, whichever data path built it."""
     info: DatasetInfo
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle and re-key the augmentation for `epoch`."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle and re-key the augmentation for `epoch`; the next pass starts at batch `start_batch`."""
 
     def __len__(self) -> int:
-        """Batches per epoch (of this rank)."""
+        """Batches per (whole) epoch of this rank."""
 
     def __iter__(self) -> Iterator[Batch]:
-        """The epoch's batches."""
+        """The epoch's batches, from start_batch on."""
 
 
 class TorchLoader:
-    """torch.utils.data path. set_epoch reshuffles (DistributedSampler) and re-keys the augmentation."""
+    """torch.utils.data path. set_epoch reshuffles (DistributedSampler) and re-keys the augmentation;
+    a start_batch replays the same epoch from that batch on (same order, same augmentation draws)."""
 
     def __init__(self, dataset: CocoDetection, loader: DataLoader):
         self.dataset, self.loader, self.info = dataset, loader, DatasetInfo.of(dataset)
+        self.batches = len(loader)  # of a whole epoch (the sampler's skip shortens the DataLoader's len)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.dataset.set_epoch(epoch)
-        self.loader.sampler.set_epoch(epoch)
+        self.loader.sampler.set_epoch(epoch, skip=start_batch * self.loader.batch_size)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.batches
 
     def __iter__(self):
         return iter(self.loader)

@@ -1,0 +1,319 @@
+"""Preemption: kills at random moments, signals, torchrun restarts and two-node rendezvous, full and
+read-only disks, hung ranks. The oracle is always an uninterrupted run of the same command: a resumed
+run must end with its weights (tools/train.py replays data order and augmentation from the seed)."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+EPOCHS = 2
+
+
+def train_cmd(data, folder, *extra, epochs=EPOCHS, batch_size=4):
+    return [str(ROOT / "tools" / "train.py"), "--data-path", str(data), "--save-folder", str(folder), "--model",
+            "ssdlite", "--backbone-weights", "none", "--epochs", str(epochs), "--batch-size", str(batch_size),
+            "--num-workers", "0", "--lr", "0.05", "--log-every", "2", "--eval-every", "0", "--seed", "5",
+            *map(str, extra)]
+
+
+def run(cmd, prefix=(sys.executable,), env=None, check=True):
+    result = subprocess.run([*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+class Started(subprocess.Popen):
+    """A run in the background, its stdout and stderr going to a file (a pipe nobody reads would fill up)."""
+
+    def __init__(self, cmd, prefix=(sys.executable,), env=None):
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ssdfast_run_{time.time_ns()}.log"
+        with open(self.log, "w") as out:
+            super().__init__([*prefix, *cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, **(env or {})})
+
+    def output(self, timeout=600) -> str:
+        """Wait for the end; everything it printed."""
+        self.wait(timeout=timeout)
+        return self.log.read_text()
+
+
+start = Started
+
+
+def wait_for(condition, process, what, timeout=600):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}:\n{process.log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def position(folder):
+    """The (epoch, iteration) last.pt holds, or None if there is none yet (read while a run writes it:
+    the atomic rename means a file that exists is complete)."""
+    try:
+        ckpt = load_checkpoint(folder / "last.pt")
+    except CheckpointError:
+        return None
+    pos = ckpt.get("position")
+    return (pos["epoch"], pos["iteration"]) if pos else (ckpt["epoch"] + 1, 0)
+
+
+def assert_same_weights(a_folder, b_folder):
+    a, b = load_checkpoint(a_folder / "last.pt")["model"], load_checkpoint(b_folder / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def epoch_losses(folder):
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return {r["epoch"]: r["loss"] for r in records if "iteration" not in r}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def straight(synthetic_coco, tmp_path_factory):
+    """The uninterrupted single-process run (also keeps one epoch checkpoint)."""
+    folder = tmp_path_factory.mktemp("straight")
+    run(train_cmd(synthetic_coco, folder, "--keep-checkpoints", 1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def straight_ddp(synthetic_coco, tmp_path_factory):
+    """The uninterrupted 2-process run (torchrun, gloo)."""
+    folder = tmp_path_factory.mktemp("straight_ddp")
+    run(train_cmd(synthetic_coco, folder, batch_size=2), prefix=[*TORCHRUN, "--nproc_per_node=2",
+                                                                 f"--master_port={free_port()}"])
+    return folder
+
+
+KILL_IN_REPLACE = """
+import os, signal
+_count, _replace = 0, os.replace
+def replace(src, dst, *args, **kwargs):  # SIGKILL this process in the middle of a checkpoint write
+    global _count
+    if str(dst).endswith("last.pt"):
+        _count += 1
+        if _count == int(os.environ["KILL_AT_SAVE"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight, synthetic_coco, tmp_path):
+    """kill -9 mid-epoch 0 at a random moment, then inside a checkpoint write (after the data is written,
+    before the rename), then at a random moment of epoch 1: the run ends with the uninterrupted weights."""
+    seed = int(os.environ.get("PREEMPTION_SEED", time.time()))
+    rng = random.Random(seed)
+    folder = tmp_path / "killed"
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1)
+
+    process = start(cmd)  # 1: mid-epoch 0, a random time after the first mid-epoch checkpoint
+    wait_for(lambda: position(folder) is not None, process, "the first checkpoint")
+    time.sleep(rng.uniform(0, 0.6))
+    process.kill()
+    process.wait()
+    first = position(folder)
+    assert first[0] == 0, f"seed {seed}: killed too late ({first})"
+
+    shim = tmp_path / "shim"  # 2: inside the k-th checkpoint write of the restarted run
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(KILL_IN_REPLACE)
+    kill_at = rng.randint(1, 3)
+    env = {"PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "KILL_AT_SAVE": str(kill_at)}
+    result = run(cmd, env=env, check=False)
+    assert result.returncode == -signal.SIGKILL, f"seed {seed}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    assert "continuing at iteration" in result.stdout
+    assert list(folder.glob(".last.pt.*.tmp")), "the kill did not land inside a write"
+    second = position(folder)
+    assert second >= first  # the killed write left last.pt as it was
+
+    process = start(cmd)  # 3: a random moment of epoch 1
+    wait_for(lambda: (position(folder) or (0,))[0] == 1, process, "epoch 1")
+    time.sleep(rng.uniform(0, 0.6))
+    process.kill()
+    output = process.output()
+    assert "removed .last.pt." in output, output[-2000:]  # the torn write's temporary file
+    assert position(folder) < (EPOCHS, 0), f"seed {seed}: the run finished before the kill"
+
+    resumed = run(cmd)
+    assert "resuming from" in resumed.stdout and "done: checkpoints" in resumed.stdout
+    assert not list(folder.glob(".*.tmp"))
+    assert_same_weights(straight, folder)
+    # The epoch means survive the restarts: the same per-epoch loss as the uninterrupted run.
+    straight_losses, losses = epoch_losses(straight), epoch_losses(folder)
+    assert sorted(losses) == [0, 1]
+    for epoch, loss in straight_losses.items():
+        assert abs(loss - losses[epoch]) < 1e-4 * abs(loss), (seed, epoch)
+
+
+def test_keep_checkpoints_keeps_the_newest_epochs(straight):
+    kept = sorted(p.name for p in straight.glob("epoch_*.pt"))
+    assert kept == [f"epoch_{EPOCHS - 1:03d}.pt"]
+    assert (straight / kept[0]).read_bytes() == (straight / "last.pt").read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_signal_saves_mid_epoch_and_the_rerun_continues(sig, straight, synthetic_coco, tmp_path):
+    folder = tmp_path / "signalled"
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1)
+    process = start(cmd)
+    log = folder / "log.jsonl"
+    wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 2, process, "two iterations")
+    sent = time.time()
+    process.send_signal(sig)
+    output = process.output(timeout=120)
+    took = time.time() - sent
+    assert process.returncode == 75, output[-2000:]
+    assert f"stopped ({sig.name}) at epoch 0, iteration" in output
+    epoch, iteration = position(folder)
+    assert epoch == 0 and 2 <= iteration < 6, (epoch, iteration)  # mid-epoch: 6 iterations per epoch
+    steps = [r for r in map(json.loads, log.read_text().splitlines()) if "iteration" in r]
+    assert took < 60, f"took {took:.1f} s to stop"
+    resumed = run(cmd)
+    assert f"continuing at iteration {iteration}" in resumed.stdout
+    assert_same_weights(straight, folder)
+    assert len(steps) >= 2
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_previous_checkpoint(straight, synthetic_coco, tmp_path):
+    folder = tmp_path / "aborted"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes((straight / "last.pt").read_bytes())  # epoch 1 done: continues at epoch 2
+    before = (folder / "last.pt").read_bytes()
+    process = start(train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, epochs=3))
+    log = folder / "log.jsonl"
+    wait_for(lambda: log.exists() and '"epoch": 2, "iteration"' in log.read_text(), process, "epoch 2")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output = process.output(timeout=120)
+    assert process.returncode == 130, output[-2000:]
+    assert "aborted (second Ctrl-C)" in output
+    assert (folder / "last.pt").read_bytes() == before
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_torchrun_restarts_after_a_rank_is_killed(straight_ddp, synthetic_coco, tmp_path):
+    folder = tmp_path / "elastic"
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1, "--dist-timeout", 60, batch_size=2)
+    launcher = start(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", f"--master_port={free_port()}"])
+    wait_for(lambda: position(folder) is not None and position(folder)[1] >= 2, launcher, "a mid-epoch checkpoint")
+    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(ranks[1]), signal.SIGKILL)
+    output = launcher.output()
+    assert launcher.returncode == 0, output[-3000:]
+    assert "continuing at iteration" in output  # the restarted group resumed mid-epoch, by itself
+    assert_same_weights(straight_ddp, folder)
+
+
+def test_two_launchers_as_two_nodes_train_and_resume(straight_ddp, synthetic_coco, tmp_path):
+    """Two torchrun launchers on this machine, one process each, c10d rendezvous on 127.0.0.1: one epoch,
+    then the same two commands with two epochs resume and end at the 2-process single-launcher weights."""
+    folder = tmp_path / "two_nodes"
+    endpoint = f"127.0.0.1:{free_port()}"
+    for epochs in (1, EPOCHS):
+        prefix = [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                  f"--rdzv-id=nodes{epochs}"]
+        # OMP_NUM_THREADS=1 as torchrun sets it for the 2-process run (with one process per launcher it
+        # does not): another thread count changes the float summation order, and so the weights.
+        nodes = [start(train_cmd(synthetic_coco, folder, "--dist-timeout", 60, epochs=epochs, batch_size=2),
+                       prefix=prefix, env={"OMP_NUM_THREADS": "1"}) for _ in range(2)]
+        outputs = [node.output() for node in nodes]
+        assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert "epoch 0 done, continuing at epoch 1" in "".join(outputs)
+    assert_same_weights(straight_ddp, folder)
+
+
+def test_a_hung_rank_ends_the_job_within_the_timeout(synthetic_coco, tmp_path):
+    """A rank that stops answering (SIGSTOP) without dying: the other one fails its collective after
+    --dist-timeout and says so (exit 3) instead of waiting forever."""
+    folder = tmp_path / "hung"
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 10,
+                    batch_size=2)
+    launcher = start(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", "--max-restarts=0", f"--master_port={free_port()}"])
+    log = folder / "log.jsonl"
+    wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 1, launcher, "one iteration")
+    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    os.kill(int(ranks[1]), signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        output = launcher.output(timeout=180)
+    finally:
+        for pid in ranks:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.kill()
+    assert time.time() - stopped_at < 120
+    assert "error: rank 0: a collective operation failed" in output, output[-3000:]
+    assert "exitcode: 3" in output
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A tmpfs mount the test can fill (needs root, as in CI and on the development machines)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+
+    def make(size: int, read_only=False):
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        return mount
+
+    yield make
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_with_a_named_error_and_keeps_the_checkpoint(straight, synthetic_coco, tiny_tmpfs):
+    size = (straight / "last.pt").stat().st_size
+    folder = tiny_tmpfs(size + size // 2)  # holds last.pt, not a second copy beside it
+    (folder / "last.pt").write_bytes((straight / "last.pt").read_bytes())
+    before = (folder / "last.pt").read_bytes()
+    result = run(train_cmd(synthetic_coco, folder, "--checkpoint-every", 1, epochs=3), check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"error: cannot write checkpoint last.pt to {folder}: no space left (" in result.stderr
+    assert "MiB needed" in result.stderr and "the previous one is intact" in result.stderr
+    assert (folder / "last.pt").read_bytes() == before
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_save_checkpoint_errors_name_the_folder(tiny_tmpfs, monkeypatch, tmp_path):
+    folder = tiny_tmpfs(2 * 2**20)
+    save_checkpoint(folder / "a.pt", {"small": torch.zeros(10)})
+    before = (folder / "a.pt").read_bytes()
+    # The write itself fails (the free-space check is fooled): still the named error, nothing left behind.
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 2**40})())
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint a.pt to {folder}: .*the previous one is intact"):
+        save_checkpoint(folder / "a.pt", {"big": torch.zeros(1_000_000)})
+    assert (folder / "a.pt").read_bytes() == before and not list(folder.glob(".*.tmp"))
+    monkeypatch.undo()
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint a.pt to {folder}: Read-only file system"):
+        save_checkpoint(folder / "a.pt", {"small": torch.zeros(20)})
+    assert (folder / "a.pt").read_bytes() == before
