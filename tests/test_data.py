@@ -229,7 +229,9 @@ def test_dali_and_pytorch_paths_agree(synthetic_coco):
             image, boxes, labels, size = by_id[image_id]
             assert torch.equal(batch.labels[i], labels) and torch.equal(batch.sizes[i], size)
             torch.testing.assert_close(batch.boxes[i], boxes, rtol=0, atol=1e-5)
-            assert (batch.images[i] - image).abs().mean() < 0.1  # two resize implementations
+            # The same resize filter (PIL's antialiased bilinear; tests/test_preprocessing.py); left:
+            # JPEG decoders' and the two fixed-point resize kernels' rounding (measured: <= 0.0033).
+            assert (batch.images[i] - image).abs().mean() < 0.01
 
 
 @needs_dali

@@ -1,7 +1,8 @@
 """The DALI data path (--dali): the same Batch as the PyTorch path, from an NVIDIA DALI pipeline.
 
 readers.coco (sharded by rank) -> random_bbox_crop (the SSD crop options) -> decoders.image_slice
-("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise) -> bb_flip + mirror -> resize ->
+("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise) -> bb_flip + mirror -> resize
+(antialiased bilinear, PIL's filter, as the PyTorch path) ->
 hsv / brightness_contrast -> crop_mirror_normalize (CHW or HWC = channels_last, fp32 or fp16).
 With device_id=None the whole graph runs on the CPU (how CI tests it).
 
@@ -29,6 +30,20 @@ def require_dali():
         import nvidia.dali  # noqa: F401
     except ImportError as error:
         raise RuntimeError(f"{INSTALL_HINT} ({error})") from error
+
+
+def resize(images, size: int):
+    """Resize to size x size with PIL's antialiased bilinear filter, as the PyTorch path (transforms.resize).
+
+    DALI's defaults, spelled out so they cannot drift: linear interpolation, antialiasing on (shrinking
+    widens the triangle filter with the scale, like PIL). uint8 out, rounded, as PIL's. Left difference
+    from PIL: when shrinking, the outermost output row/column can differ by up to ~0.4 (normalised; 22
+    uint8 levels on a checkerboard) because DALI extends the image at its border where PIL renormalises
+    the cut filter; elsewhere within 1 uint8 level (tests/test_preprocessing.py).
+    """
+    from nvidia.dali import fn, types
+
+    return fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
 
 
 def build_pipeline(ann_file: Path, image_dir: Path, category_ids: list[int], *, train: bool, batch_size: int,
@@ -60,14 +75,14 @@ def build_pipeline(ann_file: Path, image_dir: Path, category_ids: list[int], *, 
             images = fn.decoders.image_slice(jpegs, crop_begin, crop_size, device=decoder, output_type=types.RGB)
             flip = fn.random.coin_flip(probability=0.5)
             boxes = fn.bb_flip(boxes, ltrb=True, horizontal=flip)
-            images = fn.resize(images, resize_x=size, resize_y=size)
+            images = resize(images, size)
             images = fn.hsv(images, hue=fn.random.uniform(range=[-18.0, 18.0]),  # 0.05 of the hue circle
                             saturation=fn.random.uniform(range=[0.5, 1.5]))
             images = fn.brightness_contrast(images, brightness=fn.random.uniform(range=[0.875, 1.125]),
                                             contrast=fn.random.uniform(range=[0.5, 1.5]))
         else:
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-            images = fn.resize(images, resize_x=size, resize_y=size)
+            images = resize(images, size)
             flip = 0
         images = fn.crop_mirror_normalize(
             images, mean=(IMAGENET_MEAN * 255).tolist(), std=(IMAGENET_STD * 255).tolist(), mirror=flip,
