@@ -52,6 +52,14 @@ class StopRequest:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def exiting(self) -> None:
+        """The run stopped and saved: ignore these signals until the process ends, so that torchrun's
+        SIGTERM to the ranks still exiting (sent as soon as the first one leaves) does not turn their
+        EXIT_STOPPED into a kill."""
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        self._previous = {}
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

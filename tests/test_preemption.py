@@ -230,6 +230,28 @@ def test_torchrun_restarts_after_a_rank_is_killed(straight_ddp, synthetic_coco, 
     assert_same_weights(straight_ddp, folder)
 
 
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(straight_ddp, synthetic_coco, tmp_path):
+    """SIGTERM to rank 1 only: through the per-step agreement both ranks stop after the same step, rank 0
+    saves, both exit 75 (none left waiting in an all-reduce); the rerun resumes there."""
+    folder = tmp_path / "ddp_signal"
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 60,
+                    batch_size=2)
+    prefix = [*TORCHRUN, "--nproc_per_node=2", "--max-restarts=0", f"--master_port={free_port()}"]
+    launcher = start(cmd, prefix=prefix)
+    log = folder / "log.jsonl"
+    wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 2, launcher, "two iterations")
+    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    os.kill(int(ranks[1]), signal.SIGTERM)
+    output = launcher.output(timeout=300)
+    assert "stopped (another rank was signalled) at epoch 0, iteration" in output, output[-3000:]
+    assert output.count("exitcode  : 75") == 2, output[-3000:]  # torchrun's report: both ranks, code 75
+    epoch, iteration = position(folder)
+    assert epoch == 0 and 2 <= iteration < 6
+    resumed = run(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}"])
+    assert f"continuing at iteration {iteration}" in resumed.stdout
+    assert_same_weights(straight_ddp, folder)
+
+
 def test_two_launchers_as_two_nodes_train_and_resume(straight_ddp, synthetic_coco, tmp_path):
     """Two torchrun launchers on this machine, one process each, c10d rendezvous on 127.0.0.1: one epoch,
     then the same two commands with two epochs resume and end at the 2-process single-launcher weights."""

@@ -264,6 +264,7 @@ def main(argv=None) -> int:
 def stopped(world: int, is_main: bool, stop_request: StopRequest, last: Path, where: str) -> int:
     """After a stop request: wait until rank 0 has written last.pt (a rank leaving early would make
     torchrun tear the others down mid-write), say where to resume, exit EXIT_STOPPED."""
+    stop_request.exiting()
     if world > 1:
         dist.barrier()
     if is_main:
