@@ -22,6 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def train_command(data: Path, model_dir: Path, *, epochs: int, batch_size: int, seed: int, device: str | None = None,
+                  eval_every: int = 1, fresh: bool = False) -> list[str]:
+    """The demo's training recipe (benchmarks/quality.py measures it over seeds): SSDLite from scratch,
+    lr 0.1 for a batch of 32 (scaled), warm-up 30 iterations, x0.1 two epochs before the end."""
+    return [sys.executable, "tools/train.py", "--data-path", str(data), "--save-folder", str(model_dir), "--model",
+            "ssdlite", "--backbone-weights", "none", "--epochs", str(epochs), "--multistep", str(max(epochs - 2, 1)),
+            "--batch-size", str(batch_size), "--lr", "0.1", "--warmup", "30", "--num-workers", "1", "--channels-last",
+            "--seed", str(seed), "--eval-every", str(eval_every), *(["--no-resume"] if fresh else []),
+            *(["--device", device] if device else [])]
+
+
 def run(cmd: list[str]) -> None:
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     result = subprocess.run(cmd, cwd=ROOT)
@@ -49,10 +60,8 @@ def main() -> int:
         from ssdfast.data import write_synthetic_coco
 
         write_synthetic_coco(data, num_train=256, num_val=64, seed=0)
-    run([py, "tools/train.py", "--data-path", str(data), "--save-folder", str(model_dir), "--model", "ssdlite",
-         "--backbone-weights", "none", "--epochs", str(args.epochs), "--multistep", str(max(args.epochs - 2, 1)),
-         "--batch-size", str(args.batch_size), "--lr", "0.1", "--warmup", "30", "--num-workers", "1",
-         "--channels-last", "--seed", str(args.seed), *(["--no-resume"] if args.fresh else []), *device])
+    run(train_command(data, model_dir, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                      device=args.device, fresh=args.fresh))
     run([py, "tools/eval.py", "--data-path", str(data), "--weights", str(model_dir / "last.pt"), "--batch-size", "16",
          "--num-workers", "1", *device])
     run([py, "tools/detect.py", "--weights", str(model_dir / "last.pt"), "--input", str(data / "val2017" / "*00[0-7].jpg"),
