@@ -145,7 +145,8 @@ def main(argv: list[str]) -> int:
     target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
-    tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json")) if p.name != "latest.json"]
+    tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))
+              if p.name != "latest.json" and not p.name.startswith("quality-")]  # quality.py makes its own table
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
