@@ -32,10 +32,14 @@ class CheckpointError(RuntimeError):
 
 
 def _umask() -> int:
-    """The process umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process umask, read from /proc (setting and resetting it would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def state_bytes(state) -> int:
@@ -51,25 +55,36 @@ def state_bytes(state) -> int:
 
 def _write_error(path: Path, error: BaseException, needed: int) -> CheckpointError:
     """One message for every way a checkpoint write fails (full disk, read-only or vanished folder)."""
-    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
-    no_space = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed
-    reason = (f"no space left ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)" if no_space else
-              getattr(error, "strerror", None) or str(error).splitlines()[0])
+    if not path.parent.is_dir():
+        reason = "the folder does not exist (any more)"
+    elif getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(path.parent).free < needed:
+        reason = f"no space left ({needed / 2**20:.1f} MiB needed, {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free)"
+    else:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
     intact = "the previous one is intact" if path.exists() else "no earlier one exists"
     return CheckpointError(f"cannot write checkpoint {path.name} to {path.parent}: {reason}; {intact}")
 
 
+def _is_write_failure(error: BaseException) -> bool:
+    """OSError, or torch.save's report of a failed write: its zip writer (inline_container.cc) turns the
+    OS error into a RuntimeError ("PytorchStreamWriter failed writing file ...", "unexpected pos ...")."""
+    text = str(error)
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and any(
+        key in text for key in ("PytorchStreamWriter", "inline_container", "failed writing", "file write failed")))
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename, fsync of
+    the folder (so the rename survives a power loss too).
 
     A run killed at any moment leaves either the old file or the new one, never a torn one. A full
-    disk or an unwritable folder raises CheckpointError naming the folder and the space needed (the
-    old file stays: until the rename both must fit), and leaves no temporary file behind.
+    disk, an unwritable or vanished folder raises CheckpointError naming the folder and the space
+    needed (the old file stays: until the rename both must fit), and leaves no temporary file behind.
+    The folder is not created here: one that disappears during a run is an error, not recreated.
     """
     path = Path(path)
     needed = state_bytes(state) + 2**20  # + headroom for the pickled metadata and the zip directory
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(path.parent).free < needed:
             raise OSError(errno.ENOSPC, "no space left on device")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -82,10 +97,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a shared run's teammates must read it
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        # torch.save reports a failed write as RuntimeError ("file write failed"), the OS as OSError.
-        if isinstance(error, (OSError, RuntimeError)):
+        if _is_write_failure(error):
             raise _write_error(path, error, needed) from error
         raise
 
@@ -103,12 +122,16 @@ def keep_epoch_copy(last: str | Path, epoch: int, keep: int) -> None:
     and delete the epoch_*.pt files beyond the newest `keep`."""
     last = Path(last)
     copy = last.with_name(f"epoch_{epoch:03d}.pt")
-    copy.unlink(missing_ok=True)
     try:
-        os.link(last, copy)
-    except OSError:  # a file system without hard links
-        shutil.copy2(last, copy)
-    for old in sorted(last.parent.glob("epoch_[0-9][0-9][0-9]*.pt"))[:-keep]:
+        copy.unlink(missing_ok=True)
+        try:
+            os.link(last, copy)
+        except OSError:  # a file system without hard links
+            shutil.copy2(last, copy)
+    except OSError as error:
+        raise CheckpointError(f"cannot keep {copy.name} in {last.parent}: {error.strerror or error}") from error
+    kept = sorted(last.parent.glob("epoch_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    for old in kept[:-keep]:
         old.unlink(missing_ok=True)
 
 

@@ -195,9 +195,14 @@ class EpochProgress:
         self.skipped = list(state.get("skipped", []))
         self.started = time.perf_counter()
 
-    def check_finite(self) -> None:
-        """Host sync: raise NonFiniteLossError if a step since the epoch start had a NaN/inf loss."""
-        bad = int(self.first_bad)
+    def check_finite(self, all_ranks: bool = False) -> None:
+        """Host sync: raise NonFiniteLossError if a step since the epoch start had a NaN/inf loss.
+        all_ranks: on any rank (a collective: every rank at the same iteration), so that all stop together."""
+        bad = self.first_bad
+        if all_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            bad = bad.clone()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        bad = int(bad)
         if bad >= 0:
             raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch}, iteration {bad}: stopping "
                                      "(the last checkpoint is untouched); try a lower --lr or --warmup")
@@ -252,7 +257,7 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
         progress.iteration = it + 1
         if (it + 1) % log_every == 0 or it + 1 == num_iters:
             with host_sync_point(device):  # the loop's sync, every log_every iterations
-                progress.check_finite()
+                progress.check_finite(all_ranks=True)
                 mean = progress.means()
             bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
             if on_log is not None:
@@ -269,7 +274,7 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
     with host_sync_point(device):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        progress.check_finite()
+        progress.check_finite(all_ranks=True)
         mean = progress.means()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr,

@@ -7,6 +7,7 @@ Ctrl-C aborts at once (the previous checkpoint is intact: checkpoints are writte
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -30,21 +31,28 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopRequest:
     """Turns SIGTERM, SIGINT and SIGUSR1 into a flag the training loop reads after each step.
 
-    A second SIGINT raises KeyboardInterrupt at once (the user insists). Use as a context manager:
-    the previous handlers come back on exit. Only the main thread can install handlers; elsewhere
-    (e.g. a test calling main() from a thread) this does nothing and `requested` stays None."""
+    After the first SIGINT, SIGINT goes back to the default action: a second Ctrl-C ends the process
+    at once, even inside a long C++ call (checkpoints are atomic, so the previous one is intact).
+    Use as a context manager: the previous handlers come back on exit. Only the main thread can
+    install handlers; elsewhere (a test calling main() from a thread) `requested` stays None."""
 
     def __init__(self):
         self.requested: str | None = None  # the name of the first signal received
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.requested == "SIGINT":
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C kills at once
         if self.requested is None:
             self.requested = signal.Signals(signum).name
-            print(f"\n{self.requested} received: finishing the current step, then saving last.pt"
-                  + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""), flush=True)
+            # os.write, not print: a handler runs between any two bytecodes, and print can raise
+            # (a closed pipe, `| tee` killed by the same Ctrl-C) where the main code cannot handle it.
+            note = (f"\n{self.requested} received: finishing the current step, then saving last.pt"
+                    + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else "") + "\n")
+            try:
+                os.write(2, note.encode())
+            except OSError:
+                pass
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -53,28 +61,40 @@ class StopRequest:
         return self
 
     def exiting(self) -> None:
-        """The run stopped and saved: ignore these signals until the process ends, so that torchrun's
+        """The run stopped and saved: ignore SIGTERM/SIGUSR1 until the process ends, so that torchrun's
         SIGTERM to the ranks still exiting (sent as soon as the first one leaves) does not turn their
-        EXIT_STOPPED into a kill."""
-        for sig in self._previous:
-            signal.signal(sig, signal.SIG_IGN)
-        self._previous = {}
+        EXIT_STOPPED into a kill. Ctrl-C still aborts."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            if sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+                del self._previous[sig]
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-class StopAgreement:
-    """Every rank must stop after the same step, or the ones still training wait forever in DDP's
-    all-reduce. After each step the ranks agree through a gloo group (CPU tensors: no GPU sync,
-    one small network round trip per step) on whether any of them was asked to stop."""
+def ignore_stop_signals_in_workers(worker_id: int) -> None:
+    """DataLoader worker_init_fn: SLURM signals every process of the job, torchrun the whole process
+    group, a terminal Ctrl-C the foreground group, so the loader's workers get the stop signal too.
+    They must not die of it (the main process would fail with "DataLoader worker killed by signal"
+    in the middle of the step it wants to finish); the loader ends them when the run ends."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
-    def __init__(self):
+
+class StopAgreement:
+    """Every rank must stop after the same step, or the ones still training wait in DDP's all-reduce.
+    After each step the ranks agree through a gloo group (CPU tensors: no GPU sync; one small network
+    round trip per step, which keeps the ranks' CPUs in step) on whether any of them was asked to stop."""
+
+    def __init__(self, timeout: timedelta | None = None):
         self.group = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # The default group already is gloo on CPU; with NCCL a CPU side group carries the flag.
-            self.group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+            # The default group already is gloo on CPU; with NCCL a CPU side group carries the flag
+            # (with the same timeout: a hung rank must not hold the others longer than --dist-timeout).
+            self.group = (dist.group.WORLD if dist.get_backend() == "gloo" else
+                          dist.new_group(backend="gloo", timeout=timeout))
 
     def any(self, local: bool) -> bool:
         """True on every rank if `local` is True on any rank (a collective: every rank must call it)."""
@@ -83,6 +103,15 @@ class StopAgreement:
         flag = torch.tensor([int(local)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
+
+    def same(self, values: list[int]) -> bool:
+        """Do all ranks hold the same integers (e.g. the epoch and iteration they resume at)?"""
+        if self.group is None:
+            return True
+        high, low = torch.tensor(values), -torch.tensor(values)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(low, op=dist.ReduceOp.MAX, group=self.group)
+        return bool((high == -low).all())
 
 
 class CheckpointSchedule:

@@ -27,12 +27,14 @@ def setup_distributed(device_arg: str | None = None, timeout: timedelta | None =
 
 
 def attempt_store(timeout: timedelta | None) -> dict:
-    """Under torchrun restarts (--max-restarts), a store of this attempt's own: the restarted workers
-    share torchrun's store with the dead ones, whose keys (a gloo listening address, an NCCL id) are
-    still there, and a new rank could connect to a dead one (pytorch/pytorch#135712, #167288). A prefix
-    per restart keeps each attempt's keys apart. {} outside torchrun (init_process_group's own env://)."""
+    """Under torchrun restarts (--max-restarts) on one node, a store of this attempt's own: the restarted
+    workers share torchrun's store with the dead ones, whose keys (a gloo listening address, an NCCL id)
+    are still there, and a new rank could connect to a dead one (pytorch/pytorch#135712, #167288). A
+    prefix per restart keeps each attempt's keys apart. Only on one node: each node's agent counts its
+    own restarts, so across nodes the count can differ (README: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    there). {} otherwise (init_process_group's own env://)."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if attempt is None or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
         return {}
     kwargs = {"timeout": timeout} if timeout is not None else {}
     store, rank, world = next(dist.rendezvous("env://", **kwargs))

@@ -135,6 +135,9 @@ def test_foreign_checkpoints_give_the_same_detections(tmp_path, kind):
 def test_round_trip_and_atomic_save(tmp_path):
     model = build_model("ssdlite", num_classes=3)
     path = tmp_path / "ckpt" / "last.pt"
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint last.pt to {path.parent}: the folder does not"):
+        save_checkpoint(path, {"x": torch.ones(1)})  # a missing (e.g. deleted) folder is an error, not recreated
+    path.parent.mkdir()
     save_checkpoint(path, {"model": model.state_dict(), "model_name": "ssdlite300_mobilenetv2", "num_classes": 3,
                            "epoch": 4})
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind

@@ -4,6 +4,7 @@ run must end with its weights (tools/train.py replays data order and augmentatio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -40,11 +41,11 @@ def run(cmd, prefix=(sys.executable,), env=None, check=True):
 class Started(subprocess.Popen):
     """A run in the background, its stdout and stderr going to a file (a pipe nobody reads would fill up)."""
 
-    def __init__(self, cmd, prefix=(sys.executable,), env=None):
+    def __init__(self, cmd, prefix=(sys.executable,), env=None, session=False):
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ssdfast_run_{time.time_ns()}.log"
-        with open(self.log, "w") as out:
+        with open(self.log, "w") as out:  # session: its own process group, to signal it with its workers
             super().__init__([*prefix, *cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, **(env or {})})
+                             env={**os.environ, **(env or {})}, start_new_session=session)
 
     def output(self, timeout=600) -> str:
         """Wait for the end; everything it printed."""
@@ -83,6 +84,20 @@ def assert_same_weights(a_folder, b_folder):
 def epoch_losses(folder):
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     return {r["epoch"]: r["loss"] for r in records if "iteration" not in r}
+
+
+def ranks_of(launcher) -> dict[int, int]:
+    """{local rank: pid} of a torchrun launcher's workers (from their environment, not the listing order)."""
+    out = {}
+    for pid in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        out[int(env["LOCAL_RANK"])] = int(pid)
+    return out
+
+
+def iterations_logged(folder) -> int:
+    log = folder / "log.jsonl"
+    return log.read_text().count('"iteration"') if log.exists() else 0
 
 
 def free_port():
@@ -128,14 +143,15 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     seed = int(os.environ.get("PREEMPTION_SEED", time.time()))
     rng = random.Random(seed)
     folder = tmp_path / "killed"
-    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1)
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1, "--log-every", 1)
 
-    process = start(cmd)  # 1: mid-epoch 0, a random time after the first mid-epoch checkpoint
-    wait_for(lambda: position(folder) is not None, process, "the first checkpoint")
-    time.sleep(rng.uniform(0, 0.6))
+    process = start(cmd)  # 1: mid-epoch 0, after a random iteration (6 per epoch), at a random instant of the next
+    after = rng.randint(1, 4)
+    wait_for(lambda: iterations_logged(folder) >= after, process, f"iteration {after}")
+    time.sleep(rng.uniform(0, 0.2))
     process.kill()
     process.wait()
-    first = position(folder)
+    first = position(folder) or (0, 0)  # (0, 0): killed before the first checkpoint, a fresh start
     assert first[0] == 0, f"seed {seed}: killed too late ({first})"
 
     shim = tmp_path / "shim"  # 2: inside the k-th checkpoint write of the restarted run
@@ -145,14 +161,16 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     env = {"PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "KILL_AT_SAVE": str(kill_at)}
     result = run(cmd, env=env, check=False)
     assert result.returncode == -signal.SIGKILL, f"seed {seed}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
-    assert "continuing at iteration" in result.stdout
+    assert "continuing with iteration" in result.stdout
     assert list(folder.glob(".last.pt.*.tmp")), "the kill did not land inside a write"
-    second = position(folder)
+    second = position(folder) or (0, 0)
     assert second >= first  # the killed write left last.pt as it was
 
     process = start(cmd)  # 3: a random moment of epoch 1
-    wait_for(lambda: (position(folder) or (0,))[0] == 1, process, "epoch 1")
-    time.sleep(rng.uniform(0, 0.6))
+    after = rng.randint(1, 4)
+    wait_for(lambda: '"epoch": 1, "iteration": %d' % (after - 1) in (folder / "log.jsonl").read_text(), process,
+             f"epoch 1 iteration {after - 1}")
+    time.sleep(rng.uniform(0, 0.2))
     process.kill()
     output = process.output()
     assert "removed .last.pt." in output, output[-2000:]  # the torn write's temporary file
@@ -177,13 +195,14 @@ def test_keep_checkpoints_keeps_the_newest_epochs(straight):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
 def test_a_signal_saves_mid_epoch_and_the_rerun_continues(sig, straight, synthetic_coco, tmp_path):
+    """With loader workers, signalled as a cluster does it: the whole process group (workers included)."""
     folder = tmp_path / "signalled"
-    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1)
-    process = start(cmd)
+    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--num-workers", 2)
+    process = start(cmd, session=True)
     log = folder / "log.jsonl"
     wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 2, process, "two iterations")
     sent = time.time()
-    process.send_signal(sig)
+    os.killpg(process.pid, sig)
     output = process.output(timeout=120)
     took = time.time() - sent
     assert process.returncode == 75, output[-2000:]
@@ -193,7 +212,7 @@ def test_a_signal_saves_mid_epoch_and_the_rerun_continues(sig, straight, synthet
     steps = [r for r in map(json.loads, log.read_text().splitlines()) if "iteration" in r]
     assert took < 60, f"took {took:.1f} s to stop"
     resumed = run(cmd)
-    assert f"continuing at iteration {iteration}" in resumed.stdout
+    assert f"continuing with iteration {iteration}" in resumed.stdout
     assert_same_weights(straight, folder)
     assert len(steps) >= 2
 
@@ -207,13 +226,11 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_previous_checkpoint(straig
     log = folder / "log.jsonl"
     wait_for(lambda: log.exists() and '"epoch": 2, "iteration"' in log.read_text(), process, "epoch 2")
     process.send_signal(signal.SIGINT)
-    time.sleep(0.01)
+    wait_for(lambda: "SIGINT received" in process.log.read_text(), process, "the first Ctrl-C's note")
     process.send_signal(signal.SIGINT)
     output = process.output(timeout=120)
-    assert process.returncode == 130, output[-2000:]
-    assert "aborted (second Ctrl-C)" in output
+    assert process.returncode == -signal.SIGINT, output[-2000:]  # killed by it at once (a shell shows 130)
     assert (folder / "last.pt").read_bytes() == before
-    assert not list(folder.glob(".*.tmp"))
 
 
 def test_torchrun_restarts_after_a_rank_is_killed(straight_ddp, synthetic_coco, tmp_path):
@@ -221,12 +238,12 @@ def test_torchrun_restarts_after_a_rank_is_killed(straight_ddp, synthetic_coco, 
     cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1, "--dist-timeout", 60, batch_size=2)
     launcher = start(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", f"--master_port={free_port()}"])
     wait_for(lambda: position(folder) is not None and position(folder)[1] >= 2, launcher, "a mid-epoch checkpoint")
-    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-    assert len(ranks) == 2, ranks
-    os.kill(int(ranks[1]), signal.SIGKILL)
+    ranks = ranks_of(launcher)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGKILL)
     output = launcher.output()
     assert launcher.returncode == 0, output[-3000:]
-    assert "continuing at iteration" in output  # the restarted group resumed mid-epoch, by itself
+    assert "continuing with iteration" in output  # the restarted group resumed mid-epoch, by itself
     assert_same_weights(straight_ddp, folder)
 
 
@@ -240,15 +257,14 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(straight_ddp, sy
     launcher = start(cmd, prefix=prefix)
     log = folder / "log.jsonl"
     wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 2, launcher, "two iterations")
-    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-    os.kill(int(ranks[1]), signal.SIGTERM)
+    os.kill(ranks_of(launcher)[1], signal.SIGTERM)
     output = launcher.output(timeout=300)
     assert "stopped (another rank was signalled) at epoch 0, iteration" in output, output[-3000:]
-    assert output.count("exitcode  : 75") == 2, output[-3000:]  # torchrun's report: both ranks, code 75
+    assert len(re.findall(r"exitcode\s+:\s*75 \(pid", output)) == 2, output[-3000:]  # torchrun's report: both ranks
     epoch, iteration = position(folder)
     assert epoch == 0 and 2 <= iteration < 6
     resumed = run(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}"])
-    assert f"continuing at iteration {iteration}" in resumed.stdout
+    assert f"continuing with iteration {iteration}" in resumed.stdout
     assert_same_weights(straight_ddp, folder)
 
 
@@ -279,21 +295,21 @@ def test_a_hung_rank_ends_the_job_within_the_timeout(synthetic_coco, tmp_path):
     launcher = start(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", "--max-restarts=0", f"--master_port={free_port()}"])
     log = folder / "log.jsonl"
     wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 1, launcher, "one iteration")
-    ranks = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
-    os.kill(int(ranks[1]), signal.SIGSTOP)
+    ranks = ranks_of(launcher)
+    os.kill(ranks[1], signal.SIGSTOP)
     stopped_at = time.time()
     try:
         output = launcher.output(timeout=180)
     finally:
-        for pid in ranks:
+        for pid in ranks.values():
             try:
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         launcher.kill()
     assert time.time() - stopped_at < 120
     assert "error: rank 0: a collective operation failed" in output, output[-3000:]
-    assert "exitcode: 3" in output
+    assert re.search(r"exitcode\s*:\s*3\b", output), output[-3000:]
 
 
 @pytest.fixture

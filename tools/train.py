@@ -99,13 +99,16 @@ def build_optimizer(model, args, lr: float, device):
     return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=not args.no_nesterov, fused=fused)
 
 
-def main(argv=None) -> int:
+def main(argv=None, stop_request: StopRequest | None = None) -> int:
     args = get_args(argv)
     args.model = canonical_name(args.model)
+    stop_request = stop_request or StopRequest()  # run() installs the signal handlers before anything
     schedule = CheckpointSchedule(args.checkpoint_every)  # a bad value fails here, before any work
     if args.keep_checkpoints < 0:
         raise ValueError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    rank, world, device = setup_distributed(args.device, process_group_timeout(args.dist_timeout))
+    timeout = process_group_timeout(args.dist_timeout)
+    rank, world, device = setup_distributed(args.device, timeout)
+    agreement = StopAgreement(timeout)  # every rank, at the same point (new_group is a collective)
     is_main = rank == 0
     if args.cuda_graphs and device.type != "cuda":
         sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
@@ -147,9 +150,12 @@ def main(argv=None) -> int:
                                                          category_names=train_loader.info.category_names,
                                                          check_names=not args.ignore_category_names,
                                                          data=args.data_path)
+        if not agreement.same([start_epoch, position["iteration"] if position else 0]):
+            raise ValueError(f"the ranks found different checkpoints in {save_folder}: every rank must see the "
+                             "same save folder (a shared file system)")
         if is_main and position:
-            print(f"resuming from {last}: epoch {start_epoch} stopped after iteration {position['iteration']}, "
-                  f"continuing at iteration {position['iteration']}")
+            print(f"resuming from {last}: epoch {start_epoch} stopped after {position['iteration']} iteration(s), "
+                  f"continuing with iteration {position['iteration']} (0-based)")
             if position.get("world", world) != world:
                 print(f"warning: {last} was written by {position['world']} processes, this run has {world}: the "
                       "global batch, lr and data order change, so this continues as a different run")
@@ -167,7 +173,9 @@ def main(argv=None) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         save_folder.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(args.log_path or str(save_folder / "tensorboard"))
+        # purge_step: scalars an interrupted run logged after its last checkpoint are dropped, not doubled.
+        resumed_at = start_epoch * len(train_loader) + (position["iteration"] if position else 0)
+        writer = SummaryWriter(args.log_path or str(save_folder / "tensorboard"), purge_step=resumed_at or None)
         log_file = open(save_folder / "log.jsonl", "a")
         print(f"ssd: {args.model}, {num_classes} classes, {train_loader.info.num_images} train images, world {world}, "
               f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
@@ -188,8 +196,14 @@ def main(argv=None) -> int:
     def lr_fn(epoch, it, iters):
         return lr_at(base_lr, epoch, it, iters, args.multistep, args.warmup)
 
-    def save_last(epoch_done: int, position: dict | None) -> dict:
-        state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch_done,
+    def save_last(epochs_done: int, position: dict | None) -> dict:
+        """Write last.pt (rank 0 only; no collective inside, so rank 0 alone may decide when).
+        epochs_done: the last finished epoch; position: where the next one stands (None: at its start)."""
+        if position is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # Another rank's NaN reaches these weights through the all-reduce before this rank's loss shows it.
+            raise NonFiniteLossError(f"the weights became non-finite in epoch {position['epoch']} before iteration "
+                                     f"{position['iteration']}: not saved (last.pt is the one before); try a lower --lr")
+        state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epochs_done,
                                category_ids=train_loader.info.category_ids,
                                category_names=train_loader.info.category_names, best_ap=best_ap, args=vars(args),
                                position=position)
@@ -197,63 +211,79 @@ def main(argv=None) -> int:
         schedule.saved()
         return state
 
+    def save_position(progress: EpochProgress) -> None:
+        with host_sync_point(device):  # reads the loss sums and the weights
+            save_last(progress.epoch - 1, {**progress.state_dict(), "world": world})
+
     def after_step(progress: EpochProgress) -> bool:
-        """Mid-epoch last.pt when due (rank 0) and the ranks' agreement on a stop request."""
+        """Mid-epoch last.pt when due (rank 0 decides alone) and the ranks' agreement on a stop request."""
         stop = agreement.any(stop_request.requested is not None)
         if is_main and (stop or schedule.due(progress.iteration - 1)):
-            with host_sync_point(device):  # reads the loss sums and the weights
-                save_last(progress.epoch - 1, {**progress.state_dict(), "world": world})
+            save_position(progress)
         return stop
 
-    agreement = StopAgreement()
-    with StopRequest() as stop_request:
-        for epoch in range(start_epoch, args.epochs):
-            torch.manual_seed(args.seed + epoch)
-            progress = EpochProgress(epoch, device, position if position and position["epoch"] == epoch else None)
-            try:
-                stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
-                                        log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
-                                        on_log=on_log if is_main else None, progress=progress, after_step=after_step)
-            except NonFiniteLossError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return EXIT_NON_FINITE
-            if stats["stopped"]:
-                return stopped(world, is_main, stop_request, last, f"epoch {epoch}, iteration {progress.iteration}")
-            if stats["skipped"] and is_main:
-                print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
-                      f"e.g. {stats['skipped'][0]}")
-            record = {"epoch": epoch, **{k: v for k, v in stats.items() if k not in ("skipped", "stopped")},
-                      "time": time.time()}
-            if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-                coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
-                                             channels_last=channels_last, nms_threshold=args.nms_threshold,
-                                             max_batches=args.eval_batches, is_main=is_main)
-                if is_main:
-                    print(f"epoch {epoch} COCO evaluation:\n{table}")
-                    for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
-                        record[f"coco/{key}"] = value
-                        writer.add_scalar(f"coco/{key}", value, epoch)
+    def close_logs() -> None:
+        if is_main:
+            writer.close()
+            log_file.close()
+
+    if agreement.any(stop_request.requested is not None):  # signalled while loading
+        close_logs()
+        return stopped(world, is_main, stop_request, last, "the start (nothing trained)")
+    for epoch in range(start_epoch, args.epochs):
+        torch.manual_seed(args.seed + epoch)
+        progress = EpochProgress(epoch, device, position if position and position["epoch"] == epoch else None)
+        try:
+            stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
+                                    log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
+                                    on_log=on_log if is_main else None, progress=progress, after_step=after_step)
+        except NonFiniteLossError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_NON_FINITE
+        if stats["stopped"]:
+            close_logs()
+            return stopped(world, is_main, stop_request, last, f"epoch {epoch}, iteration {progress.iteration}")
+        if stats["skipped"] and is_main:
+            print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
+                  f"e.g. {stats['skipped'][0]}")
+        record = {"epoch": epoch, **{k: v for k, v in stats.items() if k not in ("skipped", "stopped")},
+                  "time": time.time()}
+        if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            if is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
+                save_position(progress)
+            coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
+                                         channels_last=channels_last, nms_threshold=args.nms_threshold,
+                                         max_batches=args.eval_batches, is_main=is_main)
             if is_main:
-                writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
-                print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
-                      f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
-                      + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
-                log(record)
-                ap = record.get("coco/AP", -1.0)
-                improved, best_ap = ap > best_ap, max(best_ap, ap)
-                state = save_last(epoch, None)
-                if improved:
-                    save_checkpoint(save_folder / "best.pt", state)
-                if args.keep_checkpoints:
-                    keep_epoch_copy(last, epoch, args.keep_checkpoints)
-            # A signal during the evaluation: the epoch is saved, stop now (every rank agrees).
-            if agreement.any(stop_request.requested is not None) and epoch + 1 < args.epochs:
-                return stopped(world, is_main, stop_request, last, f"the end of epoch {epoch}")
-            if world > 1:
-                dist.barrier()
+                print(f"epoch {epoch} COCO evaluation:\n{table}")
+                for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
+                    record[f"coco/{key}"] = value
+                    writer.add_scalar(f"coco/{key}", value, epoch)
+        if is_main:
+            writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
+            print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
+                  f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
+                  + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
+            ap = record.get("coco/AP", -1.0)
+            improved, best_ap = ap > best_ap, max(best_ap, ap)
+            state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch,
+                                   category_ids=train_loader.info.category_ids,
+                                   category_names=train_loader.info.category_names, best_ap=best_ap,
+                                   args=vars(args))
+            if improved:  # best.pt first: a kill between the two then never leaves best_ap ahead of best.pt
+                save_checkpoint(save_folder / "best.pt", state)
+            save_last(epoch, None)
+            log(record)  # after the save: a kill before it replays the epoch, which then logs it once
+            if args.keep_checkpoints:
+                keep_epoch_copy(last, epoch, args.keep_checkpoints)
+        # A signal during the evaluation: the epoch is saved, stop now (every rank agrees).
+        if agreement.any(stop_request.requested is not None) and epoch + 1 < args.epochs:
+            close_logs()
+            return stopped(world, is_main, stop_request, last, f"the end of epoch {epoch}")
+        if world > 1:
+            dist.barrier()
+    close_logs()
     if is_main:
-        writer.close()
-        log_file.close()
         written = ", ".join(name for name in ("last.pt", "best.pt") if (save_folder / name).exists())
         print(f"done: checkpoints in {save_folder} ({written}), log {save_folder / 'log.jsonl'}")
     if world > 1:
@@ -268,8 +298,8 @@ def stopped(world: int, is_main: bool, stop_request: StopRequest, last: Path, wh
     if world > 1:
         dist.barrier()
     if is_main:
-        print(f"stopped ({stop_request.requested or 'another rank was signalled'}) at {where}: {last} is saved; "
-              f"run the same command to resume from there (exit code {EXIT_STOPPED})", flush=True)
+        print(f"stopped ({stop_request.requested or 'another rank was signalled'}) at {where}: {last} holds the run so "
+              f"far; run the same command to resume from there (exit code {EXIT_STOPPED})", flush=True)
     if world > 1:
         dist.destroy_process_group()
     return EXIT_STOPPED
@@ -288,10 +318,11 @@ def run(argv=None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     rank = os.environ.get("RANK", "0")
     try:
-        return main(argv)
-    except KeyboardInterrupt:
-        print("aborted (second Ctrl-C): last.pt is the one written before (at the last checkpoint); "
-              "run the same command to resume from it", file=sys.stderr)
+        with StopRequest() as stop_request:  # from the first line on: a signal while loading is a stop too
+            return main(argv, stop_request)
+    except KeyboardInterrupt:  # Ctrl-C where Python could not take it as a stop request
+        print("aborted: last.pt is the one written before (at the last checkpoint); run the same command to "
+              "resume from it", file=sys.stderr)
         return EXIT_ABORTED
     except (CheckpointError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError) as error:
         if debug:

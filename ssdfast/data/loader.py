@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .batch import DEFAULT_MAX_BOXES, Batch, Collate
+from ..preemption import ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
 
@@ -149,5 +150,5 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
     data_loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochKeyedSampler(sampler),
                              num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
                              drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
-                             persistent_workers=num_workers > 0)
+                             persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals_in_workers)
     return TorchLoader(dataset, data_loader)
