@@ -96,9 +96,10 @@ def main(argv=None) -> int:
         partial.unlink(missing_ok=True)
     print(f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
           f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)")
-    print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): same counts "
-          f"and labels, {report['detections']} detections, max |box diff| {report['max_box_diff']:.2e}, "
-          f"max |score diff| {report['max_score_diff']:.2e}")
+    print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): same counts, "
+          f"{report['detections']} detections, {report['detections'] - report['near_ties']} with the same label, score "
+          f"and box ({report['near_ties']} others differ where scores tie within 1e-4), max |box diff| "
+          f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}")
     print(f"outputs: {', '.join(info['outputs'])}; input: {info['input']}")
     return 0
 
