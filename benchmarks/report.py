@@ -85,7 +85,8 @@ def summarise(raw: dict) -> dict:
             items = b["extra_info"].get("items", 1)
             flop = b["extra_info"].get("flop_per_item")  # counted by torch.utils.flop_counter in the benchmark
             rows.append({"name": b["name"].split("[", 1)[-1].rstrip("]"), "median_s": median,
-                         "items_per_s": items / median if items > 1 else None,
+                         # items = 1 is a call without a count (an op), unless the benchmark says it is one image
+                         "items_per_s": items / median if items > 1 or b["extra_info"].get("throughput") else None,
                          "baseline": b is base,
                          "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
                          "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,

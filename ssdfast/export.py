@@ -26,6 +26,7 @@ from .postprocess import Detections, postprocess
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
+ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
 
 
@@ -54,7 +55,7 @@ def output_names(with_nms: bool) -> list[str]:
 
 
 def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: int | None, with_nms: bool,
-           score_threshold: float, nms_threshold: float, max_det: int, opset: int = 18) -> dict:
+           score_threshold: float, nms_threshold: float, max_det: int) -> dict:
     """Write `model` (eval mode, CPU) with its post-processing to `path` as `fmt` ('onnx' or 'torch-export');
     batch None: dynamic batch axis. Returns the metadata stored in the file."""
     detector = ExportedDetector(model.eval(), for_onnx=fmt == "onnx", with_nms=with_nms,
@@ -70,7 +71,7 @@ def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: i
                      "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"}
     with torch.no_grad():
         if fmt == "onnx":
-            program = torch.onnx.export(detector, (example,), dynamo=True, opset_version=opset, external_data=False,
+            program = torch.onnx.export(detector, (example,), dynamo=True, opset_version=ONNX_OPSET, external_data=False,
                                         custom_translation_table=_onnx_translation(), input_names=["images"],
                                         output_names=output_names(with_nms), dynamic_shapes=dynamic, verbose=False)
             program.model.metadata_props[ONNX_METADATA] = json.dumps(info)

@@ -47,7 +47,6 @@ def get_args(argv=None):
                    help="drop detections at or below this score (inside the graph)")
     p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=SSD_DEFAULTS.max_detections, help="K: detections per image")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or newer)")
     return p.parse_args(argv)
 
 
@@ -57,8 +56,8 @@ def check_args(args) -> Path:
         raise ValueError(f"--format {args.format} writes a {FORMATS[args.format]} file, got --output {output}")
     if not 0.0 <= args.score_threshold < 1.0 or not 0.0 < args.nms_threshold <= 1.0:
         raise ValueError("--score-threshold must be in [0, 1) and --nms-threshold in (0, 1]")
-    if args.max_det < 1 or args.opset < 17:
-        raise ValueError("--max-det must be at least 1 and --opset at least 17")
+    if args.max_det < 1:
+        raise ValueError("--max-det must be at least 1")
     if output.exists() and output.resolve() == Path(args.weights).resolve():
         raise ValueError(f"the output would overwrite the weights {output}: choose another --output")
     return writable_file(output, "output file")
