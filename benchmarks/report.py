@@ -2,6 +2,7 @@
 
     python benchmarks/report.py benchmarks/results/latest.json
     python benchmarks/report.py part1.json part2.json --checks checks.json    # what tools/gpu_check.py does
+    python benchmarks/report.py export.json --name export-cpu-2-cores       # README's "Export and deploy" table
 
 Ratios compare candidates with their group's baseline from the same run (same machine, same process).
 README's table (between the bench markers) is regenerated from every results/*.json, never typed.
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+EXPORT_START, EXPORT_END = "<!-- export-bench:start -->", "<!-- export-bench:end -->"
 
 
 def machine_name(info: dict) -> str:
@@ -83,7 +85,8 @@ def summarise(raw: dict) -> dict:
             items = b["extra_info"].get("items", 1)
             flop = b["extra_info"].get("flop_per_item")  # counted by torch.utils.flop_counter in the benchmark
             rows.append({"name": b["name"].split("[", 1)[-1].rstrip("]"), "median_s": median,
-                         "items_per_s": items / median if items > 1 else None,
+                         # items = 1 is a call without a count (an op), unless the benchmark says it is one image
+                         "items_per_s": items / median if items > 1 or b["extra_info"].get("throughput") else None,
                          "baseline": b is base,
                          "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
                          "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,
@@ -145,15 +148,20 @@ def main(argv: list[str]) -> int:
     target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
-    tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))
-              if p.name != "latest.json" and not p.name.startswith("quality-")]  # quality.py makes its own table
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n" + "\n\n".join(tables) + f"\n{END}{tail}")
-        print(f"updated the speed table in {readme}")
+    # results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to README's
+    # "Export and deploy" section, the others to "Speed".
+    for (start, end), export in (((START, END), False), ((EXPORT_START, EXPORT_END), True)):
+        tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))
+                  if p.name != "latest.json" and not p.name.startswith("quality-")  # quality.py's own table
+                  and p.name.startswith("export-") == export]
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{start}\n" + "\n\n".join(tables) + f"\n{end}{tail}"
+            print(f"updated the {'export' if export else 'speed'} table in {readme}")
+    readme.write_text(text)
     print(table(result))
     return 0
 

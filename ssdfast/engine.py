@@ -17,6 +17,7 @@ from tqdm import tqdm
 from . import ops
 from .anchors import SSD_DEFAULTS
 from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
+from .deployed import Deployed
 from .loss import LossOutput, MultiBoxLoss
 from .postprocess import postprocess
 
@@ -286,9 +287,12 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
 def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_threshold=SSD_DEFAULTS.nms_threshold,
             score_threshold=SSD_DEFAULTS.score_threshold,
             category_ids, max_batches=None, is_main=True) -> tuple[list[dict], list[int], list[str]]:
-    """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank."""
-    model.eval()
-    anchors = unwrap(model).anchors
+    """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank.
+    model: an SSD module (+ ssdfast.postprocess with the thresholds given), or an exported detector
+    (ssdfast.deployed.Deployed: post-processing inside, thresholds given when it was loaded)."""
+    deployed = isinstance(model, Deployed)
+    if not deployed:
+        model.eval()
     results, image_ids, skipped = [], [], []
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     for i, batch in enumerate(tqdm(loader, total=total, desc="eval", disable=not is_main, leave=False)):
@@ -298,9 +302,13 @@ def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_t
         if len(batch.images) == 0:
             continue
         images = batch.to(device, channels_last=channels_last).images
-        with autocast(device, amp_dtype):
-            locs, confs = model(images)
-        dets = postprocess(locs, confs, anchors, score_threshold=score_threshold, nms_threshold=nms_threshold)
+        if deployed:
+            dets = model(images)
+        else:
+            with autocast(device, amp_dtype):
+                locs, confs = model(images)
+            dets = postprocess(locs, confs, unwrap(model).anchors, score_threshold=score_threshold,
+                               nms_threshold=nms_threshold)
         results += detections_to_coco(dets, batch.image_ids, batch.sizes, category_ids)
         image_ids += batch.image_ids.tolist()
     return results, image_ids, skipped

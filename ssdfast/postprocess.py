@@ -37,15 +37,32 @@ def postprocess(
         locs (Tensor[B, A, 4]), confs (Tensor[B, A, C+1]): the model's outputs.
         anchors (Tensor[A, 4]): xyxy default boxes (model.anchors).
     """
-    boxes = ops.box_decode(locs, anchors)  # [B, A, 4]
-    probs = confs.float().softmax(dim=-1)[..., 1:]  # [B, A, C], background dropped
+    boxes, probs = decode_scores(locs, confs, anchors)
+    return select(boxes, probs, score_threshold, nms_threshold, topk_per_class, max_det)
+
+
+def decode_scores(locs: Tensor, confs: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """The first half of :func:`postprocess` (what an export without NMS outputs): locs [B, A, 4],
+    confs [B, A, C+1] -> boxes [B, A, 4] xyxy normalised, scores [B, A, C] (softmax, background dropped)."""
+    return ops.box_decode(locs, anchors), confs.float().softmax(dim=-1)[..., 1:]
+
+
+def select(
+    boxes: Tensor,
+    probs: Tensor,
+    score_threshold: float = SSD_DEFAULTS.score_threshold,
+    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
+    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
+    max_det: int = SSD_DEFAULTS.max_detections,
+) -> Detections:
+    """The second half of :func:`postprocess`: boxes [B, A, 4], scores [B, A, C] -> Detections."""
     batch, num_anchors, num_classes = probs.shape
     k = min(topk_per_class, num_anchors)
     scores, index = probs.transpose(1, 2).topk(k, dim=-1)  # [B, C, k]
     index = index.reshape(batch, num_classes * k)
     cand_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, C*k, 4]
     cand_scores = scores.reshape(batch, num_classes * k)
-    cand_labels = torch.arange(1, num_classes + 1, device=locs.device).repeat_interleave(k).expand(batch, -1)
+    cand_labels = torch.arange(1, num_classes + 1, device=boxes.device).repeat_interleave(k).expand(batch, -1)
 
     keep, counts = ops.batched_nms_padded(cand_boxes, cand_scores, cand_labels, nms_threshold, score_threshold, max_det)
     real = keep >= 0

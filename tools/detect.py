@@ -4,6 +4,7 @@
     python tools/detect.py --weights best.pt --input photos/ --output annotated/
     python tools/detect.py --weights best.pt --input "photos/*.png" --output annotated/
     python tools/detect.py --weights best.pt --input clip.mp4 --output clip_detections.mp4
+    python tools/detect.py --weights ssdlite.onnx --input photos/ --output annotated/    # exported (tools/export.py)
 
 Writes the annotated image(s) or video and a JSON file of the detections (pixel xyxy boxes,
 scores, class names) next to --output.
@@ -33,7 +34,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint: ssdfast, the seed's, or NVIDIA's")
+    p.add_argument("--weights", required=True, help="checkpoint: ssdfast, the seed's, or NVIDIA's; "
+                   "or an exported model.onnx / model.pt2 (tools/export.py)")
     p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")
     p.add_argument("--output", required=True, help="output image (one input image), folder (several images, or a "
                    "name ending in '/'), or video; drawings keep the input file names")
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
     try:
-        model, meta = load_detector(args.weights, device)
+        model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
+                                    nms_threshold=args.nms_threshold)
         names = meta["category_names"]
         if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
             if output.resolve() == source.resolve():

@@ -1,6 +1,9 @@
-"""COCO mAP of a checkpoint (ssdfast's, the seed's or NVIDIA's) on a COCO-format val set.
+"""COCO mAP of a checkpoint (ssdfast's, the seed's or NVIDIA's) or of an exported model (tools/export.py)
+on a COCO-format val set.
 
     python tools/eval.py --data-path /coco --weights trained_models/best.pt
+    python tools/eval.py --data-path /coco --weights ssdlite.onnx       # ONNX Runtime (CPU, or CUDA on --device cuda)
+    python tools/eval.py --data-path /coco --weights ssdlite.pt2        # torch.export program
     torchrun --nproc_per_node=8 tools/eval.py --data-path /coco --weights nvidia_ssd.pt --amp --dali
 
 Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output and the
@@ -19,6 +22,7 @@ import torch.distributed as dist
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
+from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
@@ -28,7 +32,8 @@ from ssdfast.outputs import distinct, writable_file
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", required=True, help="dataset root in the COCO layout")
-    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
+    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's; "
+                   "or an exported model.onnx / model.pt2 (tools/export.py)")
     p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
@@ -65,20 +70,25 @@ def main(argv=None) -> int:
     configure_cudnn(device, not args.no_cudnn_benchmark)
     try:
         outputs = output_paths(args) if rank == 0 else {}
-        model, meta = load_detector(args.weights, device)
+        deployed = is_deployed(args.weights)
+        if deployed and args.amp:
+            raise ValueError("--amp applies to checkpoints: an exported model runs in the precision it was exported in")
+        model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
+                                    nms_threshold=args.nms_threshold)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
-                              device=device, channels_last=use_channels_last(device))
+                              device=device, channels_last=use_channels_last(device) and not deployed)
         check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path,
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if use_channels_last(device):
+    channels_last = use_channels_last(device) and not deployed
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
     stats, table, results, image_ids = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
-                                     channels_last=use_channels_last(device), nms_threshold=args.nms_threshold,
+                                     channels_last=channels_last, nms_threshold=args.nms_threshold,
                                      score_threshold=args.score_threshold, max_batches=args.max_batches,
                                      is_main=rank == 0)
     if rank == 0:

@@ -1,0 +1,112 @@
+"""Run an exported detector like a checkpoint: ``.onnx`` through ONNX Runtime, ``.pt2`` through
+torch.export.load. Normalised images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py
+and tools/detect.py measure and use exactly the file that is shipped (chosen by the weights' suffix).
+
+A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
+applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
+nothing above them), a lower one or another NMS threshold cannot (re-export). Without NMS, the
+post-processing after the graph (``ssdfast.postprocess.select``) takes any thresholds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointError
+from .export import ONNX_METADATA, PT2_METADATA
+from .postprocess import Detections, select
+
+SUFFIXES = (".onnx", ".pt2")
+
+
+def is_deployed(path: str | Path) -> bool:
+    """Whether `path` names an exported detector (by suffix) rather than a checkpoint."""
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def _onnx_session(path: Path, device: torch.device):
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise CheckpointError(f"{path} is an ONNX model: running it needs onnxruntime "
+                              "(pip install -e .[export])") from error
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise CheckpointError(f"{path}: this onnxruntime has no CUDA execution provider (install "
+                                  "onnxruntime-gpu, or run with --device cpu)")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as error:
+        raise CheckpointError(f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} "
+                              "(truncated or corrupted file?)") from error
+    return session, session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA)
+
+
+def _pt2_program(path: Path, device: torch.device):
+    from . import ops  # registers torch.ops.ssdfast.*, which the program calls
+
+    if ops.LOAD_ERROR is not None:
+        raise CheckpointError(f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C "
+                              f"({ops.LOAD_ERROR})")
+    extra = {PT2_METADATA: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as error:
+        raise CheckpointError(f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)") from error
+    if device.type != "cpu":
+        program = torch.export.passes.move_to_device_pass(program, device)
+    return program.module(), extra[PT2_METADATA] or None
+
+
+class Deployed:
+    """An exported detector. deployed(images [B, 3, 300, 300] normalised) -> Detections (on `device`).
+
+    meta: what the export stored (model_name, num_classes, category_names, category_ids, with_nms,
+    score_threshold, nms_threshold, max_det, ...). score_threshold / nms_threshold: what the caller
+    wants (None: the file's); checked against a file with NMS inside (ValueError if impossible)."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", score_threshold: float | None = None,
+                 nms_threshold: float | None = None):
+        self.path, self.device = Path(path), torch.device(device)
+        if not self.path.is_file():
+            raise CheckpointError(f"exported model not found: {self.path}")
+        if self.path.suffix.lower() == ".onnx":
+            self.session, text = _onnx_session(self.path, self.device)
+        else:
+            self.program, text = _pt2_program(self.path, self.device)
+        if not text:
+            raise CheckpointError(f"{self.path} carries no ssdfast metadata: export it with tools/export.py")
+        self.meta = json.loads(text)
+        self.score_threshold = self.meta["score_threshold"] if score_threshold is None else score_threshold
+        self.nms_threshold = self.meta["nms_threshold"] if nms_threshold is None else nms_threshold
+        if self.meta["with_nms"] and self.nms_threshold != self.meta["nms_threshold"]:
+            raise ValueError(f"{self.path} was exported with NMS IoU threshold {self.meta['nms_threshold']} inside: "
+                             f"export it again with --nms-threshold {self.nms_threshold} (or --no-nms)")
+        if self.meta["with_nms"] and self.score_threshold < self.meta["score_threshold"]:
+            raise ValueError(f"{self.path} was exported with score threshold {self.meta['score_threshold']}: it "
+                             f"cannot give detections down to {self.score_threshold}; export it again with "
+                             f"--score-threshold {self.score_threshold} (or --no-nms)")
+
+    def raw(self, images: Tensor) -> list[Tensor]:
+        """The file's outputs as they are (see ssdfast.export), on self.device."""
+        if hasattr(self, "session"):
+            feed = {"images": images.detach().float().cpu().contiguous().numpy()}
+            return [torch.from_numpy(out).to(self.device) for out in self.session.run(None, feed)]
+        with torch.no_grad():
+            return list(self.program(images.float().to(self.device)))
+
+    def __call__(self, images: Tensor) -> Detections:
+        outputs = self.raw(images)
+        if not self.meta["with_nms"]:
+            return select(*outputs, self.score_threshold, self.nms_threshold, max_det=self.meta["max_det"])
+        dets = Detections(*outputs)
+        if self.score_threshold == self.meta["score_threshold"]:
+            return dets
+        real = dets.scores > self.score_threshold  # rows are sorted by decreasing score
+        return Detections(dets.boxes * real[..., None], dets.scores * real, dets.labels * real, real.sum(dim=1))

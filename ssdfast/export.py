@@ -1,0 +1,139 @@
+"""Export a trained detector (model + post-processing) to ONNX or a torch.export ``.pt2``, and check it.
+
+What is exported, ``ExportedDetector``: images float32 [B, 3, 300, 300], RGB resized to 300x300 and
+normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet mean) / std), ->
+  with NMS:    boxes [B, K, 4] (normalised xyxy), scores [B, K], labels [B, K] (int64, 1..C), counts [B]
+               (int64): the fixed-size layout of ``ssdfast.postprocess`` (K = max_det, padding 0);
+  without NMS: boxes [B, A, 4] (decoded, normalised xyxy), scores [B, A, C] (softmax, background
+               dropped): the input of an NMS stage of one's own (e.g. TensorRT's EfficientNMS).
+ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.onnx_nms``); the ``.pt2`` holds the
+ssdfast ops themselves (their fake kernels trace them), so loading it needs the extension ssdfast._C.
+The artifact carries its metadata (``read_metadata`` in ssdfast.deployed): model, categories, thresholds.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import ops, reference
+from .onnx_nms import _onnx_translation, postprocess_onnx
+from .postprocess import Detections, postprocess
+
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
+ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
+ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
+MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
+
+
+class ExportedDetector(nn.Module):
+    """model + post-processing as one module; see the module docstring for inputs and outputs.
+    for_onnx: decode with plain tensor ops and NMS as ONNX's operator; else the ssdfast ops."""
+
+    def __init__(self, model: nn.Module, *, for_onnx: bool, with_nms: bool, score_threshold: float,
+                 nms_threshold: float, max_det: int):
+        super().__init__()
+        self.model, self.for_onnx, self.with_nms = model, for_onnx, with_nms
+        self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        locs, confs = self.model(images)
+        anchors = self.model.anchors
+        if not self.with_nms:
+            decode = reference.box_decode if self.for_onnx else ops.box_decode
+            return decode(locs, anchors), confs.float().softmax(dim=-1)[..., 1:]
+        post = postprocess_onnx if self.for_onnx else postprocess
+        return tuple(post(locs, confs, anchors, self.score_threshold, self.nms_threshold, max_det=self.max_det))
+
+
+def output_names(with_nms: bool) -> list[str]:
+    return ["boxes", "scores", "labels", "counts"] if with_nms else ["boxes", "scores"]
+
+
+def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: int | None, with_nms: bool,
+           score_threshold: float, nms_threshold: float, max_det: int) -> dict:
+    """Write `model` (eval mode, CPU) with its post-processing to `path` as `fmt` ('onnx' or 'torch-export');
+    batch None: dynamic batch axis. Returns the metadata stored in the file."""
+    detector = ExportedDetector(model.eval(), for_onnx=fmt == "onnx", with_nms=with_nms,
+                                score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det).eval()
+    # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
+    example = torch.randn(batch or 2, 3, 300, 300)
+    dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
+    info = {"format": fmt, "model_name": meta["model_name"], "num_classes": meta["num_classes"],
+            "category_names": meta["category_names"], "category_ids": meta.get("category_ids"),
+            "with_nms": with_nms, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
+            "max_det": max_det, "batch": batch or "dynamic", "outputs": output_names(with_nms),
+            "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
+                     "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"}
+    with torch.no_grad():
+        if fmt == "onnx":
+            program = torch.onnx.export(detector, (example,), dynamo=True, opset_version=ONNX_OPSET, external_data=False,
+                                        custom_translation_table=_onnx_translation(), input_names=["images"],
+                                        output_names=output_names(with_nms), dynamic_shapes=dynamic, verbose=False)
+            program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
+            program.save(str(path))
+        else:
+            program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
+            torch.export.save(program, str(path), extra_files={PT2_METADATA: json.dumps(info)})
+    return info
+
+
+def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4, tie: float = 1e-4) -> dict:
+    """The tests' comparison, per image: the same count, and every detection of one side has a partner
+    on the other with the same label, score and box within atol (matched as sets, so equal scores may
+    come in another order). Ties in score aside: two runtimes compute scores up to a few 1e-5 apart, so
+    of two candidates whose scores are within `tie`, either may be the one kept (by NMS, or as the
+    max_det-th); a detection without partner is such a near tie if the other side has one without
+    partner whose score is within `tie`. -> {"ok", "images", "detections", "near_ties", "max_box_diff",
+    "max_score_diff", "problem"} (problem: the first difference found, or None)."""
+    out = {"ok": True, "images": len(expected.counts), "detections": int(expected.counts.sum()), "near_ties": 0,
+           "max_box_diff": 0.0, "max_score_diff": 0.0, "problem": None}
+    for i, (n, m) in enumerate(zip(expected.counts.tolist(), got.counts.tolist())):
+        if n != m:
+            return {**out, "ok": False, "problem": f"image {i}: {m} detections instead of {n}"}
+        if n == 0:
+            continue
+        eb, es, el = expected.boxes[i, :n].float().cpu(), expected.scores[i, :n].float().cpu(), expected.labels[i, :n].cpu()
+        gb, gs, gl = got.boxes[i, :n].float().cpu(), got.scores[i, :n].float().cpu(), got.labels[i, :n].cpu()
+        score_diff = (es[:, None] - gs[None, :]).abs()  # [n, n]: PyTorch's detection x the exported one's
+        box_diff = (eb[:, None, :] - gb[None, :, :]).abs().amax(dim=-1)
+        partner = (el[:, None] == gl[None, :]) & (score_diff <= atol) & (box_diff <= atol)
+        lone_e, lone_g = ~partner.any(dim=1), ~partner.any(dim=0)
+        swapped = (score_diff <= tie) & lone_e[:, None] & lone_g[None, :]
+        bad = torch.cat([lone_e & ~swapped.any(dim=1), lone_g & ~swapped.any(dim=0)])
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            side, labels, scores = ("PyTorch", el, es) if k < n else ("exported", gl, gs)
+            return {**out, "ok": False, "problem": f"image {i}: the {side} detection {k % n} (label {int(labels[k % n])}, "
+                    f"score {float(scores[k % n]):.5f}) has no partner with the same label, score and box within {atol}"}
+        out["near_ties"] += int(lone_e.sum())
+        inf = torch.full_like(box_diff, float("inf"))
+        matched = ~lone_e
+        out["max_box_diff"] = max(out["max_box_diff"], float(torch.where(partner, box_diff, inf).amin(1)[matched].max()))
+        out["max_score_diff"] = max(out["max_score_diff"], float(torch.where(partner, score_diff, inf).amin(1)[matched].max()))
+    return out
+
+
+def check_against_pytorch(path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0) -> dict:
+    """Run the exported file (ssdfast.deployed) and the PyTorch model + ssdfast.postprocess on the same
+    inputs (random images, `batches` sizes) -> compare_detections's summary over all of them."""
+    from .deployed import Deployed  # deployed imports this module's constants
+
+    deployed = Deployed(path)
+    generator = torch.Generator().manual_seed(seed)
+    expected, got, took = [], [], 0.0
+    for size in batches:
+        images = torch.randn(size, 3, 300, 300, generator=generator)
+        with torch.no_grad():
+            locs, confs = model(images)
+        expected.append(postprocess(locs, confs, model.anchors, info["score_threshold"], info["nms_threshold"],
+                                    max_det=info["max_det"]))
+        start = time.perf_counter()
+        got.append(deployed(images))
+        took += time.perf_counter() - start
+    joined = [Detections(*map(torch.cat, zip(*parts))) for parts in (expected, got)]
+    return {**compare_detections(*joined), "batches": batches, "seconds": took}

@@ -1,0 +1,244 @@
+"""Export (tools/export.py, ssdfast.export): the ONNX and .pt2 files detect what PyTorch detects.
+
+Both models are trained a few steps on the synthetic set (an untrained SSD gives near-equal scores
+everywhere: ties, not a test). SSDLite goes through the tools end to end (export, eval's COCO AP of
+the .pt, .onnx and .pt2); SSD300-ResNet50 is exported in-process and compared on the same images.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssdfast.checkpoint import save_checkpoint
+from ssdfast.data import build_loader
+from ssdfast.data.coco import read_image
+from ssdfast.data.synthetic import write_synthetic_coco
+from ssdfast.deployed import Deployed
+from ssdfast.engine import TrainStep
+from ssdfast.export import check_against_pytorch, compare_detections, export
+from ssdfast.inference import detect, load_detector
+from ssdfast.models import build_model
+from ssdfast.postprocess import postprocess
+
+from test_tools import ROOT, tool, train_args
+
+sys.path.insert(0, str(ROOT / "tools"))
+from detect import to_records  # noqa: E402  (tools/detect.py: how the tool writes a detection)
+from export import main as export_main  # noqa: E402  (tools/export.py)
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """24 train and 16 val images: the comparisons run on 16 real images."""
+    return write_synthetic_coco(tmp_path_factory.mktemp("export_coco"), num_train=24, num_val=16, seed=1)
+
+
+@pytest.fixture(scope="module")
+def val_images(data):
+    loader = build_loader(data, "val", train=False, batch_size=16, num_workers=0)
+    return next(iter(loader)).images  # [16, 3, 300, 300]
+
+
+@pytest.fixture(scope="module")
+def lite(data, tmp_path_factory):
+    """SSDLite trained 1 epoch (6 steps) by tools/train.py, exported by tools/export.py to .onnx and .pt2."""
+    folder = tmp_path_factory.mktemp("lite")
+    tool("train", *train_args(data, folder, 1, "--eval-every", 0))
+    runs = {fmt: tool("export", "--weights", folder / "last.pt", "--format", fmt, "--output", folder / f"m{suffix}")
+            for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2"))}
+    return folder, runs
+
+
+@pytest.fixture(scope="module")
+def resnet(data, tmp_path_factory):
+    """SSD300-ResNet50 trained 2 steps in-process, its BatchNorm statistics then re-estimated in train
+    mode (after 2 steps the running statistics are still nearly the initial ones: eval outputs explode)."""
+    folder = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    model = build_model("ssd", num_classes=3)
+    loader = build_loader(data, "train", train=True, batch_size=4, num_workers=0)
+    step = TrainStep(model.train(), torch.optim.SGD(model.parameters(), lr=5e-4, momentum=0.9))
+    batches = [batch for _, batch in zip(range(2), loader)]
+    for batch in batches:
+        step(batch.images, batch.boxes, batch.labels)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches below
+    with torch.no_grad():
+        for batch in batches:
+            model(batch.images)
+    info = loader.info
+    save_checkpoint(folder / "last.pt", {"model": model.state_dict(), "model_name": "ssd300_resnet50",
+                                         "num_classes": 3, "category_ids": info.category_ids,
+                                         "category_names": info.category_names, "epoch": 0})
+    model, meta = load_detector(folder / "last.pt")
+    for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2")):
+        export(model, meta, fmt, folder / f"m{suffix}", batch=None, with_nms=True, score_threshold=0.05,
+               nms_threshold=0.45, max_det=200)
+    return folder
+
+
+def pytorch_detections(weights, images):
+    model, _ = load_detector(weights)
+    with torch.no_grad():
+        return postprocess(*model(images), model.anchors)
+
+
+def files(request, name):
+    if name == "ssdlite":
+        return request.getfixturevalue("lite")[0]
+    return request.getfixturevalue("resnet")
+
+
+@pytest.mark.parametrize("name", ["ssdlite", "ssd300_resnet50"])
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_exported_detections_equal_pytorch_on_16_images(request, val_images, name, suffix):
+    folder = files(request, name)
+    expected = pytorch_detections(folder / "last.pt", val_images)
+    assert (expected.counts > 0).sum() >= 14, expected.counts  # real detections on (nearly) every image
+    deployed = Deployed(folder / f"m{suffix}")
+    assert deployed.meta["model_name"] == name.replace("ssdlite", "ssdlite300_mobilenetv2")
+    got = deployed(val_images[:8]), deployed(val_images[8:])
+    got = type(expected)(*map(torch.cat, zip(*got)))
+    report = compare_detections(expected, got, atol=1e-4, tie=1e-4)
+    assert report["ok"], report["problem"]
+    assert torch.equal(expected.counts, got.counts)
+    assert report["near_ties"] <= 0.01 * report["detections"], report  # ties in score aside: rare
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_one_file_runs_at_batch_1_and_7(lite, val_images, suffix):
+    deployed = Deployed(lite[0] / f"m{suffix}")
+    assert deployed.meta["batch"] == "dynamic"
+    for size in (1, 7):
+        outputs = deployed.raw(val_images[:size])
+        assert [tuple(o.shape) for o in outputs] == [(size, 200, 4), (size, 200), (size, 200), (size,)]
+
+
+def test_onnx_graph_has_nms_as_the_standard_operator(lite):
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(lite[0] / "m.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "NonMaxSuppression" in ops and not any(node.domain not in ("", "ai.onnx") for node in graph.node)
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "counts"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+
+
+def test_export_tool_reports_the_check(lite):
+    for run in lite[1].values():
+        assert "checked against PyTorch" in run.stdout and "max |box diff|" in run.stdout, run.stdout
+
+
+def test_eval_gives_the_same_ap_for_pt_onnx_and_pt2(lite, data):
+    folder, _ = lite
+    metrics = {}
+    for weights in ("last.pt", "m.onnx", "m.pt2"):
+        out = folder / f"det_{weights.replace('.', '_')}.json"
+        tool("eval", "--data-path", data, "--weights", folder / weights, "--batch-size", 8, "--num-workers", 0,
+             "--output", out)
+        metrics[weights] = json.loads(out.with_name(out.stem + ".metrics.json").read_text())
+        metrics[weights]["detections"] = len(json.loads(out.read_text()))
+    base = metrics["last.pt"]
+    assert base["detections"] > 0 and base["images_evaluated"] == 16
+    for weights in ("m.onnx", "m.pt2"):
+        assert metrics[weights]["detections"] == base["detections"]
+        for key in ("AP", "AP50", "AP75", "AR100"):
+            assert abs(metrics[weights][key] - base[key]) <= 1e-4, (weights, key, metrics)
+
+
+def test_detect_tool_takes_an_onnx_file(lite, data, tmp_path):
+    folder, _ = lite
+    image = sorted((data / "val2017").glob("*.jpg"))[0]
+    tool("detect", "--weights", folder / "m.onnx", "--input", image, "--output", tmp_path / "one.jpg",
+         "--score-threshold", 0.1)
+    onnx_dets = json.loads((tmp_path / "one.json").read_text())[str(image)]
+    model, meta = load_detector(folder / "last.pt")
+    pt_dets = to_records(detect(model, [read_image(image)], score_threshold=0.1)[0], meta["category_names"])
+    assert len(onnx_dets) == len(pt_dets) > 0
+    key = lambda d: (d["score"], d["label"], d["box"])  # noqa: E731
+    assert sorted(onnx_dets, key=key) == sorted(pt_dets, key=key)
+    lower = tool("detect", "--weights", folder / "m.onnx", "--input", image, "--output", tmp_path / "x.jpg",
+                 "--score-threshold", 0.01, check=False)
+    assert lower.returncode == 1 and "export it again with --score-threshold 0.01" in lower.stderr
+
+
+def test_pt2_runs_with_only_the_extension(lite, val_images, tmp_path):
+    """No ssdfast Python source: torch.ops.load_library of ssdfast/_C*.so, then torch.export.load."""
+    folder, _ = lite
+    library = next((ROOT / "ssdfast").glob("_C*.so"), None)
+    if library is None:
+        pytest.skip("ssdfast._C is not built")
+    torch.save(val_images[:2], tmp_path / "x.pt")
+    script = ("import sys, torch\n"
+              f"torch.ops.load_library({str(library)!r})\n"
+              f"boxes, scores, labels, counts = torch.export.load({str(folder / 'm.pt2')!r}).module()"
+              f"(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+              "assert 'ssdfast' not in sys.modules\n"
+              f"torch.save(counts, {str(tmp_path / 'counts.pt')!r})\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "counts.pt"), pytorch_detections(folder / "last.pt", val_images[:2]).counts)
+
+
+def test_check_against_pytorch_catches_a_different_model(lite):
+    folder, _ = lite
+    model, _ = load_detector(folder / "last.pt")
+    with torch.no_grad():
+        for head in model.loc:
+            head[-1].bias.add_(0.5)  # another model than the one exported: every box moves
+    report = check_against_pytorch(folder / "m.onnx", model, Deployed(folder / "m.onnx").meta, [2])
+    assert not report["ok"] and "image" in report["problem"]
+
+
+def test_export_rejects_bad_inputs(lite, tmp_path, capsys):
+    """In-process (tools/export.py's main): one `error:` line and exit status 1 for each user error."""
+    folder, _ = lite
+
+    def export_tool(*args):
+        code = export_main([*map(str, args)])
+        return code, capsys.readouterr().err
+
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    code, err = export_tool("--weights", tmp_path / "bad.pt", "--format", "onnx", "--output", tmp_path / "o.onnx")
+    assert code == 1 and "error: cannot read checkpoint" in err
+    with pytest.raises(SystemExit) as unknown:
+        export_tool("--weights", folder / "last.pt", "--format", "tflite", "--output", tmp_path / "o.tflite")
+    assert unknown.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "a_file" / "o.onnx")
+    assert code == 1 and "error: folder of the output file" in err and "is not a folder" in err
+    code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "o.pt2")
+    assert code == 1 and "writes a .onnx file" in err
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="cannot read the ONNX model"):
+        load_detector(tmp_path / "bad.onnx")
+    (tmp_path / "bad.pt2").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="cannot read the torch.export program"):
+        load_detector(tmp_path / "bad.pt2")
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_onnx_counts_below_max_det(lite, val_images, tmp_path):
+    """A score threshold inside the graph that leaves about half of the 200 slots empty on some images."""
+    folder, _ = lite
+    model, meta = load_detector(folder / "last.pt")
+    threshold = round(float(pytorch_detections(folder / "last.pt", val_images).scores[:, 100].median()), 3)
+    export(model, meta, "onnx", tmp_path / "t.onnx", batch=None, with_nms=True, score_threshold=threshold,
+           nms_threshold=0.45, max_det=200)
+    with torch.no_grad():
+        expected = postprocess(*model(val_images), model.anchors, score_threshold=threshold)
+    assert int(expected.counts.min()) < 200 and int(expected.counts.max()) > 0, expected.counts
+    got = Deployed(tmp_path / "t.onnx")(val_images)
+    report = compare_detections(expected, got)
+    assert report["ok"] and report["near_ties"] == 0, report
+    assert bool((got.scores[got.scores > 0] > threshold).all()) and int((got.labels > 0).sum()) == int(got.counts.sum())

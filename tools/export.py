@@ -1,0 +1,107 @@
+"""Export a trained detector with its post-processing to ONNX or torch.export, checked against PyTorch.
+
+    python tools/export.py --weights trained_models/best.pt --format onnx --output ssdlite.onnx
+    python tools/export.py --weights best.pt --format torch-export --batch 8 --output ssdlite_b8.pt2
+    python tools/export.py --weights best.pt --format onnx --no-nms --output ssdlite_raw.onnx
+
+Input: images float32 [B, 3, 300, 300], RGB resized to 300x300, (x / 255 - ImageNet mean) / std.
+Output with NMS (default): boxes [B, K, 4] normalised xyxy, scores [B, K], labels [B, K] (1..C),
+counts [B]; K = --max-det, rows padded with 0. Without NMS: boxes [B, A, 4], scores [B, A, C].
+The file is written under a temporary name, run on random images at two batch sizes and compared
+with the PyTorch model + ssdfast.postprocess; only a file that agrees is put at --output.
+tools/eval.py and tools/detect.py take the result as --weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ssdfast.anchors import SSD_DEFAULTS
+from ssdfast.checkpoint import CheckpointError
+from ssdfast.export import FORMATS, check_against_pytorch, export
+from ssdfast.inference import load_detector
+from ssdfast.outputs import writable_file
+
+
+def batch_size(text: str) -> int | None:
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive batch size or 'dynamic', got {text!r}")
+    return int(text)
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (.onnx, NMS as ONNX's "
+                   "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)")
+    p.add_argument("--output", required=True, help="file to write: NAME.onnx or NAME.pt2")
+    p.add_argument("--batch", type=batch_size, default=None, help="fixed batch size, or 'dynamic' (default)")
+    p.add_argument("--with-nms", action=argparse.BooleanOptionalAction, default=True,
+                   help="include post-processing with NMS (default); --no-nms outputs decoded boxes and class scores")
+    p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold,
+                   help="drop detections at or below this score (inside the graph)")
+    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=SSD_DEFAULTS.max_detections, help="K: detections per image")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> Path:
+    output = Path(args.output)
+    if output.suffix.lower() != FORMATS[args.format]:
+        raise ValueError(f"--format {args.format} writes a {FORMATS[args.format]} file, got --output {output}")
+    if not 0.0 <= args.score_threshold < 1.0 or not 0.0 < args.nms_threshold <= 1.0:
+        raise ValueError("--score-threshold must be in [0, 1) and --nms-threshold in (0, 1]")
+    if args.max_det < 1:
+        raise ValueError("--max-det must be at least 1")
+    if output.exists() and output.resolve() == Path(args.weights).resolve():
+        raise ValueError(f"the output would overwrite the weights {output}: choose another --output")
+    return writable_file(output, "output file")
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    try:
+        output = check_args(args)
+        model, meta = load_detector(args.weights, "cpu")
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.format == "onnx":
+        try:
+            import onnxruntime, onnxscript  # noqa: F401  (the exporter and the check need them)
+        except ImportError as error:
+            print(f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): "
+                  "pip install -e .[export]", file=sys.stderr)
+            return 1
+    # Written under a temporary name beside the output; renamed only once it has passed the check.
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    start = time.perf_counter()
+    try:
+        info = export(model, meta, args.format, partial, batch=args.batch, with_nms=args.with_nms,
+                      score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, max_det=args.max_det)
+        exported_in = time.perf_counter() - start
+        batches = [1, 3] if args.batch is None else [args.batch, args.batch]
+        report = check_against_pytorch(partial, model, info, batches)
+        if not report["ok"]:
+            print(f"error: the exported model does not detect what PyTorch detects: {report['problem']}", file=sys.stderr)
+            return 1
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
+          f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)")
+    print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): same counts, "
+          f"{report['detections']} detections, {report['detections'] - report['near_ties']} with the same label, score "
+          f"and box ({report['near_ties']} others differ where scores tie within 1e-4), max |box diff| "
+          f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}")
+    print(f"outputs: {', '.join(info['outputs'])}; input: {info['input']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
