@@ -242,3 +242,18 @@ def test_onnx_counts_below_max_det(lite, val_images, tmp_path):
     report = compare_detections(expected, got)
     assert report["ok"] and report["near_ties"] == 0, report
     assert bool((got.scores[got.scores > 0] > threshold).all()) and int((got.labels > 0).sum()) == int(got.counts.sum())
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torch-export", ".pt2")])
+def test_a_file_without_nms_gives_the_same_detections_through_deployed(lite, val_images, tmp_path, fmt, suffix):
+    """--no-nms: the file outputs decoded boxes [B, A, 4] and scores [B, A, C]; Deployed runs ssdfast's
+    NMS after it, so the detections are PyTorch's."""
+    model, meta = load_detector(lite[0] / "last.pt")
+    path = tmp_path / f"raw{suffix}"
+    export(model, meta, fmt, path, batch=None, with_nms=False, score_threshold=0.05, nms_threshold=0.45, max_det=200)
+    deployed = Deployed(path)
+    expected = pytorch_detections(lite[0] / "last.pt", val_images[:8])
+    got = deployed(val_images[:8])
+    report = compare_detections(expected, got, atol=1e-4, tie=1e-4)
+    assert report["ok"], report["problem"]
+    assert torch.equal(expected.counts, got.counts) and int(got.counts.sum()) > 0
