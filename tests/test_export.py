@@ -257,3 +257,11 @@ def test_a_file_without_nms_gives_the_same_detections_through_deployed(lite, val
     report = compare_detections(expected, got, atol=1e-4, tie=1e-4)
     assert report["ok"], report["problem"]
     assert torch.equal(expected.counts, got.counts) and int(got.counts.sum()) > 0
+
+
+def test_the_nms_flags_parse():
+    from export import get_args
+
+    common = ["--weights", "w.pt", "--format", "onnx", "--output", "m.onnx"]
+    assert get_args(common).with_nms and get_args([*common, "--with-nms"]).with_nms
+    assert not get_args([*common, "--no-nms"]).with_nms  # the flag README and --help name

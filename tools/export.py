@@ -41,8 +41,10 @@ def get_args(argv=None):
                    "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)")
     p.add_argument("--output", required=True, help="file to write: NAME.onnx or NAME.pt2")
     p.add_argument("--batch", type=batch_size, default=None, help="fixed batch size, or 'dynamic' (default)")
-    p.add_argument("--with-nms", action=argparse.BooleanOptionalAction, default=True,
-                   help="include post-processing with NMS (default); --no-nms outputs decoded boxes and class scores")
+    p.add_argument("--with-nms", dest="with_nms", action="store_true", default=True,
+                   help="include the post-processing with NMS (default)")
+    p.add_argument("--no-nms", dest="with_nms", action="store_false",
+                   help="output decoded boxes [B, A, 4] and class scores [B, A, C] instead (NMS left to the runtime)")
     p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold,
                    help="drop detections at or below this score (inside the graph)")
     p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
