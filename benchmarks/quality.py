@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from demo import train_command  # noqa: E402  (the demo's recipe: one home)
-from report import RESULTS, machine_name, this_machine  # noqa: E402
+from report import RESULTS, fill_between, machine_name, this_machine  # noqa: E402
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 METRICS = ("AP", "AP50", "loss")
@@ -91,10 +91,8 @@ def main(argv=None) -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
         tables = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("quality-*.json"))]
-        readme.write_text(f"{head}{START}\n{table(tables)}\n{END}{tail}")
+        readme.write_text(fill_between(text, START, END, table(tables)))
         print(f"updated the quality table in {readme}")
     return 0
 

@@ -124,6 +124,13 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def fill_between(text: str, start: str, end: str, body: str) -> str:
+    """`text` with what stands between the markers `start` and `end` replaced by `body` (README's tables)."""
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def merge(paths: list[str]) -> dict:
     """One pytest-benchmark JSON from several runs on the same machine (benchmarks concatenated)."""
     raws = [json.loads(Path(p).read_text()) for p in paths]
@@ -157,9 +164,7 @@ def main(argv: list[str]) -> int:
                   if p.name != "latest.json" and not p.name.startswith("quality-")  # quality.py's own table
                   and p.name.startswith("export-") == export]
         if start in text and end in text:
-            head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
-            text = f"{head}{start}\n" + "\n\n".join(tables) + f"\n{end}{tail}"
+            text = fill_between(text, start, end, "\n\n".join(tables))
             print(f"updated the {'export' if export else 'speed'} table in {readme}")
     readme.write_text(text)
     print(table(result))

@@ -55,10 +55,11 @@ def state_bytes(state) -> int:
 
 def _write_error(path: Path, error: BaseException, needed: int) -> CheckpointError:
     """One message for every way a checkpoint write fails (full disk, read-only or vanished folder)."""
-    if not path.parent.is_dir():
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+    if free is None:
         reason = "the folder does not exist (any more)"
-    elif getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(path.parent).free < needed:
-        reason = f"no space left ({needed / 2**20:.1f} MiB needed, {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free)"
+    elif getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed:
+        reason = f"no space left ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)"
     else:
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
     intact = "the previous one is intact" if path.exists() else "no earlier one exists"

@@ -196,9 +196,10 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
     def lr_fn(epoch, it, iters):
         return lr_at(base_lr, epoch, it, iters, args.multistep, args.warmup)
 
-    def save_last(epochs_done: int, position: dict | None) -> dict:
+    def save_last(epochs_done: int, position: dict | None, also_best: bool = False) -> None:
         """Write last.pt (rank 0 only; no collective inside, so rank 0 alone may decide when).
-        epochs_done: the last finished epoch; position: where the next one stands (None: at its start)."""
+        epochs_done: the last finished epoch; position: where the next one stands (None: at its start).
+        also_best: the same state to best.pt first (a kill between the two never leaves best_ap ahead of best.pt)."""
         if position is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # Another rank's NaN reaches these weights through the all-reduce before this rank's loss shows it.
             raise NonFiniteLossError(f"the weights became non-finite in epoch {position['epoch']} before iteration "
@@ -207,9 +208,10 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
                                category_ids=train_loader.info.category_ids,
                                category_names=train_loader.info.category_names, best_ap=best_ap, args=vars(args),
                                position=position)
+        if also_best:
+            save_checkpoint(save_folder / "best.pt", state)
         save_checkpoint(last, state)
         schedule.saved()
-        return state
 
     def save_position(progress: EpochProgress) -> None:
         with host_sync_point(device):  # reads the loss sums and the weights
@@ -266,13 +268,7 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
                   + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
             ap = record.get("coco/AP", -1.0)
             improved, best_ap = ap > best_ap, max(best_ap, ap)
-            state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epoch,
-                                   category_ids=train_loader.info.category_ids,
-                                   category_names=train_loader.info.category_names, best_ap=best_ap,
-                                   args=vars(args))
-            if improved:  # best.pt first: a kill between the two then never leaves best_ap ahead of best.pt
-                save_checkpoint(save_folder / "best.pt", state)
-            save_last(epoch, None)
+            save_last(epoch, None, also_best=improved)
             log(record)  # after the save: a kill before it replays the epoch, which then logs it once
             if args.keep_checkpoints:
                 keep_epoch_copy(last, epoch, args.keep_checkpoints)
