@@ -2,44 +2,76 @@
 
     python benchmarks/quality.py --seeds 1 2 3 4 5           # ~5 min a seed on 2 CPU cores
     python benchmarks/quality.py --seeds 1 2 --epochs 2       # a quick check of the script itself
+    python benchmarks/quality.py --older PATH --seeds 1 2 3 4 5   # the older implementation, same recipe
 
 Each seed is one run of tools/train.py with the demo's recipe (tools/demo.py: SSDLite from scratch on
 the synthetic set of 256/64 images), evaluated on the val set after the last epoch. Writes
 benchmarks/results/quality-<machine>.json (every run, its command, and the summary) and README's
 quality table (between the quality markers). A speed table is not made here: see report.py.
+
+With --older PATH (a clone of uvipen/SSD-pytorch, kept outside this repository), each seed is trained
+by the older implementation's own code instead (benchmarks/older_recipe.py drives it: same data, same
+recipe, read from the same train_command) and written to quality-older-<machine>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from demo import train_command  # noqa: E402  (the demo's recipe: one home)
+from demo import BATCH_SIZE, EPOCHS, train_command  # noqa: E402  (the demo's recipe: one home)
 from report import RESULTS, fill_between, machine_name, this_machine  # noqa: E402
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 METRICS = ("AP", "AP50", "loss")
 
 
-def train_once(data: Path, folder: Path, seed: int, epochs: int, device: str | None) -> dict:
+def train_once(data: Path, folder: Path, seed: int, epochs: int, device: str | None, env: dict) -> dict:
     """One seed of the recipe -> {"seed", "AP", "AP50", "loss", "minutes", "command"}."""
-    cmd = train_command(data, folder, epochs=epochs, batch_size=16, seed=seed, device=device, eval_every=epochs)
+    cmd = train_command(data, folder, epochs=epochs, seed=seed, device=device, eval_every=epochs)
     start = time.time()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     final = [r for r in records if "iteration" not in r][-1]
     return {"seed": seed, "AP": final["coco/AP"], "AP50": final["coco/AP50"], "loss": final["loss"],
             "minutes": (time.time() - start) / 60, "command": [Path(c).name if c == sys.executable else c for c in cmd]}
+
+
+def recipe_flags(cmd: list[str]) -> dict[str, list[str]]:
+    """tools/train.py's command line -> {flag: [values]} (the recipe the older implementation is given)."""
+    flags, current = {}, None
+    for word in cmd[2:]:
+        if word.startswith("--"):
+            current = flags.setdefault(word, [])
+        elif current is not None:
+            current.append(word)
+    return flags
+
+
+def train_older_once(older: Path, data: Path, seed: int, epochs: int, env: dict) -> dict:
+    """One seed of the same recipe trained by the older implementation (benchmarks/older_recipe.py)."""
+    flags = recipe_flags(train_command(data, Path("unused"), epochs=epochs, seed=seed))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "older_recipe.py"), "--older", str(older),
+           "--data-path", str(data), "--seed", str(seed)]
+    for flag in ("--epochs", "--batch-size", "--lr", "--warmup", "--multistep", "--num-workers"):
+        cmd += [flag, *flags[flag]]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"older implementation, seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**run, "command": [Path(c).name if c == sys.executable else c for c in cmd]}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -62,29 +94,51 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def git_commit(folder: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
+                          text=True).stdout.strip() or "unknown commit"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training seeds (one run each)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per run (the demo's 8)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run (default: the demo's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: as tools/train.py picks)")
-    p.add_argument("--output", default=None, help="results file (default: benchmarks/results/quality-<machine>.json)")
+    p.add_argument("--older", type=Path, default=None,
+                   help="a clone of uvipen/SSD-pytorch: train the older implementation instead of ssdfast")
+    p.add_argument("--output", default=None,
+                   help="results file (default: benchmarks/results/quality-<machine>.json, quality-older-<machine>.json)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds trained at once, each with cores/jobs threads (2 on 2 cores: ~1.2x the images/s "
+                        "in all, each run slower: its minutes are then not a speed figure)")
     args = p.parse_args(argv)
+    if args.older is not None and not (args.older / "src" / "model.py").is_file():
+        p.error(f"--older {args.older}: no src/model.py there (expected a clone of uvipen/SSD-pytorch)")
 
     from ssdfast.data import write_synthetic_coco
 
     machine = this_machine()
-    output = Path(args.output or RESULTS / f"quality-{machine_name(machine)}.json")
-    runs = []
+    prefix = "quality-older" if args.older else "quality"
+    output = Path(args.output or RESULTS / f"{prefix}-{machine_name(machine)}.json")
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+
     with tempfile.TemporaryDirectory(prefix="ssdfast_quality_") as tmp:
         data = write_synthetic_coco(Path(tmp) / "data", num_train=256, num_val=64, seed=0)  # the demo's set
-        for seed in args.seeds:
-            runs.append(train_once(data, Path(tmp) / f"seed{seed}", seed, args.epochs, args.device))
-            print(f"seed {seed}: AP {runs[-1]['AP']:.3f}, AP50 {runs[-1]['AP50']:.3f}, loss {runs[-1]['loss']:.3f} "
-                  f"({runs[-1]['minutes']:.1f} min)", flush=True)
-    result = {"implementation": f"ssdfast, demo recipe, {args.epochs} epochs", "machine": machine,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip(),
-              "runs": runs, "summary": summary(runs)}
+
+        def one_seed(seed: int) -> dict:
+            if args.older:
+                run = train_older_once(args.older.resolve(), data, seed, args.epochs, env)
+            else:
+                run = train_once(data, Path(tmp) / f"seed{seed}", seed, args.epochs, args.device, env)
+            print(f"seed {seed}: AP {run['AP']:.3f}, AP50 {run['AP50']:.3f}, loss {run['loss']:.3f} "
+                  f"({run['minutes']:.1f} min)", flush=True)
+            return run
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the training processes
+            runs = list(pool.map(one_seed, args.seeds))
+    name = f"older implementation (uvipen/SSD-pytorch {git_commit(args.older)})" if args.older else "ssdfast"
+    result = {"implementation": f"{name}, demo recipe, {args.epochs} epochs of batch {BATCH_SIZE}", "machine": machine,
+              "commit": git_commit(ROOT), "jobs": args.jobs, "runs": runs, "summary": summary(runs)}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))
     print(f"wrote {output}\n{table([result])}")
