@@ -55,7 +55,7 @@ def import_older(repo: Path):
                                  utils=utils)
 
 
-def main(argv=None) -> int:
+def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--older", required=True, help="a clone of uvipen/SSD-pytorch (the folder holding src/)")
     p.add_argument("--data-path", required=True, help="COCO-layout set (train2017/, val2017/, annotations/)")
@@ -67,7 +67,11 @@ def main(argv=None) -> int:
     p.add_argument("--multistep", type=int, nargs="*", default=[], help="epochs where lr is multiplied by 0.1")
     p.add_argument("--num-workers", type=int, default=1, help="loader worker processes")
     p.add_argument("--nms-threshold", type=float, default=0.45, help="NMS IoU of the evaluation")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
 
     import torch
     from torch.utils.data import DataLoader

@@ -60,13 +60,19 @@ def recipe_flags(cmd: list[str]) -> dict[str, list[str]]:
     return flags
 
 
-def train_older_once(older: Path, data: Path, seed: int, epochs: int, env: dict) -> dict:
-    """One seed of the same recipe trained by the older implementation (benchmarks/older_recipe.py)."""
+def older_command(older: Path, data: Path, seed: int, epochs: int) -> list[str]:
+    """benchmarks/older_recipe.py's command line for one seed of the demo's recipe."""
     flags = recipe_flags(train_command(data, Path("unused"), epochs=epochs, seed=seed))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "older_recipe.py"), "--older", str(older),
            "--data-path", str(data), "--seed", str(seed)]
     for flag in ("--epochs", "--batch-size", "--lr", "--warmup", "--multistep", "--num-workers"):
         cmd += [flag, *flags[flag]]
+    return cmd
+
+
+def train_older_once(older: Path, data: Path, seed: int, epochs: int, env: dict) -> dict:
+    """One seed of the same recipe trained by the older implementation (benchmarks/older_recipe.py)."""
+    cmd = older_command(older, data, seed, epochs)
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"older implementation, seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
