@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None,
                    help="results file (default: benchmarks/results/quality-<machine>.json, quality-older-<machine>.json)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="seeds trained at once, each with cores/jobs threads (2 on 2 cores: ~1.2x the images/s "
+                   help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set (2 on 2 cores: ~1.2x the images/s "
                         "in all, each run slower: its minutes are then not a speed figure)")
     args = p.parse_args(argv)
     if args.older is not None and not (args.older / "src" / "model.py").is_file():
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     machine = this_machine()
     prefix = "quality-older" if args.older else "quality"
     output = Path(args.output or RESULTS / f"{prefix}-{machine_name(machine)}.json")
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs)), **os.environ}  # the user's wins
 
     with tempfile.TemporaryDirectory(prefix="ssdfast_quality_") as tmp:
         data = write_synthetic_coco(Path(tmp) / "data", num_train=256, num_val=64, seed=0)  # the demo's set
