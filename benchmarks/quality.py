@@ -6,12 +6,12 @@
 
 Each seed is one run of tools/train.py with the demo's recipe (tools/demo.py: SSDLite from scratch on
 the synthetic set of 256/64 images), evaluated on the val set after the last epoch. Writes
-benchmarks/results/quality-<machine>.json (every run, its command, and the summary) and README's
+benchmarks/results/quality-<machine>-e<epochs>b<batch>.json (every run, its command, the summary) and README's
 quality table (between the quality markers). A speed table is not made here: see report.py.
 
 With --older PATH (a clone of uvipen/SSD-pytorch, kept outside this repository), each seed is trained
 by the older implementation's own code instead (benchmarks/older_recipe.py drives it: same data, same
-recipe, read from the same train_command) and written to quality-older-<machine>.json.
+recipe, read from the same train_command) and written to quality-older-<machine>-e<epochs>b<batch>.json.
 """
 from __future__ import annotations
 
@@ -91,11 +91,14 @@ def summary(runs: list[dict]) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| implementation | machine | seeds | AP | AP50 | final loss |", "|---|---|---|---|---|---|"]
-    for result in results:
-        s = result["summary"]
+    """Markdown rows grouped by recipe (longest first), ssdfast above the older implementation."""
+    rows = ["| recipe | implementation | machine | seeds | AP | AP50 | final loss |", "|---|---|---|---|---|---|---|"]
+    for result in sorted(results, key=lambda r: (-r["recipe"]["epochs"], r["recipe"]["batch_size"],
+                                                 r["implementation"] != "ssdfast")):
+        s, recipe = result["summary"], result["recipe"]
         cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f} ({s[k]['min']:.3f}-{s[k]['max']:.3f})" for k in METRICS]
-        rows.append(f"| {result['implementation']} | {result['machine']['cpu']}, {result['machine']['cores']} cores "
+        rows.append(f"| {recipe['epochs']} epochs, batch {recipe['batch_size']} | {result['implementation']} "
+                    f"| {result['machine']['cpu']}, {result['machine']['cores']} cores "
                     f"| {len(result['runs'])} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--older", type=Path, default=None,
                    help="a clone of uvipen/SSD-pytorch: train the older implementation instead of ssdfast")
     p.add_argument("--output", default=None,
-                   help="results file (default: benchmarks/results/quality-<machine>.json, quality-older-<machine>.json)")
+                   help="results file (default: benchmarks/results/quality[-older]-<machine>-e<epochs>b<batch>.json)")
     p.add_argument("--jobs", type=int, default=1,
                    help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set (2 on 2 cores: ~1.2x the images/s "
                         "in all, each run slower: its minutes are then not a speed figure)")
@@ -124,8 +127,9 @@ def main(argv=None) -> int:
     from ssdfast.data import write_synthetic_coco
 
     machine = this_machine()
+    # One file per implementation, machine and recipe length: measuring another length adds a row.
     prefix = "quality-older" if args.older else "quality"
-    output = Path(args.output or RESULTS / f"{prefix}-{machine_name(machine)}.json")
+    output = Path(args.output or RESULTS / f"{prefix}-{machine_name(machine)}-e{args.epochs}b{BATCH_SIZE}.json")
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs)), **os.environ}  # the user's wins
 
     with tempfile.TemporaryDirectory(prefix="ssdfast_quality_") as tmp:
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the training processes
             runs = list(pool.map(one_seed, args.seeds))
     name = f"older implementation (uvipen/SSD-pytorch {git_commit(args.older)})" if args.older else "ssdfast"
-    result = {"implementation": f"{name}, demo recipe, {args.epochs} epochs of batch {BATCH_SIZE}", "machine": machine,
+    result = {"implementation": name, "recipe": {"epochs": args.epochs, "batch_size": BATCH_SIZE}, "machine": machine,
               "commit": git_commit(ROOT), "jobs": args.jobs, "runs": runs, "summary": summary(runs)}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))
