@@ -1,15 +1,17 @@
 """How a process runs: torchrun's environment and the process group, the device, cuDNN settings,
-the autocast dtype and the memory format.
+the autocast dtype and the memory format; the DDP wrapper and the loop's one deliberate host sync.
 
 One home for these decisions, shared by tools/train.py, tools/eval.py and tools/detect.py.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def setup_distributed(device_arg: str | None = None, timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
@@ -81,3 +83,28 @@ def autocast_dtype(device: torch.device, enabled: bool, requested: str | None = 
 def use_channels_last(device: torch.device, requested: bool | None = None) -> bool:
     """channels_last memory format: on by default on CUDA (tensor cores want NHWC), off on CPU."""
     return device.type == "cuda" if requested is None else requested
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+@contextmanager
+def host_sync_point(device: torch.device):
+    """Marks where the loop reads from the GPU on purpose (a host sync). Under
+    torch.cuda.set_sync_debug_mode("error") any other sync fails loudly, so a test can prove the
+    loop syncs only here."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)

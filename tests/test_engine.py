@@ -3,7 +3,8 @@ stands and when to checkpoint it."""
 import pytest
 import torch
 
-from ssdfast.engine import CudaGraphTrainStep, EpochProgress, NonFiniteLossError, TrainStep
+from ssdfast.engine import EpochProgress, NonFiniteLossError
+from ssdfast.train_step import CudaGraphTrainStep, TrainStep
 from ssdfast.models import build_model
 from ssdfast.preemption import CheckpointSchedule
 

@@ -28,13 +28,14 @@ from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_temporaries, resume_training,
                                 save_checkpoint, training_state)
 from ssdfast.data import build_loader
-from ssdfast.engine import (CudaGraphTrainStep, EpochProgress, NonFiniteLossError, TrainStep, evaluate,
-                            host_sync_point, lr_at, train_one_epoch, unwrap)
+from ssdfast.engine import EpochProgress, NonFiniteLossError, evaluate, lr_at, train_one_epoch
 from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
 from ssdfast.preemption import (EXIT_ABORTED, EXIT_DONE, EXIT_ERROR, EXIT_NON_FINITE, EXIT_PEER_LOST, EXIT_STOPPED,
                                 CheckpointSchedule, StopAgreement, StopRequest, process_group_timeout)
-from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
+from ssdfast.runtime import (autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, unwrap,
+                             use_channels_last)
+from ssdfast.train_step import CudaGraphTrainStep, TrainStep
 
 
 def get_args(argv=None):
