@@ -29,24 +29,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from demo import BATCH_SIZE, EPOCHS, train_command  # noqa: E402  (the demo's recipe: one home)
+from demo import BATCH_SIZE, EPOCHS, train_command, write_demo_data  # noqa: E402  (the demo's recipe: one home)
 from report import RESULTS, fill_between, machine_name, this_machine  # noqa: E402
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 METRICS = ("AP", "AP50", "loss")
 
 
+def run_checked(cmd: list[str], env: dict, what: str) -> str:
+    """Run one training process; its stdout, or an error with the tail of its stderr."""
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def shown(cmd: list[str]) -> list[str]:
+    """The command as stored in the results (the interpreter by name, not this machine's path)."""
+    return [Path(c).name if c == sys.executable else c for c in cmd]
+
+
 def train_once(data: Path, folder: Path, seed: int, epochs: int, device: str | None, env: dict) -> dict:
     """One seed of the recipe -> {"seed", "AP", "AP50", "loss", "minutes", "command"}."""
     cmd = train_command(data, folder, epochs=epochs, seed=seed, device=device, eval_every=epochs)
     start = time.time()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    run_checked(cmd, env, f"seed {seed}")
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     final = [r for r in records if "iteration" not in r][-1]
     return {"seed": seed, "AP": final["coco/AP"], "AP50": final["coco/AP50"], "loss": final["loss"],
-            "minutes": (time.time() - start) / 60, "command": [Path(c).name if c == sys.executable else c for c in cmd]}
+            "minutes": (time.time() - start) / 60, "command": shown(cmd)}
 
 
 def recipe_flags(cmd: list[str]) -> dict[str, list[str]]:
@@ -73,11 +84,8 @@ def older_command(older: Path, data: Path, seed: int, epochs: int) -> list[str]:
 def train_older_once(older: Path, data: Path, seed: int, epochs: int, env: dict) -> dict:
     """One seed of the same recipe trained by the older implementation (benchmarks/older_recipe.py)."""
     cmd = older_command(older, data, seed, epochs)
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"older implementation, seed {seed} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    run = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**run, "command": [Path(c).name if c == sys.executable else c for c in cmd]}
+    stdout = run_checked(cmd, env, f"older implementation, seed {seed}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "command": shown(cmd)}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -118,13 +126,12 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None,
                    help="results file (default: benchmarks/results/quality[-older]-<machine>-e<epochs>b<batch>.json)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set (2 on 2 cores: ~1.2x the images/s "
-                        "in all, each run slower: its minutes are then not a speed figure)")
+                   help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set "
+                        "(2 on 2 cores: ~1.2x the images/s in all, each run slower: its minutes are then not a "
+                        "speed figure)")
     args = p.parse_args(argv)
     if args.older is not None and not (args.older / "src" / "model.py").is_file():
         p.error(f"--older {args.older}: no src/model.py there (expected a clone of uvipen/SSD-pytorch)")
-
-    from ssdfast.data import write_synthetic_coco
 
     machine = this_machine()
     # One file per implementation, machine and recipe length: measuring another length adds a row.
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs)), **os.environ}  # the user's wins
 
     with tempfile.TemporaryDirectory(prefix="ssdfast_quality_") as tmp:
-        data = write_synthetic_coco(Path(tmp) / "data", num_train=256, num_val=64, seed=0)  # the demo's set
+        data = write_demo_data(Path(tmp) / "data")
 
         def one_seed(seed: int) -> dict:
             if args.older:

@@ -38,6 +38,13 @@ def train_command(data: Path, model_dir: Path, *, seed: int, epochs: int = EPOCH
             *(["--device", device] if device else [])]
 
 
+def write_demo_data(root: Path) -> Path:
+    """The demo's synthetic set (256 train, 64 val images; always the same: seed 0) under root."""
+    from ssdfast.data import write_synthetic_coco
+
+    return write_synthetic_coco(root, num_train=256, num_val=64, seed=0)
+
+
 def run(cmd: list[str]) -> None:
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     result = subprocess.run(cmd, cwd=ROOT)
@@ -62,9 +69,7 @@ def main() -> int:
     start = time.time()
     if not (data / "annotations" / "instances_val2017.json").exists():
         print(f"writing the synthetic COCO-layout dataset to {data}", flush=True)
-        from ssdfast.data import write_synthetic_coco
-
-        write_synthetic_coco(data, num_train=256, num_val=64, seed=0)
+        write_demo_data(data)
     run(train_command(data, model_dir, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                       device=args.device, fresh=args.fresh))
     run([py, "tools/eval.py", "--data-path", str(data), "--weights", str(model_dir / "last.pt"), "--batch-size", "16",
