@@ -3,7 +3,7 @@
 Every benchmark belongs to a group (pytest-benchmark `group`) holding the candidates compared in the
 same run; extra_info["role"] marks the baseline of the group ("baseline") and the others
 ("candidate"); extra_info["items"] is the work per call (images, or 1) for throughput.
-benchmarks/report.py turns the JSON into ratios, benchmarks/results/<machine>.json and README's table.
+benchmarks/report.py turns the JSON into ratios, benchmarks/results/<machine>.json and docs/speed.md's table.
 """
 from __future__ import annotations
 

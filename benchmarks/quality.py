@@ -6,7 +6,7 @@
 
 Each seed is one run of tools/train.py with the demo's recipe (tools/demo.py: SSDLite from scratch on
 the synthetic set of 256/64 images), evaluated on the val set after the last epoch. Writes
-benchmarks/results/quality-<machine>-e<epochs>b<batch>.json (every run, its command, the summary) and README's
+benchmarks/results/quality-<machine>-e<epochs>b<batch>.json (every run, its command, the summary) and docs/quality.md's
 quality table (between the quality markers). A speed table is not made here: see report.py.
 
 With --older PATH (a clone of uvipen/SSD-pytorch, kept outside this repository), each seed is trained
@@ -159,12 +159,12 @@ def main(argv=None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))
     print(f"wrote {output}\n{table([result])}")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "quality.md"
+    text = page.read_text()
     if START in text and END in text:
         tables = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("quality-*.json"))]
-        readme.write_text(fill_between(text, START, END, table(tables)))
-        print(f"updated the quality table in {readme}")
+        page.write_text(fill_between(text, START, END, table(tables)))
+        print(f"updated the quality table in {page}")
     return 0
 
 

@@ -1,11 +1,12 @@
-"""Turn a pytest-benchmark JSON into benchmarks/results/<machine>.json and README's speed table.
+"""Turn a pytest-benchmark JSON into benchmarks/results/<machine>.json and the speed tables of docs/.
 
     python benchmarks/report.py benchmarks/results/latest.json
     python benchmarks/report.py part1.json part2.json --checks checks.json    # what tools/gpu_check.py does
-    python benchmarks/report.py export.json --name export-cpu-2-cores       # README's "Export and deploy" table
+    python benchmarks/report.py export.json --name export-cpu-2-cores       # docs/deploy.md's table
 
 Ratios compare candidates with their group's baseline from the same run (same machine, same process).
-README's table (between the bench markers) is regenerated from every results/*.json, never typed.
+docs/speed.md's table (between the bench markers) and docs/deploy.md's (between the export-bench markers) are
+regenerated from every results/*.json, never typed.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def table(result: dict) -> str:
 
 
 def fill_between(text: str, start: str, end: str, body: str) -> str:
-    """`text` with what stands between the markers `start` and `end` replaced by `body` (README's tables)."""
+    """`text` with what stands between the markers `start` and `end` replaced by `body` (the generated tables)."""
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
@@ -155,18 +156,17 @@ def main(argv: list[str]) -> int:
     target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    # results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to README's
-    # "Export and deploy" section, the others to "Speed".
-    for (start, end), export in (((START, END), False), ((EXPORT_START, EXPORT_END), True)):
+    # results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to docs/deploy.md,
+    # the others to docs/speed.md.
+    for (start, end), export, page in (((START, END), False, ROOT / "docs" / "speed.md"),
+                                       ((EXPORT_START, EXPORT_END), True, ROOT / "docs" / "deploy.md")):
         tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))
                   if p.name != "latest.json" and not p.name.startswith("quality-")  # quality.py's own table
                   and p.name.startswith("export-") == export]
+        text = page.read_text()
         if start in text and end in text:
-            text = fill_between(text, start, end, "\n\n".join(tables))
-            print(f"updated the {'export' if export else 'speed'} table in {readme}")
-    readme.write_text(text)
+            page.write_text(fill_between(text, start, end, "\n\n".join(tables)))
+            print(f"updated the {'export' if export else 'speed'} table in {page}")
     print(table(result))
     return 0
 

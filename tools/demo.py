@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # The recipe's length: 384 steps of 8 images. Batch 16 for 8 epochs (128 steps) left 2 seeds in 5 below
-# AP50 0.6, batch 8 for 8 epochs 1 in 5 (benchmarks/quality.py; README "Training quality").
+# AP50 0.6, batch 8 for 8 epochs 1 in 5 (benchmarks/quality.py; docs/quality.md).
 EPOCHS, BATCH_SIZE = 12, 8
 
 
@@ -55,7 +55,7 @@ def run(cmd: list[str]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_output", help="everything the demo writes goes here")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (README gives the AP50 they reach)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (README and docs/quality.md give the AP50 they reach)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training batch size (lr scales with it)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--fresh", action="store_true", help="retrain even if OUT/model/last.pt exists")

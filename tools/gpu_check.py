@@ -11,7 +11,7 @@ venv is made. Phases, in order, each logged to --logs/<phase>.log:
   bench       GPU benchmarks (training ladder, data-fed step, inference, ops vs torchvision)
   compile     the training step with torch.compile (one extra rung of the ladder; slow to compile)
 After each phase, benchmarks/results/<gpu>.json holds everything measured so far (with the check
-results) and README's speed table is regenerated, so a run that is cut off keeps what it measured.
+results) and docs/speed.md's table is regenerated, so a run that is cut off keeps what it measured.
 Without a GPU it prints what it would run and exits 0 (CI runs it that way so it cannot rot).
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def phase_compile(logs: Path, timeout: int) -> dict:
 
 
 def publish(logs: Path, checks: dict) -> None:
-    """Rewrite benchmarks/results/<gpu>.json and README's table from every benchmark JSON so far."""
+    """Rewrite benchmarks/results/<gpu>.json and docs/speed.md's table from every benchmark JSON so far."""
     state = logs / "checks.json"
     merged = json.loads(state.read_text()) if state.exists() else {}
     merged.update(checks)
