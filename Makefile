@@ -2,8 +2,9 @@
 #   make demo   installs everything, builds the kernels, then trains/evaluates/detects on a synthetic set
 #   make test   installs everything, builds the kernels (CUDA ones compiled and linked even without a GPU), runs the tests
 # Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table),
-#   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, sanitizers,
-#   GPU benchmarks -> benchmarks/results/<gpu>.json; see tools/gpu_check.py), make clean.
+#   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, training ladder,
+#   compiled step, data-fed step, inference, ops, sanitizers, in that order within BUDGET seconds (default 540)
+#   -> benchmarks/results/<gpu>.json; see tools/gpu_check.py), make clean.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -47,7 +48,7 @@ install: $(VENV)/.built
 test: install
 	$(PY) -m pytest tests -q -ra
 	$(PY) -m pytest benchmarks -q --benchmark-disable
-	$(PY) tools/gpu_check.py
+	$(PY) tools/gpu_check.py --smoke
 
 demo: install
 	$(PY) tools/demo.py
@@ -56,8 +57,9 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/latest.json -q
 	$(PY) benchmarks/report.py benchmarks/results/latest.json
 
+BUDGET ?= 540
 gpu:
-	$(GPU_PYTHON) tools/gpu_check.py
+	$(GPU_PYTHON) tools/gpu_check.py --budget $(BUDGET)
 
 clean:
 	rm -rf build *.egg-info ssdfast/*.so $(VENV) demo_output gpu_check_logs
