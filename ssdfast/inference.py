@@ -45,7 +45,7 @@ def detect(model: SSDBase | Deployed, images_rgb: list[np.ndarray], score_thresh
 
     Returns per image {"boxes": float [n, 4] pixel xyxy, "scores": [n], "labels": int [n] (1..C)}."""
     device = model.device if isinstance(model, Deployed) else model.anchors.device
-    transform = SSDTransform(train=False)
+    transform = SSDTransform(train=False, normalised=True)
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     batch = torch.stack([transform(img, *empty, rng=None)[0] for img in images_rgb]).to(device)
     if isinstance(model, Deployed):

@@ -8,7 +8,7 @@ import torch
 
 from ssdfast.data import Collate, CocoDetection, build_loader, read_image
 from ssdfast.data.batch import pad_targets
-from ssdfast.data.transforms import SSDTransform, hflip, random_crop
+from ssdfast.data.transforms import SSDTransform, hflip, normalise, random_crop
 
 
 def coordinate_image(height=200, width=250):
@@ -75,7 +75,7 @@ def test_training_samples_are_valid_and_reproducible(synthetic_coco):
     data = CocoDetection(synthetic_coco, "train", seed=3)
     for i in range(len(data)):
         s = data[i]
-        assert s["image"].shape == (3, 300, 300) and s["image"].dtype == torch.float32
+        assert s["image"].shape == (3, 300, 300) and s["image"].dtype == torch.uint8  # normalised on the device
         b = s["boxes"]
         assert ((b >= 0) & (b <= 1)).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         assert len(b) == len(s["labels"]) >= 1
@@ -221,7 +221,7 @@ def test_dali_and_pytorch_paths_agree(synthetic_coco):
     by_id = {}
     for batch in torch_batches:
         for i, image_id in enumerate(batch.image_ids.tolist()):
-            by_id[image_id] = (batch.images[i], batch.boxes[i], batch.labels[i], batch.sizes[i])
+            by_id[image_id] = (normalise(batch.images[i]), batch.boxes[i], batch.labels[i], batch.sizes[i])
     for batch in dali_batches:
         assert batch.images.dtype == torch.float32 and batch.images.shape[1:] == (3, 300, 300)
         assert batch.boxes.shape == (4, 128, 4) and batch.labels.dtype == torch.int64

@@ -44,7 +44,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def val_images(data):
     loader = build_loader(data, "val", train=False, batch_size=16, num_workers=0)
-    return next(iter(loader)).images  # [16, 3, 300, 300]
+    return next(iter(loader)).to("cpu").images  # [16, 3, 300, 300], normalised
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def resnet(data, tmp_path_factory):
     model = build_model("ssd", num_classes=3)
     loader = build_loader(data, "train", train=True, batch_size=4, num_workers=0)
     step = TrainStep(model.train(), torch.optim.SGD(model.parameters(), lr=5e-4, momentum=0.9))
-    batches = [batch for _, batch in zip(range(2), loader)]
+    batches = [batch.to("cpu") for _, batch in zip(range(2), loader)]  # images normalised
     for batch in batches:
         step(batch.images, batch.boxes, batch.labels)
     for module in model.modules():

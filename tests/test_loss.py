@@ -65,7 +65,7 @@ def test_half_precision_inputs_accumulate_in_fp32():
 def test_overfit_two_images(synthetic_coco):
     torch.manual_seed(0)
     data = CocoDetection(synthetic_coco, "val", train=False)
-    batch = Collate(max_boxes=8)([data[0], data[1]])
+    batch = Collate(max_boxes=8)([data[0], data[1]]).to("cpu")  # normalised
     model = build_model("ssdlite", num_classes=data.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = MultiBoxLoss()

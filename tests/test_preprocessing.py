@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ssdfast.data import CocoDetection, build_loader
-from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 
 LEVEL = 1 / (255 * float(IMAGENET_STD.min())) + 1e-4  # one uint8 step, normalised (+ float32 slack)
 MEAN_TOL = 0.005
@@ -87,7 +87,7 @@ def pil_pipeline(path) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def pytorch_path(detailed_coco) -> dict[int, torch.Tensor]:
     data = CocoDetection(detailed_coco, "val")
-    return {s["image_id"]: s["image"] for s in (data[i] for i in range(len(data)))}
+    return {s["image_id"]: normalise(s["image"]) for s in (data[i] for i in range(len(data)))}
 
 
 def case_id(case):
