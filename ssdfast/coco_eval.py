@@ -85,4 +85,21 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
         evaluator.accumulate()
         evaluator.summarize()
     stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
-    return stats, "\n".join(line for line in text.getvalue().splitlines() if "Average" in line)
+    per_class = class_ap(evaluator, coco_gt)
+    stats.update({f"AP_class/{name}": ap for name, ap in per_class.items()})
+    table = [line for line in text.getvalue().splitlines() if "Average" in line]
+    return stats, "\n".join(table + ["AP per class (IoU 0.50:0.95, all areas, 100 detections):"]
+                             + [f"  {name:>24s}  {ap:.3f}" for name, ap in per_class.items()])
+
+
+def class_ap(evaluator, coco_gt) -> dict[str, float]:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) of each category with ground truth in the evaluated
+    images, from COCOeval's accumulated precision [IoU T, recall R, category K, area A, max dets M]
+    (-1 where a category has no ground truth)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    out = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        if (values > -1).any():
+            out[coco_gt.cats[category_id]["name"]] = float(values[values > -1].mean())
+    return out
