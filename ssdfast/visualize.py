@@ -13,16 +13,17 @@ def class_color(label: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
                     names: list[str]) -> np.ndarray:
-    """Return a copy of `image_bgr` with boxes [n, 4] (pixel xyxy), class names and scores drawn."""
+    """Return a copy of `image_bgr` with boxes [n, 4] (pixel xyxy), class names and scores drawn
+    (scores None: names only, e.g. ground truth)."""
     out = image_bgr.copy()
     thickness = max(1, round(min(out.shape[:2]) / 300))
-    for box, score, label in zip(boxes, scores, labels):
+    for i, (box, label) in enumerate(zip(boxes, labels)):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         color = class_color(int(label))
         name = names[int(label) - 1] if 0 < int(label) <= len(names) else str(int(label))
-        text = f"{name} {score:.2f}"
+        text = name if scores is None else f"{name} {scores[i]:.2f}"
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, thickness)
         ty = max(y1, th + base)
