@@ -56,17 +56,18 @@ class Detector:
 
     names: the class names, label i is names[i - 1]; meta: model_name, num_classes, category_ids, ..."""
 
-    def __init__(self, detector, meta: dict, max_det: int = SSD_DEFAULTS.max_detections):
-        self.detector, self.meta, self.max_det = detector, meta, max_det
+    def __init__(self, core, meta: dict, max_det: int = SSD_DEFAULTS.max_detections):
+        self.core = core  # ssdfast.inference.as_detector's: a Deployed, or a PyTorch SSD + postprocess
+        self.meta, self.max_det = meta, max_det
         self.names: list[str] = list(meta["category_names"])
 
     @property
     def device(self) -> torch.device:
-        return self.detector.device
+        return self.core.device
 
     def __call__(self, images: Tensor) -> Detections:
         """Images [B, 3, 300, 300] normalised as ssdfast.data.transforms does -> Detections (normalised boxes)."""
-        return self.detector(images)
+        return self.core(images)
 
     def predict(self, source, batch_size: int = 8) -> list[Result]:
         """Detect objects in `source`: an image file, a folder (its images, sorted by name), a PIL image, a
@@ -79,7 +80,7 @@ class Detector:
         results = []
         for start in range(0, len(items), batch_size):
             images, paths = zip(*(_rgb_and_path(item) for item in items[start:start + batch_size]))
-            for image, path, dets in zip(images, paths, run_detector(self.detector, list(images))):
+            for image, path, dets in zip(images, paths, run_detector(self.core, list(images))):
                 kept = {key: value[:self.max_det] for key, value in dets.items()}  # sorted by score: the best
                 results.append(Result(**kept, image=image, path=path, categories=self.names))
         return results
@@ -115,7 +116,7 @@ class Result:
         """Write draw() to `path` (its suffix picks the format: .jpg, .png, ...), whole or not at all, never
         over the input image. Returns the path."""
         path = writable_file(path, "output image")
-        if self.path is not None and path.resolve() == self.path.resolve():
+        if self.path is not None and path.exists() and os.path.samefile(path, self.path):
             raise ValueError(f"{path} is the input image: choose another file name for the drawing")
         try:
             ok, encoded = cv2.imencode(path.suffix, self._drawn_bgr())
@@ -160,7 +161,8 @@ def _single_images(source) -> list:
         if path.is_dir():
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not images:
-                raise FileNotFoundError(f"no images in the folder {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise FileNotFoundError(f"no images in the folder {path} (looked for {suffixes})")
             return images
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
