@@ -79,7 +79,8 @@ def voc_map(coco_gt, results: list[dict], image_ids=None) -> dict:
                     for i, anns in truth[category_id].items()}
         curve = precision_recall(by_image, detections[category_id])
         if curve is not None:
-            per_class[coco_gt.cats[category_id]["name"]] = {"VOC07": voc_ap(*curve, True), "VOC12": voc_ap(*curve, False)}
+            per_class[coco_gt.cats[category_id]["name"]] = {"VOC07": voc_ap(*curve, use_07_metric=True),
+                                                            "VOC12": voc_ap(*curve, use_07_metric=False)}
     mean = {k: float(np.mean([ap[k] for ap in per_class.values()])) if per_class else float("nan")
             for k in ("VOC07", "VOC12")}
     return {**mean, "per_class": per_class}

@@ -72,7 +72,8 @@ def write_yolo_from_coco(coco_root: Path, yolo_root: Path, dict_names: bool = Fa
                      f"{a['bbox'][3] / img['height']!r}" for a in data["annotations"] if a["image_id"] == img["id"]]
             (yolo_root / "labels" / split / f"{Path(img['file_name']).stem}.txt").write_text("\n".join(lines))
     names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    names_yaml = ("\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names))) if dict_names else f"[{', '.join(names)}]\n"
+    names_yaml = ("\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)) if dict_names
+                  else f"[{', '.join(names)}]\n")
     (yolo_root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {names_yaml}")
     return yolo_root
 
@@ -310,15 +311,28 @@ def tool(name, *args):
     return result
 
 
+def detections_and_ap(detections_file: Path, categories: list[dict]) -> tuple[list, float]:
+    """The detections by category name without image ids (the formats number both their own way), and the AP."""
+    name_of = {c["id"]: c["name"] for c in categories}
+    found = sorted((name_of[d["category_id"]], *np.round(d["bbox"], 3).tolist(), round(d["score"], 5))
+                   for d in json.loads(detections_file.read_text()))
+    return found, json.loads(detections_file.with_name(detections_file.stem + ".metrics.json").read_text())["AP"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("data_format", ["voc", "yolo"])
-def test_train_and_evaluate_on_voc_and_yolo_sets(voc_set, yolo_set, tmp_path, data_format):
+def test_train_and_evaluate_on_voc_and_yolo_sets(synthetic_coco, voc_set, yolo_set, tmp_path, data_format):
     data = voc_set if data_format == "voc" else yolo_set / "data.yaml"
     tool("train", "--data-path", data, "--save-folder", tmp_path, "--iters-per-epoch", 2, "--eval-batches", 1,
          "--epochs", 1, "--backbone-weights", "none", "--model", "ssdlite", "--batch-size", 4, "--num-workers", 0)
-    assert (tmp_path / "last.pt").is_file()
-    evaluated = tool("eval", "--data-path", data, "--weights", tmp_path / "last.pt", "--max-batches", 1,
-                     "--batch-size", 4, "--num-workers", 0, "--device", "cpu").stdout
-    assert ("VOC07 (11-point)" in evaluated and "VOC12 (all-point)" in evaluated) == (data_format == "voc")
-    metrics = json.loads((tmp_path / "metrics_val.json").read_text())
-    assert ("voc_map50" in metrics) == (data_format == "voc")
+    evaluate = ("--weights", tmp_path / "last.pt", "--max-batches", 1, "--batch-size", 4, "--num-workers", 0,
+                "--device", "cpu", "--score-threshold", 0.01)
+    printed = tool("eval", "--data-path", data, *evaluate, "--output", tmp_path / "dets.json").stdout
+    assert ("VOC07 (11-point)" in printed and "VOC12 (all-point)" in printed) == (data_format == "voc")
+    assert ("voc_map50" in json.loads((tmp_path / "dets.metrics.json").read_text())) == (data_format == "voc")
+    # The same model on the same images through the COCO file (explicit paths): the same detections and AP.
+    tool("eval", "--ann", synthetic_coco / "annotations" / "instances_val2017.json", "--images",
+         synthetic_coco / "val2017", *evaluate, "--output", tmp_path / "coco.json")
+    coco_detections, coco_ap = detections_and_ap(tmp_path / "coco.json", coco_split(synthetic_coco, "val")["categories"])
+    detections, ap = detections_and_ap(tmp_path / "dets.json", resolve_source(data, "val").annotations["categories"])
+    assert detections == coco_detections and len(detections) > 0 and ap == pytest.approx(coco_ap, abs=1e-9)

@@ -58,7 +58,10 @@ def get_args(argv=None):
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data_path is None and not (args.ann and args.images):
+        p.error("no dataset given: --data-path, or --ann and --images")
+    return args
 
 
 def output_paths(args) -> dict[str, Path]:
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
                               device=device, channels_last=use_channels_last(device) and not deployed,
                               data_format=args.data_format, ann_file=args.ann, image_dir=args.images)
-        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path,
+        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path or args.ann,
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on a COCO-format dataset.
+"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on a dataset in the COCO, Pascal VOC or YOLO layout.
 
     python tools/train.py --data-path /coco --model ssd --amp                        # one GPU (or CPU)
     torchrun --nproc_per_node=8 tools/train.py --data-path /coco --model ssd --amp --dali
     python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
+    python tools/train.py --data-path VOCdevkit/VOC2007 --model ssdlite   # or a YOLO data.yaml (detected)
 
 Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
 scaler, epoch and the iteration inside it; the data order and augmentation derive from --seed, the
@@ -88,7 +89,10 @@ def get_args(argv=None):
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
                    "on categories with other names than the dataset's (only the count must match)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data_path is None and not (args.train_ann and args.train_images):
+        p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
+    return args
 
 
 def build_optimizer(model, args, lr: float, device):

@@ -12,7 +12,8 @@ Decisions (one home for each):
   * Label file: the image path with its last "images" folder replaced by "labels" and the suffix by
     .txt (Ultralytics' rule; beside the image when there is no "images" folder). None: no boxes.
   * Categories: id = class index + 1, named by `names`.
-  * Image size from the header (PIL, no decode), EXIF rotation applied as OpenCV's decoder applies it.
+  * Image size from the header (PIL, no decode; one small read per image at load, as YOLO labels are
+    relative), EXIF rotation applied as OpenCV's decoder applies it.
   * Dropped and counted by file and line: lines that are not 5 numbers with an integer class, class
     ids not in `names`, unreadable label files, listed images outside the folder. Boxes partly or wholly
     outside the image are clipped or dropped (and counted) by the dataset, as for COCO.
