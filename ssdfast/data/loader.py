@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .batch import DEFAULT_MAX_BOXES, Batch, Collate
-from ..preemption import ignore_stop_signals_in_workers
+from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
 
@@ -147,6 +147,8 @@ def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: 
                           "using one smaller batch per epoch")
     else:
         sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
+    if num_workers > 0:
+        end_workers_at_exit()  # they ignore SIGTERM: see there
     data_loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochKeyedSampler(sampler),
                              num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
                              drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
