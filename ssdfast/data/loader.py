@@ -19,6 +19,7 @@ from .batch import DEFAULT_MAX_BOXES, Batch, Collate
 from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
+from .image_files import DEFAULT_MAX_PIXELS
 
 
 class ShardSampler(Sampler):
@@ -120,16 +121,19 @@ def usable_annotation_file(dataset: CocoDetection) -> Path:
 def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
-                 fp16: bool = False) -> Loader:
+                 fp16: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, allow_outside_paths: bool = False) -> Loader:
     """A Loader of Batches for `split` of a COCO-layout dataset, sharded for (rank, world_size): the
-    PyTorch path or (dali=True) the DALI path, both with the same `info` (DatasetInfo)."""
+    PyTorch path or (dali=True) the DALI path, both with the same `info` (DatasetInfo).
+    max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
-    dataset = CocoDetection(data_path, split, train=train, seed=seed)
+    dataset = CocoDetection(data_path, split, train=train, seed=seed, max_pixels=max_pixels,
+                            allow_outside_paths=allow_outside_paths)
     if dali:
         from .dali import DaliLoader
 
+        dataset.drop_images_with_bad_headers()  # DALI decodes whatever it is given, and fails on it
         device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
         device_id = device.index if device.type == "cuda" else None  # None: DALI's CPU-only mode
         loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
