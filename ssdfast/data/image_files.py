@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-DEFAULT_MAX_PIXELS = 50_000_000  # width x height; COCO's largest image has 0.3 MP, a 48 MP photo passes
+DEFAULT_MAX_PIXELS = 50_000_000  # width x height; COCO's images have at most 0.4 MP, a 48 MP photo passes
 # Pillow refuses to parse headers above 2 x Image.MAX_IMAGE_PIXELS (179 MP) on its own, so no cap can
 # be higher; OpenCV's own limit (2^30 pixels) is above it.
 PILLOW_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
@@ -51,7 +51,7 @@ def resolves_inside(folder: Path, file_name: str) -> bool:
     link. Anything else (a sub-folder, "..", an absolute name) costs a realpath: an lstat per component."""
     real_folder = _real_folder(folder)
     path = os.path.join(folder, file_name)
-    plain = file_name not in ("", ".", "..") and os.sep not in file_name and (os.altsep or os.sep) not in file_name
+    plain = file_name not in ("", ".", "..") and os.path.basename(file_name) == file_name
     if plain and not os.path.islink(path):
         return True
     try:
