@@ -7,6 +7,9 @@ Ctrl-C aborts at once (the previous checkpoint is intact: checkpoints are writte
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit hook must be registered before ours: atexit runs LIFO)
 import os
 import re
 import signal
@@ -81,6 +84,42 @@ def ignore_stop_signals_in_workers(worker_id: int) -> None:
     in the middle of the step it wants to finish); the loader ends them when the run ends."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def end_workers_at_exit() -> None:
+    """Make sure the loader's workers end when this (the main) process ends, however it ends.
+
+    A run that ends normally shuts its workers down through the DataLoader. A failure does not: the
+    traceback keeps the loaders alive until the interpreter exits, where DataLoader's own shutdown is
+    off and multiprocessing's exit hook ends daemonic children with SIGTERM and then waits for them,
+    forever, since the workers ignore SIGTERM (above, on purpose). So, registered once and run before
+    that hook: every daemonic child (our workers: children multiprocessing would end at exit anyway)
+    gets SIGTERM, up to EXIT_GRACE_S to go, then SIGKILL, whatever its signal handling. Costs nothing
+    when no worker is left; at most EXIT_GRACE_S on a failure."""
+    global _ending_registered
+    if not _ending_registered:
+        atexit.register(_end_daemonic_children)
+        _ending_registered = True
+
+
+_ending_registered = False
+EXIT_GRACE_S = 1.0
+
+
+def _end_daemonic_children() -> None:
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # DataLoader's SIGCHLD handler would raise "worker killed by signal" here, in the middle of the loop.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + EXIT_GRACE_S
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0))
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 class StopAgreement:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
+from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.outputs import writable_file, writable_folder
 from ssdfast.runtime import configure_cudnn, pick_device
@@ -44,6 +45,7 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_image_limit_args(p, outside_paths=False)
     return p.parse_args(argv)
 
 
@@ -82,10 +84,11 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
     report = {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
         chunk = paths[start:start + args.batch_size]
-        images = [read_image(p) for p in chunk]
+        images = [read_image(p, args.max_pixels) for p in chunk]
         for p, img in zip(chunk, images):
             if img is None:
-                print(f"warning: cannot read image {p}: skipped", file=sys.stderr)
+                print(f"warning: cannot read image {p} (not an image, truncated, or over --max-pixels): skipped",
+                      file=sys.stderr)
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
+from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
@@ -58,6 +59,7 @@ def get_args(argv=None):
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_image_limit_args(p)
     args = p.parse_args(argv)
     if args.data_path is None and not (args.ann and args.images):
         p.error("no dataset given: --data-path, or --ann and --images")
@@ -90,7 +92,8 @@ def main(argv=None) -> int:
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
                               device=device, channels_last=use_channels_last(device) and not deployed,
-                              data_format=args.data_format, ann_file=args.ann, image_dir=args.images)
+                              data_format=args.data_format, ann_file=args.ann, image_dir=args.images,
+                              max_pixels=args.max_pixels, allow_outside_paths=args.allow_outside_paths)
         check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path or args.ann,
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:

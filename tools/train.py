@@ -29,6 +29,7 @@ from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_temporaries, resume_training,
                                 save_checkpoint, training_state)
 from ssdfast.data import build_loader
+from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.engine import EpochProgress, NonFiniteLossError, evaluate, lr_at, train_one_epoch
 from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
@@ -89,6 +90,7 @@ def get_args(argv=None):
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
                    "on categories with other names than the dataset's (only the count must match)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
+    add_image_limit_args(p)
     args = p.parse_args(argv)
     if args.data_path is None and not (args.train_ann and args.train_images):
         p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
@@ -144,12 +146,14 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                                 max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
-                                data_format=args.data_format, ann_file=args.train_ann, image_dir=args.train_images)
+                                data_format=args.data_format, ann_file=args.train_ann, image_dir=args.train_images,
+                                max_pixels=args.max_pixels, allow_outside_paths=args.allow_outside_paths)
     val_loader = build_loader(args.data_path, "val", train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                               max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
-                              data_format=args.data_format, ann_file=args.val_ann,
-                              image_dir=args.val_images) if args.eval_every > 0 else None
+                              data_format=args.data_format, ann_file=args.val_ann, image_dir=args.val_images,
+                              max_pixels=args.max_pixels,
+                              allow_outside_paths=args.allow_outside_paths) if args.eval_every > 0 else None
     num_classes = len(train_loader.info.category_ids)
     model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
     if channels_last:

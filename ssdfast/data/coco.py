@@ -6,8 +6,9 @@ in-memory COCO dict, and goes through the same checks.
 Labels: 0 = background, 1..C = the categories sorted by category id (COCO: 80).
 Crowd boxes and degenerate boxes are dropped; boxes are clipped to the image. Training skips
 images without boxes; evaluation keeps every image. An unreadable image (missing, zero bytes,
-not an image, truncated JPEG) does not stop the run: the sample comes back as {"unreadable": path}
-and the collate counts it.
+not an image, truncated JPEG, a header over the pixel cap) does not stop the run: the sample comes
+back as {"unreadable": path} and the collate counts it. Image paths that resolve outside the image
+folder are left out at load and counted (ssdfast.data.image_files says why).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from .image_files import DEFAULT_MAX_PIXELS, header_problem, resolves_inside
 from .transforms import SSDTransform
 from .validate import ValidationReport, validate_coco
 
@@ -37,6 +39,9 @@ COCO_CLASSES = (
     "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # the 80 COCO 2017 categories in category-id order: label i + 1
+
+
+OUTSIDE_REASON = "image paths outside the image folder"
 
 
 def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
@@ -105,8 +110,9 @@ def _jpeg_is_complete(raw: bytes) -> bool:
     return sos != -1 and raw.rfind(b"\xff\xd9") > sos
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
-    """RGB uint8 [H, W, 3], or None when the file is missing, empty, truncated or not an image.
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """RGB uint8 [H, W, 3], or None when the file is missing, empty, truncated, not an image, or its
+    header claims more than `max_pixels` (width x height; checked before decoding).
 
     OpenCV applies the EXIF orientation and converts grayscale, CMYK and PNG (with alpha) to 3 channels.
     """
@@ -114,9 +120,14 @@ def read_image(path: str | Path) -> np.ndarray | None:
         raw = Path(path).read_bytes()
     except OSError:
         return None
-    if raw[:2] == b"\xff\xd8" and not _jpeg_is_complete(raw):
+    if not raw or (raw[:2] == b"\xff\xd8" and not _jpeg_is_complete(raw)):
         return None
-    image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR) if raw else None
+    if header_problem(io.BytesIO(raw), max_pixels):  # before decoding: a few bytes can claim gigapixels
+        return None
+    try:
+        image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # what OpenCV refuses by itself (its own pixel limit, a broken stream)
+        return None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -163,15 +174,20 @@ class CocoDetection(Dataset):
         source: the split from anywhere else (ssdfast.data.formats.resolve_source); root is then unused.
         train: training augmentation and skip images without boxes (default: split == "train").
         seed: with the epoch (set_epoch) and the index, fixes every random choice of a sample.
+        max_pixels: images whose header claims more (width x height) are not decoded (unreadable).
+        allow_outside_paths: also read images whose path resolves outside the image folder.
     """
 
     def __init__(self, root=None, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0,
-                 source: DataSource | None = None):
+                 source: DataSource | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_outside_paths: bool = False):
         cv2.setNumThreads(1)  # the loader parallelises over images; OpenCV threads would only contend
         source = source or coco_source(*coco_paths(root, split))
         root = source.origin if root is None else root
+        self.root, self.split = root, split
         self.ann_file, self.image_dir, self.data_format = source.origin, source.image_dir, source.data_format
         self.train = split == "train" if train is None else train
+        self.max_pixels = max_pixels
         self.transform = SSDTransform(train=self.train, size=size)
         self.seed, self.epoch = seed, 0
         self.coco = load_coco(source)
@@ -183,7 +199,11 @@ class CocoDetection(Dataset):
         self.dropped = Counter({k: len(v) for k, v in self.coco.validation.dropped.items()})
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
-            if not (self.image_dir / info["file_name"]).is_file():  # one stat per image, once
+            path = self.image_dir / info["file_name"]
+            if not allow_outside_paths and not resolves_inside(self.image_dir, info["file_name"]):  # once per image
+                self.dropped[OUTSIDE_REASON] += 1
+                continue
+            if not path.is_file():  # one stat per image, once
                 self.dropped["missing image files"] += 1
                 continue
             boxes, labels = parse_annotations(self.coco.imgToAnns.get(image_id, []), info["width"], info["height"],
@@ -195,9 +215,30 @@ class CocoDetection(Dataset):
         if self.dropped.get("missing image files") and self.records:
             warnings.warn(f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
                           f"{self.ann_file} are missing: left out", stacklevel=2)
+        if self.dropped.get(OUTSIDE_REASON) and self.records:
+            warnings.warn(f"{self.image_dir}: {self.dropped[OUTSIDE_REASON]} image path(s) in {self.ann_file} lead "
+                          "outside the image folder: left out (--allow-outside-paths reads them)", stacklevel=2)
+        self._require_records()
+
+    def _require_records(self) -> None:
         if not self.records:
-            raise ValueError(f"no usable {split} images in {root}: {len(self.coco.imgs)} image(s) in {self.ann_file}; "
-                             + (", ".join(f"{n} {why}" for why, n in self.dropped.items()) or "the file lists none"))
+            raise ValueError(f"no usable {self.split} images in {self.root}: {len(self.coco.imgs)} image(s) in "
+                             f"{self.ann_file}; " + (", ".join(f"{n} {why}" for why, n in self.dropped.items())
+                                                     or "the file lists none"))
+
+    def drop_images_with_bad_headers(self) -> None:
+        """Leave out (and count) the images whose header is unreadable or over the pixel cap, for a
+        reader that decodes whatever it is given (DALI). One header parse per image; the PyTorch path
+        does not need it (read_image checks each image as it reads it)."""
+        kept = []
+        for record in self.records:
+            problem = header_problem(self.image_dir / record.file_name, self.max_pixels)
+            if problem:
+                self.dropped[problem] += 1
+            else:
+                kept.append(record)
+        self.records = kept
+        self._require_records()
 
     @property
     def num_classes(self) -> int:
@@ -215,7 +256,7 @@ class CocoDetection(Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
         path = self.image_dir / record.file_name
-        image = read_image(path)
+        image = read_image(path, self.max_pixels)
         if image is None:
             return {"unreadable": str(path)}
         rng = np.random.default_rng([self.seed, epoch, index])

@@ -9,7 +9,8 @@ With device_id=None the whole graph runs on the CPU (how CI tests it).
 Differences from the PyTorch path, by design of DALI: its random stream is seeded once per run (not
 per (epoch, index)), so a resumed run does not replay the same augmentations; and a corrupt image
 stops the pipeline with DALI's error (the PyTorch path skips it) - check a dataset with the
-PyTorch path first.
+PyTorch path first. Images whose header is unreadable or over the pixel cap never reach DALI:
+build_loader leaves them out at load and counts them (CocoDetection.drop_images_with_bad_headers).
 """
 from __future__ import annotations
 

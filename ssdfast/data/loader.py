@@ -16,10 +16,11 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .batch import DEFAULT_MAX_BOXES, Batch, Collate
-from ..preemption import ignore_stop_signals_in_workers
+from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
 from .formats import resolve_source
+from .image_files import DEFAULT_MAX_PIXELS
 
 
 class ShardSampler(Sampler):
@@ -123,19 +124,23 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
                  fp16: bool = False, data_format: str | None = None, ann_file: str | Path | None = None,
-                 image_dir: str | Path | None = None) -> Loader:
+                 image_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_outside_paths: bool = False) -> Loader:
     """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size): the PyTorch path or
     (dali=True) the DALI path, both with the same `info` (DatasetInfo). The dataset: data_path in the
     COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO ann_file and
-    image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too."""
+    image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too.
+    max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
     source = resolve_source(data_path, split, data_format, ann_file, image_dir)
-    dataset = CocoDetection(split=split, train=train, seed=seed, source=source)
+    dataset = CocoDetection(split=split, train=train, seed=seed, source=source, max_pixels=max_pixels,
+                            allow_outside_paths=allow_outside_paths)
     if dali:
         from .dali import DaliLoader
 
+        dataset.drop_images_with_bad_headers()  # DALI decodes whatever it is given, and fails on it
         device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
         device_id = device.index if device.type == "cuda" else None  # None: DALI's CPU-only mode
         loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
@@ -153,6 +158,8 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                           "using one smaller batch per epoch")
     else:
         sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
+    if num_workers > 0:
+        end_workers_at_exit()  # they ignore SIGTERM: see there
     data_loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochKeyedSampler(sampler),
                              num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
                              drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
