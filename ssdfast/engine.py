@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from .anchors import SSD_DEFAULTS
 from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
-from .deployed import Deployed
-from .postprocess import postprocess
-from .runtime import autocast, host_sync_point, unwrap
+from .inference import as_detector
+from .runtime import host_sync_point
 from .train_step import TrainStep
 
 
@@ -150,11 +149,9 @@ def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_t
             score_threshold=SSD_DEFAULTS.score_threshold,
             category_ids, max_batches=None, is_main=True) -> tuple[list[dict], list[int], list[str]]:
     """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank.
-    model: an SSD module (+ ssdfast.postprocess with the thresholds given), or an exported detector
-    (ssdfast.deployed.Deployed: post-processing inside, thresholds given when it was loaded)."""
-    deployed = isinstance(model, Deployed)
-    if not deployed:
-        model.eval()
+    model: an SSD module (+ ssdfast.postprocess with the thresholds given) or any detector of
+    ssdfast.inference.as_detector (an exported file: thresholds given when it was loaded)."""
+    detector = as_detector(model, score_threshold=score_threshold, nms_threshold=nms_threshold, amp_dtype=amp_dtype)
     results, image_ids, skipped = [], [], []
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     for i, batch in enumerate(tqdm(loader, total=total, desc="eval", disable=not is_main, leave=False)):
@@ -163,14 +160,7 @@ def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_t
         skipped += batch.skipped
         if len(batch.images) == 0:
             continue
-        images = batch.to(device, channels_last=channels_last).images
-        if deployed:
-            dets = model(images)
-        else:
-            with autocast(device, amp_dtype):
-                locs, confs = model(images)
-            dets = postprocess(locs, confs, unwrap(model).anchors, score_threshold=score_threshold,
-                               nms_threshold=nms_threshold)
+        dets = detector(batch.to(device, channels_last=channels_last).images)
         results += detections_to_coco(dets, batch.image_ids, batch.sizes, category_ids)
         image_ids += batch.image_ids.tolist()
     return results, image_ids, skipped

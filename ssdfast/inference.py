@@ -1,24 +1,41 @@
-"""Load a trained detector from any supported checkpoint, or an exported .onnx/.pt2, and run it on plain images."""
+"""Load a trained detector from any supported checkpoint, or an exported .onnx/.pt2, and run it on plain images.
+
+A detector is anything that maps normalised images [B, 3, 300, 300] to ssdfast Detections and knows its
+`device`: an exported file (ssdfast.deployed.Deployed, thresholds bound when loaded) or a PyTorch SSD
+with ssdfast.postprocess (PostProcessed). `as_detector` turns what load_detector gave into one, so
+callers never ask which kind of file they hold.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from .anchors import SSD_DEFAULTS
 from .checkpoint import infer_model_name, infer_num_classes, load_checkpoint, load_model_weights, model_state_dict
 from .data.coco import COCO_CLASSES
 from .data.transforms import SSDTransform
-from .deployed import Deployed, is_deployed
 from .models import SSDBase, build_model
-from .postprocess import postprocess, scale_to_image
+from .postprocess import Detections, postprocess, scale_to_image
+from .runtime import autocast, unwrap
+
+if TYPE_CHECKING:
+    from .deployed import Deployed
+
+# For showing detections: evaluation keeps weaker ones (SSD_DEFAULTS.score_threshold) because they add AP.
+DISPLAY_SCORE_THRESHOLD = 0.3
 
 
 def load_detector(weights, device="cpu", *, score_threshold: float | None = None,
                   nms_threshold: float | None = None) -> tuple[SSDBase | Deployed, dict]:
     """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
-    "category_ids"} from an ssdfast, seed or NVIDIA checkpoint; or, for a .onnx/.pt2 written by
-    tools/export.py, a ssdfast.deployed.Deployed, told the thresholds it will be used with (None: its own;
+    "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint; or, for a .onnx/.pt2 written
+    by tools/export.py, a ssdfast.deployed.Deployed, told the thresholds it will be used with (None: its own;
     checked against the NMS inside the file)."""
+    from .deployed import Deployed, is_deployed  # imported here: only exported files need the export code
+
     if is_deployed(weights):
         deployed = Deployed(weights, device, score_threshold=score_threshold, nms_threshold=nms_threshold)
         keys = ("model_name", "num_classes", "category_names", "category_ids")
@@ -36,28 +53,67 @@ def load_detector(weights, device="cpu", *, score_threshold: float | None = None
     return model.to(device).eval(), meta
 
 
-@torch.no_grad()
-def detect(model: SSDBase | Deployed, images_rgb: list[np.ndarray], score_threshold: float = 0.3,
-           nms_threshold: float = SSD_DEFAULTS.nms_threshold, max_det: int = SSD_DEFAULTS.max_detections) -> list[dict]:
-    """Detect objects in RGB uint8 images [H, W, 3] (any sizes). score_threshold is for showing
-    detections (0.3), not the low evaluation threshold of SSD_DEFAULTS, which keeps weak detections for AP.
-    A Deployed model applies the thresholds it was loaded with (load_detector) and its own max_det.
+class PostProcessed:
+    """A PyTorch SSD (or its DistributedDataParallel wrapper) and ssdfast.postprocess as one detector:
+    images [B, 3, 300, 300] -> Detections, with these thresholds; the network runs under autocast when
+    amp_dtype is given. Puts the model in eval mode."""
 
-    Returns per image {"boxes": float [n, 4] pixel xyxy, "scores": [n], "labels": int [n] (1..C)}."""
-    device = model.device if isinstance(model, Deployed) else model.anchors.device
+    def __init__(self, model: nn.Module, *, score_threshold: float, nms_threshold: float, max_det: int,
+                 amp_dtype: torch.dtype | None = None):
+        self.model, self.amp_dtype = model.eval(), amp_dtype
+        self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
+
+    @property
+    def device(self) -> torch.device:
+        return unwrap(self.model).anchors.device
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Detections:
+        with autocast(self.device, self.amp_dtype):
+            locs, confs = self.model(images)
+        return postprocess(locs, confs, unwrap(self.model).anchors, score_threshold=self.score_threshold,
+                           nms_threshold=self.nms_threshold, max_det=self.max_det)
+
+
+def as_detector(model, *, score_threshold: float, nms_threshold: float,
+                max_det: int = SSD_DEFAULTS.max_detections, amp_dtype: torch.dtype | None = None):
+    """`model` as a detector (see the module docstring). A PyTorch SSD gets ssdfast.postprocess with these
+    settings; anything else already is a detector (a Deployed applies the thresholds it was loaded with)."""
+    if isinstance(model, nn.Module):
+        return PostProcessed(model, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                             max_det=max_det, amp_dtype=amp_dtype)
+    return model
+
+
+def detect(model, images_rgb: list[np.ndarray], score_threshold: float = DISPLAY_SCORE_THRESHOLD,
+           nms_threshold: float = SSD_DEFAULTS.nms_threshold, max_det: int = SSD_DEFAULTS.max_detections) -> list[dict]:
+    """Detect objects in RGB uint8 images [H, W, 3] (any sizes) with a model from load_detector.
+    A Deployed model applies the thresholds it was loaded with and its own max_det.
+
+    Returns per image {"boxes": float32 [n, 4] pixel xyxy inside the image, "scores": [n], "labels": int [n] (1..C)}."""
+    detector = as_detector(model, score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det)
+    return run_detector(detector, images_rgb)
+
+
+@torch.no_grad()
+def run_detector(detector, images_rgb: list[np.ndarray]) -> list[dict]:
+    """A detector (as_detector) on RGB uint8 images [H, W, 3] (any sizes) -> detect's per-image dicts."""
     transform = SSDTransform(train=False, normalised=True)
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    batch = torch.stack([transform(img, *empty, rng=None)[0] for img in images_rgb]).to(device)
-    if isinstance(model, Deployed):
-        dets = model(batch)
-    else:
-        locs, confs = model(batch)
-        dets = postprocess(locs, confs, model.anchors, score_threshold=score_threshold, nms_threshold=nms_threshold,
-                           max_det=max_det)
-    sizes = torch.tensor([img.shape[:2] for img in images_rgb], device=device)
-    boxes = scale_to_image(dets.boxes, sizes).cpu().numpy()
+    batch = torch.stack([transform(img, *empty, rng=None)[0] for img in images_rgb]).to(detector.device)
+    dets = detector(batch)
+    sizes = torch.tensor([img.shape[:2] for img in images_rgb], device=dets.boxes.device)
+    # Clipped to the image: decoded offsets are unbounded, so a box near the border can reach past it.
+    boxes = scale_to_image(dets.boxes.clamp(0, 1), sizes).float().cpu().numpy()
     out = []
     for i, n in enumerate(dets.counts.tolist()):
         out.append({"boxes": boxes[i, :n], "scores": dets.scores[i, :n].cpu().numpy(),
                     "labels": dets.labels[i, :n].cpu().numpy()})
     return out
+
+
+def to_records(dets: dict, names: list[str]) -> list[dict]:
+    """One image's detections (a dict of detect) as JSON records: {"box": pixel xyxy to 0.1 px, "score",
+    "label" (1..C), "name"}. names: the category names (label i is names[i - 1])."""
+    return [{"box": [round(float(v), 1) for v in box], "score": round(float(s), 4), "label": int(l),
+             "name": names[int(l) - 1]} for box, s, l in zip(dets["boxes"], dets["scores"], dets["labels"])]

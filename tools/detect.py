@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
-from ssdfast.inference import detect, load_detector
+from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.outputs import writable_file, writable_folder
 from ssdfast.runtime import configure_cudnn, pick_device
 from ssdfast.visualize import draw_detections
@@ -45,11 +45,6 @@ def get_args(argv=None):
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     return p.parse_args(argv)
-
-
-def to_records(dets: dict, names: list[str]) -> list[dict]:
-    return [{"box": [round(float(v), 1) for v in box], "score": round(float(s), 4), "label": int(l),
-             "name": names[int(l) - 1]} for box, s, l in zip(dets["boxes"], dets["scores"], dets["labels"])]
 
 
 def list_images(spec: str) -> list[Path]:

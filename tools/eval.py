@@ -1,9 +1,11 @@
 """COCO mAP of a checkpoint (ssdfast's, the seed's or NVIDIA's) or of an exported model (tools/export.py)
-on a COCO-format val set.
+on a val set in the COCO, Pascal VOC or YOLO layout (on VOC also VOC07 and VOC12 mAP@0.5).
 
     python tools/eval.py --data-path /coco --weights trained_models/best.pt
     python tools/eval.py --data-path /coco --weights ssdlite.onnx       # ONNX Runtime (CPU, or CUDA on --device cuda)
     python tools/eval.py --data-path /coco --weights ssdlite.pt2        # torch.export program
+    python tools/eval.py --data-path VOCdevkit/VOC2007 --split test --weights best.pt
+    python tools/eval.py --ann my_val.json --images my_val_images/ --weights best.pt
     torchrun --nproc_per_node=8 tools/eval.py --data-path /coco --weights nvidia_ssd.pt --amp --dali
 
 Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output and the
@@ -27,14 +29,21 @@ from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, 
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
 from ssdfast.outputs import distinct, writable_file
+from ssdfast.voc_eval import voc_map
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", required=True, help="dataset root in the COCO layout")
+    p.add_argument("--data-path", default=None, help="dataset: COCO layout root, VOCdevkit year folder, or YOLO "
+                   "data.yaml (or its folder)")
+    p.add_argument("--data-format", choices=["coco", "voc", "yolo"], default=None,
+                   help="layout of --data-path (default: detected)")
+    p.add_argument("--ann", default=None, help="a COCO annotation file, anywhere (with --images; instead of --data-path)")
+    p.add_argument("--images", default=None, help="the image folder of --ann")
     p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's; "
                    "or an exported model.onnx / model.pt2 (tools/export.py)")
-    p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json")
+    p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json (VOC: "
+                   "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
     p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading")
@@ -49,7 +58,10 @@ def get_args(argv=None):
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data_path is None and not (args.ann and args.images):
+        p.error("no dataset given: --data-path, or --ann and --images")
+    return args
 
 
 def output_paths(args) -> dict[str, Path]:
@@ -77,8 +89,9 @@ def main(argv=None) -> int:
                                     nms_threshold=args.nms_threshold)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
-                              device=device, channels_last=use_channels_last(device) and not deployed)
-        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path,
+                              device=device, channels_last=use_channels_last(device) and not deployed,
+                              data_format=args.data_format, ann_file=args.ann, image_dir=args.images)
+        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path or args.ann,
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -94,14 +107,18 @@ def main(argv=None) -> int:
     if rank == 0:
         detections, metrics_file = outputs["detections file"], outputs["metrics file"]
         detections.write_text(json.dumps(results))
-        metrics = {"weights": str(args.weights), "data_path": str(args.data_path), "split": args.split,
+        voc = voc_map(loader.info.coco, results, image_ids) if loader.info.data_format == "voc" else None
+        metrics = {"weights": str(args.weights), "data_path": str(args.data_path or args.ann), "split": args.split,
                    "backend": args.backend, **(stats or {"note": table}), "images_evaluated": len(image_ids),
-                   "distinct_images_evaluated": len(set(image_ids))}
+                   "distinct_images_evaluated": len(set(image_ids)), **({"voc_map50": voc} if voc else {})}
         metrics_file.write_text(json.dumps(metrics, indent=1))
-        print(f"{meta['model_name']} ({args.weights}) on {args.data_path} {args.split}, backend {args.backend}:")
+        print(f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
+              f"backend {args.backend}:")
         print(table)
         if stats:
             print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}")
+        if voc:
+            print(f"VOC mAP@0.5: VOC07 (11-point) {voc['VOC07']:.4f}  VOC12 (all-point) {voc['VOC12']:.4f}")
         print(f"{len(results)} detections written to {detections}, metrics to {metrics_file}")
     if world > 1:
         dist.destroy_process_group()

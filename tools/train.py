@@ -1,8 +1,9 @@
-"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on a COCO-format dataset.
+"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on a dataset in the COCO, Pascal VOC or YOLO layout.
 
     python tools/train.py --data-path /coco --model ssd --amp                        # one GPU (or CPU)
     torchrun --nproc_per_node=8 tools/train.py --data-path /coco --model ssd --amp --dali
     python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
+    python tools/train.py --data-path VOCdevkit/VOC2007 --model ssdlite   # or a YOLO data.yaml (detected)
 
 Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
 scaler, epoch and the iteration inside it; the data order and augmentation derive from --seed, the
@@ -40,7 +41,14 @@ from ssdfast.train_step import CudaGraphTrainStep, TrainStep
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", required=True, help="dataset root in the COCO layout (annotations/, train2017/, val2017/)")
+    p.add_argument("--data-path", default=None, help="dataset: COCO layout root (annotations/, train2017/, val2017/), "
+                   "VOCdevkit year folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO data.yaml (or its folder)")
+    p.add_argument("--data-format", choices=["coco", "voc", "yolo"], default=None,
+                   help="layout of --data-path (default: detected)")
+    p.add_argument("--train-ann", default=None, help="a COCO annotation file for training, anywhere (with --train-images)")
+    p.add_argument("--train-images", default=None, help="the image folder of --train-ann")
+    p.add_argument("--val-ann", default=None, help="a COCO annotation file for evaluation, anywhere (with --val-images)")
+    p.add_argument("--val-images", default=None, help="the image folder of --val-ann")
     p.add_argument("--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
     p.add_argument("--model", default="ssd", help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)")
@@ -81,7 +89,10 @@ def get_args(argv=None):
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
                    "on categories with other names than the dataset's (only the count must match)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.data_path is None and not (args.train_ann and args.train_images):
+        p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
+    return args
 
 
 def build_optimizer(model, args, lr: float, device):
@@ -132,11 +143,13 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
             print(f"removed {tmp.name}: a checkpoint write that was interrupted")
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                                max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last)
+                                max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
+                                data_format=args.data_format, ann_file=args.train_ann, image_dir=args.train_images)
     val_loader = build_loader(args.data_path, "val", train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                              max_boxes=args.max_boxes, dali=args.dali, device=device,
-                              channels_last=channels_last) if args.eval_every > 0 else None
+                              max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
+                              data_format=args.data_format, ann_file=args.val_ann,
+                              image_dir=args.val_images) if args.eval_every > 0 else None
     num_classes = len(train_loader.info.category_ids)
     model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
     if channels_last:

@@ -1,6 +1,8 @@
 """COCO-format detection dataset for the PyTorch data path (any category set).
 
-Layout (the seed's): DATA/annotations/instances_{split}2017.json and DATA/{split}2017/*.jpg.
+Layout (the seed's): DATA/annotations/instances_{split}2017.json and DATA/{split}2017/*.jpg; any other
+source (explicit paths, Pascal VOC, YOLO: ssdfast.data.formats) arrives as a DataSource, the same
+in-memory COCO dict, and goes through the same checks.
 Labels: 0 = background, 1..C = the categories sorted by category id (COCO: 80).
 Crowd boxes and degenerate boxes are dropped; boxes are clipped to the image. Training skips
 images without boxes; evaluation keeps every image. An unreadable image (missing, zero bytes,
@@ -14,7 +16,7 @@ import io
 import json
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,7 +25,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from .transforms import SSDTransform
-from .validate import validate_coco
+from .validate import ValidationReport, validate_coco
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -50,17 +52,44 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     return ann_file, image_dir
 
 
-def load_coco(ann_file: Path) -> COCO:
-    """pycocotools COCO object of a checked annotation file (ssdfast.data.validate): a ValueError
-    naming the file, record and field for what cannot be used; a warning counting what was dropped.
-    The report stays on the object as `coco.validation`."""
+@dataclass(frozen=True)
+class DataSource:
+    """One split of a dataset read into the COCO format, whatever it came as: what CocoDetection loads."""
+    annotations: dict  # COCO-format images / annotations / categories, not yet checked (load_coco checks)
+    image_dir: Path  # every image's file_name is relative to this folder
+    origin: Path  # what the split was read from, for messages: annotation file, VOC list, data.yaml
+    data_format: str = "coco"  # "coco", "voc" or "yolo"
+    found: ValidationReport = field(default_factory=ValidationReport)  # what the reader itself dropped
+
+
+def read_coco_json(ann_file: Path) -> dict:
+    """The parsed annotation file; a ValueError naming it when it is not JSON."""
     try:
-        data = json.loads(Path(ann_file).read_bytes())
+        return json.loads(Path(ann_file).read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot parse COCO annotation file {ann_file}: {error}") from error
-    clean, report = validate_coco(data, ann_file)
+
+
+def coco_source(ann_file: str | Path, image_dir: str | Path) -> DataSource:
+    """A COCO annotation file and its image folder, anywhere (--train-ann / --train-images)."""
+    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    return DataSource(read_coco_json(ann_file), image_dir, ann_file)
+
+
+def load_coco(source: DataSource | str | Path) -> COCO:
+    """pycocotools COCO object of a checked DataSource or annotation file (ssdfast.data.validate): a
+    ValueError naming the file, record and field for what cannot be used; a warning counting what was
+    dropped (the reader's own drops first). The report stays on the object as `coco.validation`."""
+    if not isinstance(source, DataSource):
+        source = DataSource(read_coco_json(source), Path(source).parent, Path(source))
+    clean, report = validate_coco(source.annotations, source.origin)
+    report.dropped = {**source.found.dropped, **report.dropped}
     if report.message():
-        warnings.warn(f"{ann_file}: {report.message()}", stacklevel=2)
+        warnings.warn(f"{source.origin}: {report.message()}", stacklevel=2)
     coco = COCO()
     coco.dataset = clean
     with contextlib.redirect_stdout(io.StringIO()):
@@ -110,7 +139,7 @@ def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[
     boxes, labels = [], []
     for ann in anns:
         if ann.get("iscrowd", 0):
-            dropped["crowd boxes"] += 1
+            dropped["crowd boxes (VOC: difficult objects)"] += 1
             continue
         if ann.get("category_id") not in label_of or len(ann.get("bbox", ())) != 4:
             dropped["boxes of an unknown category"] += 1
@@ -131,17 +160,21 @@ class CocoDetection(Dataset):
 
     Args:
         root: dataset folder in the COCO layout. split: "train" or "val".
+        source: the split from anywhere else (ssdfast.data.formats.resolve_source); root is then unused.
         train: training augmentation and skip images without boxes (default: split == "train").
         seed: with the epoch (set_epoch) and the index, fixes every random choice of a sample.
     """
 
-    def __init__(self, root, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0):
+    def __init__(self, root=None, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0,
+                 source: DataSource | None = None):
         cv2.setNumThreads(1)  # the loader parallelises over images; OpenCV threads would only contend
-        self.ann_file, self.image_dir = coco_paths(root, split)
+        source = source or coco_source(*coco_paths(root, split))
+        root = source.origin if root is None else root
+        self.ann_file, self.image_dir, self.data_format = source.origin, source.image_dir, source.data_format
         self.train = split == "train" if train is None else train
         self.transform = SSDTransform(train=self.train, size=size)
         self.seed, self.epoch = seed, 0
-        self.coco = load_coco(self.ann_file)
+        self.coco = load_coco(source)
         self.category_ids = sorted(self.coco.getCatIds())
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}

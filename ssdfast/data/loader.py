@@ -19,6 +19,7 @@ from .batch import DEFAULT_MAX_BOXES, Batch, Collate
 from ..preemption import ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
+from .formats import resolve_source
 
 
 BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (README: which to pick)
@@ -66,11 +67,12 @@ class DatasetInfo:
     category_names: tuple[str, ...]
     num_images: int  # images this split reads (training: those with a usable box)
     dropped: dict  # what was left out at load, and why: {reason: count}
+    data_format: str = "coco"  # what it was read from: "coco", "voc" or "yolo" (VOC adds VOC mAP to eval)
 
     @classmethod
     def of(cls, dataset: CocoDetection) -> "DatasetInfo":
         return cls(dataset.coco, tuple(dataset.category_ids), tuple(dataset.category_names), len(dataset),
-                   dict(dataset.dropped))
+                   dict(dataset.dropped), dataset.data_format)
 
 
 class Loader(Protocol):
@@ -120,19 +122,23 @@ def usable_annotation_file(dataset: CocoDetection) -> Path:
     return path
 
 
-def build_loader(data_path: str | Path, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
+def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
-                 fp16: bool = False, backend: str = "pytorch") -> Loader:
-    """A Loader of Batches for `split` of a COCO-layout dataset, sharded for (rank, world_size), from
-    the data path `backend` (BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo)."""
+                 fp16: bool = False, data_format: str | None = None, ann_file: str | Path | None = None,
+                 image_dir: str | Path | None = None, backend: str = "pytorch") -> Loader:
+    """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
+    `backend` (BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
+    data_path in the COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO
+    ann_file and image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too."""
     backend = "dali" if dali else backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
-    dataset = CocoDetection(data_path, split, train=train, seed=seed)
+    # Every path starts from the same checked dataset: one validation, one count, one error for "nothing usable".
+    source = resolve_source(data_path, split, data_format, ann_file, image_dir)
+    dataset = CocoDetection(split=split, train=train, seed=seed, source=source)
     if backend == "dali":
         from .dali import DaliLoader
 

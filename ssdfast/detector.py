@@ -1,0 +1,225 @@
+"""The public API: ``ssdfast.load(path)`` -> Detector; ``detector.predict(images)`` -> one Result per image.
+
+    import ssdfast
+    detector = ssdfast.load("trained_models/best.pt")
+    detector.predict("street.jpg")[0].save("street_detections.jpg")
+
+Every supported file (an ssdfast, older-implementation or NVIDIA checkpoint; a .onnx or .pt2 written by
+tools/export.py) gives the same Detector: which kind of file it is, is decided once, in ssdfast.inference.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from .anchors import SSD_DEFAULTS
+from .data.coco import read_image
+from .inference import DISPLAY_SCORE_THRESHOLD, as_detector, load_detector, run_detector, to_records
+from .outputs import writable_file
+from .postprocess import Detections
+from .runtime import pick_device
+from .visualize import draw_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SOURCE_KINDS = ("a path, a folder, a list of these, a PIL image, an RGB uint8 numpy array [H, W, 3] or a tensor "
+                "[3, H, W]")
+
+
+def load(path: str | Path, device: str | None = None, score_threshold: float | None = None,
+         nms_threshold: float | None = None, max_det: int | None = None) -> Detector:
+    """A Detector from any supported file: an ssdfast checkpoint (tools/train.py's best.pt or last.pt), the
+    older implementation's or NVIDIA's, or a .onnx / .pt2 written by tools/export.py.
+
+    device: "cpu", "cuda", "cuda:1" (default: CUDA when there is a GPU). score_threshold: keep detections
+    scoring above it (default 0.3). nms_threshold: NMS IoU (default 0.45; an exported file's own). max_det:
+    most detections per image (default 200; an exported file gives at most what it was exported with).
+    Raises ssdfast.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use."""
+    device = pick_device(None if device is None else str(device))
+    score = DISPLAY_SCORE_THRESHOLD if score_threshold is None else score_threshold
+    max_det = SSD_DEFAULTS.max_detections if max_det is None else max_det
+    model, meta = load_detector(path, device, score_threshold=score, nms_threshold=nms_threshold)
+    nms = SSD_DEFAULTS.nms_threshold if nms_threshold is None else nms_threshold
+    return Detector(as_detector(model, score_threshold=score, nms_threshold=nms, max_det=max_det), meta, max_det)
+
+
+class Detector:
+    """A trained detector (see load). predict() is for people; detector(images) -> Detections is the
+    interface the evaluation loop uses (ssdfast.engine.predict), the same for every kind of file.
+
+    names: the class names, label i is names[i - 1]; meta: model_name, num_classes, category_ids, ..."""
+
+    def __init__(self, core, meta: dict, max_det: int = SSD_DEFAULTS.max_detections):
+        self.core = core  # ssdfast.inference.as_detector's: a Deployed, or a PyTorch SSD + postprocess
+        self.meta, self.max_det = meta, max_det
+        self.names: list[str] = list(meta["category_names"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.core.device
+
+    def __call__(self, images: Tensor) -> Detections:
+        """Images [B, 3, 300, 300] normalised as ssdfast.data.transforms does -> Detections (normalised boxes)."""
+        return self.core(images)
+
+    def predict(self, source, batch_size: int = 8) -> list[Result]:
+        """Detect objects in `source`: an image file, a folder (its images, sorted by name), a PIL image, a
+        numpy array (RGB, uint8, [H, W, 3]; grayscale [H, W] is accepted; OpenCV's BGR must be converted
+        first: image[..., ::-1]), a tensor [3, H, W] (uint8 0-255 or float 0-1, RGB) or [B, 3, H, W], or a
+        list of any of these. Returns one Result per image, in order. Raises FileNotFoundError for a missing
+        file or a folder without images, ValueError for an unreadable file, TypeError/ValueError naming what
+        was given for anything else."""
+        items = _single_images(source)
+        results = []
+        for start in range(0, len(items), batch_size):
+            images, paths = zip(*(_rgb_and_path(item) for item in items[start:start + batch_size]))
+            for image, path, dets in zip(images, paths, run_detector(self.core, list(images))):
+                kept = {key: value[:self.max_det] for key, value in dets.items()}  # sorted by score: the best
+                results.append(Result(**kept, image=image, path=path, categories=self.names))
+        return results
+
+    def __repr__(self) -> str:
+        return f"Detector({self.meta['model_name']}, {len(self.names)} classes, {self.device})"
+
+
+@dataclass
+class Result:
+    """The detections in one image.
+
+    boxes: float32 [N, 4] pixel xyxy, inside the image; scores: float32 [N], decreasing; labels: int64 [N]
+    (1..C); names: the class name of each box; image: the RGB uint8 [H, W, 3] they were found in; path:
+    its file (None for an image given in memory); categories: all class names (label i is categories[i - 1])."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    image: np.ndarray = field(repr=False)
+    path: Path | None
+    categories: list[str] = field(repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.categories[int(label) - 1] for label in self.labels]
+
+    def draw(self) -> np.ndarray:
+        """The image with the boxes, names and scores drawn: RGB uint8 [H, W, 3] (a copy)."""
+        return cv2.cvtColor(self._drawn_bgr(), cv2.COLOR_BGR2RGB)
+
+    def save(self, path: str | Path) -> Path:
+        """Write draw() to `path` (its suffix picks the format: .jpg, .png, ...), whole or not at all, never
+        over the input image. Returns the path."""
+        path = writable_file(path, "output image")
+        if self.path is not None and path.exists() and os.path.samefile(path, self.path):
+            raise ValueError(f"{path} is the input image: choose another file name for the drawing")
+        try:
+            ok, encoded = cv2.imencode(path.suffix, self._drawn_bgr())
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise ValueError(f"cannot write an image as {path.name}: use a suffix such as .jpg or .png")
+        _write_whole(path, encoded.tobytes())
+        return path
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"path", "height", "width", "detections": records as in tools/detect.py's JSON}."""
+        height, width = self.image.shape[:2]
+        dets = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+        return {"path": None if self.path is None else str(self.path), "height": height, "width": width,
+                "detections": to_records(dets, self.categories)}
+
+    def _drawn_bgr(self) -> np.ndarray:
+        bgr = cv2.cvtColor(self.image, cv2.COLOR_RGB2BGR)
+        return draw_detections(bgr, self.boxes, self.scores, self.labels, self.categories)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """`path` gets `data` whole or not at all: a temporary file in the same folder, then a rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask, as open() does
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _single_images(source) -> list:
+    """`source` as a flat list of single images (file paths, arrays, PIL images, tensors); folders listed."""
+    if isinstance(source, (list, tuple)):
+        return [item for part in source for item in _single_images(part)]
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise FileNotFoundError(f"no images in the folder {path} (looked for {suffixes})")
+            return images
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        return [path]
+    if isinstance(source, Tensor) and source.dim() == 4:
+        return list(source)
+    return [source]
+
+
+def _rgb_and_path(item) -> tuple[np.ndarray, Path | None]:
+    """One image of _single_images -> (RGB uint8 [H, W, 3], its file or None)."""
+    if isinstance(item, Path):
+        image = read_image(item)
+        if image is None:
+            raise ValueError(f"cannot read the image {item} (empty, truncated or not an image)")
+        return image, item
+    if isinstance(item, np.ndarray):
+        return _rgb_array(item), None
+    if isinstance(item, Tensor):
+        return _rgb_tensor(item), None
+    pil = sys.modules.get("PIL.Image")  # a PIL image means PIL is imported already: no import here
+    if pil is not None and isinstance(item, pil.Image):
+        return np.asarray(item.convert("RGB")), None
+    raise TypeError(f"cannot use a {type(item).__module__}.{type(item).__name__} as an image: give {SOURCE_KINDS}")
+
+
+def _rgb_array(image: np.ndarray) -> np.ndarray:
+    """A numpy image -> RGB uint8 [H, W, 3]; grayscale [H, W] or [H, W, 1] is repeated to 3 channels."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"a numpy image must be uint8 (0-255), got {image.dtype}: for floats in [0, 1] "
+                        "give (image * 255).round().astype(np.uint8)")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"a numpy image must be RGB [H, W, 3] or grayscale [H, W], got shape {image.shape}"
+                         f"{_shape_hint(image.shape)}")
+    return np.ascontiguousarray(image)
+
+
+def _shape_hint(shape: tuple) -> str:
+    if len(shape) == 3 and shape[2] == 4:
+        return " (with alpha: give image[..., :3])"
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return " (channels first: give image.transpose(1, 2, 0), or a torch tensor)"
+    return ""
+
+
+def _rgb_tensor(image: Tensor) -> np.ndarray:
+    """A tensor [3, H, W] or [1, H, W], uint8 0-255 or float 0-1 (torchvision's layouts) -> RGB uint8 [H, W, 3]."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"a tensor image must be [3, H, W] (channels first) or [B, 3, H, W], got shape "
+                         f"{list(image.shape)}")
+    image = image.detach().cpu()
+    if image.is_floating_point():
+        if not ((image >= 0) & (image <= 1)).all():
+            raise ValueError("a float tensor image must hold values in [0, 1] (as torchvision's to_tensor gives)")
+        image = (image * 255).round().to(torch.uint8)
+    elif image.dtype != torch.uint8:
+        raise TypeError(f"a tensor image must be uint8 (0-255) or float (0-1), got {image.dtype}")
+    return _rgb_array(image.permute(1, 2, 0).numpy())
