@@ -1,7 +1,12 @@
 """The GPU data path (--data-backend gpu) against the PyTorch path, on CPU tensors: same boxes and labels
 exactly, pixels within one uint8 level, same unreadable files, same batches on a restart, same sharding."""
+import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdfast.data import CocoDetection, build_loader
-from ssdfast.data import read_image
+from ssdfast.data import CocoDetection, build_loader, read_image
 from ssdfast.data import transforms as T
 from ssdfast.data.gpu_pipeline import JpegSamples, augment, crop_resize, decode, draw_augmentation, orient
 from ssdfast.data.jpeg_header import read_jpeg_header
@@ -71,8 +75,9 @@ def write_dataset(root, kinds, seed=0, height=480, width=640):
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         for _ in range(int(rng.integers(2, 6))):
             x, y = rng.uniform(0, w * 0.7), rng.uniform(0, h * 0.7)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 4)),
-                                "bbox": [x, y, rng.uniform(8, w - x), rng.uniform(8, h - y)], "iscrowd": 0, "area": 1.0})
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, "area": 1.0,
+                                "category_id": int(rng.integers(1, 4)),
+                                "bbox": [x, y, rng.uniform(8, w - x), rng.uniform(8, h - y)]})
     categories = [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]
     (root / "annotations" / "instances_train2017.json").write_text(
         json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -176,7 +181,8 @@ def test_jpeg_header_matches_pil():
         raw = encode(image, kind)
         pil = Image.open(io.BytesIO(raw))
         header = read_jpeg_header(raw)
-        assert (header.width, header.height, header.components) == (*pil.size, len(pil.getbands())), kind
+        assert (header.width, header.height, header.components) == (*pil.size, components), kind
+        assert components == len(pil.getbands())
     assert read_jpeg_header(encode(image, "png")) is None and read_jpeg_header(b"\xff\xd8\xff") is None
 
 
@@ -265,3 +271,27 @@ def test_loader_batches_match_pytorch_loader(odd_files):
 def test_unknown_backend_is_refused(coco_sized):
     with pytest.raises(ValueError, match="unknown data backend 'gpus'"):
         build_loader(coco_sized, "train", train=True, batch_size=2, backend="gpus")
+
+
+def run_tool(name, *args):
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    result = subprocess.run([sys.executable, str(root / "tools" / f"{name}.py"), *map(str, args)], cwd=root,
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def test_tools_train_and_eval_on_the_gpu_backend(synthetic_coco, tmp_path):
+    """--data-backend gpu end to end on CPU (train one short epoch, evaluate); --dali stays an alias."""
+    result = run_tool("train", "--data-path", synthetic_coco, "--save-folder", tmp_path, "--model", "ssdlite",
+                      "--backbone-weights", "none", "--epochs", 1, "--batch-size", 4, "--num-workers", 0,
+                      "--iters-per-epoch", 2, "--eval-batches", 1, "--data-backend", "gpu")
+    assert "gpu data" in result.stdout and (tmp_path / "last.pt").is_file()
+    run_tool("eval", "--data-path", synthetic_coco, "--weights", tmp_path / "last.pt", "--batch-size", 4,
+             "--num-workers", 0, "--data-backend", "gpu", "--output", tmp_path / "d.json")
+    assert json.loads((tmp_path / "d.metrics.json").read_text())["images_evaluated"] == 8
+    spec = importlib.util.spec_from_file_location("train_tool", Path(__file__).resolve().parent.parent / "tools/train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    assert train_tool.get_args(["--data-path", str(synthetic_coco), "--dali"]).data_backend == "dali"

@@ -22,12 +22,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..preemption import ignore_stop_signals_in_workers
 from . import batched_color
 from .batch import Batch, pad_targets
 from .coco import CocoDetection, read_image
 from .jpeg_header import read_jpeg_header
 from .loader import DatasetInfo, EpochKeyedSampler
-from ..preemption import ignore_stop_signals_in_workers
 from .transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
 
 WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)  # the crop window of "no crop"
@@ -157,7 +157,8 @@ class GpuAugment:
     as the PyTorch path's Collate does."""
 
     def __init__(self, device, train: bool, max_boxes: int, size: int = 300, dtype=torch.float32):
-        self.device, self.train, self.max_boxes, self.size, self.dtype = torch.device(device), train, max_boxes, size, dtype
+        self.device, self.train, self.max_boxes = torch.device(device), train, max_boxes
+        self.size, self.dtype = size, dtype
 
     def __call__(self, samples: list[dict], out: torch.Tensor | None = None) -> Batch:
         return self.assemble(*self.decode(samples), out=out)
