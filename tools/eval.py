@@ -25,6 +25,7 @@ from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
 from ssdfast.data.image_files import add_image_limit_args
+from ssdfast.data.loader import BACKENDS
 from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
@@ -47,7 +48,9 @@ def get_args(argv=None):
                    "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
-    p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading")
+    p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
+                   "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
+    p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument("--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)")
     p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
     p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold, help="drop detections at or below this score")
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
                                     nms_threshold=args.nms_threshold)
         loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
-                              num_workers=args.num_workers, rank=rank, world_size=world, dali=args.dali,
+                              num_workers=args.num_workers, rank=rank, world_size=world, backend=args.data_backend,
                               device=device, channels_last=use_channels_last(device) and not deployed,
                               data_format=args.data_format, ann_file=args.ann, image_dir=args.images,
                               max_pixels=args.max_pixels, allow_outside_paths=args.allow_outside_paths)

@@ -30,6 +30,7 @@ from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_t
                                 save_checkpoint, training_state)
 from ssdfast.data import build_loader
 from ssdfast.data.image_files import add_image_limit_args
+from ssdfast.data.loader import BACKENDS
 from ssdfast.engine import EpochProgress, NonFiniteLossError, evaluate, lr_at, train_one_epoch
 from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
@@ -71,7 +72,9 @@ def get_args(argv=None):
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
-    p.add_argument("--dali", action="store_true", help="NVIDIA DALI data loading (GPU decoding on CUDA, CPU otherwise)")
+    p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
+                   "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
+    p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument("--eval-every", type=int, default=1, help="COCO evaluation every N epochs (0: never)")
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on at most this many val batches (quick checks)")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="stop each epoch after this many iterations (smoke tests)")
@@ -145,14 +148,15 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
             print(f"removed {tmp.name}: a checkpoint write that was interrupted")
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                                max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
-                                data_format=args.data_format, ann_file=args.train_ann, image_dir=args.train_images,
-                                max_pixels=args.max_pixels, allow_outside_paths=args.allow_outside_paths)
+                                max_boxes=args.max_boxes, backend=args.data_backend, device=device,
+                                channels_last=channels_last, data_format=args.data_format, ann_file=args.train_ann,
+                                image_dir=args.train_images, max_pixels=args.max_pixels,
+                                allow_outside_paths=args.allow_outside_paths)
     val_loader = build_loader(args.data_path, "val", train=False, batch_size=args.batch_size,
                               num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                              max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last,
-                              data_format=args.data_format, ann_file=args.val_ann, image_dir=args.val_images,
-                              max_pixels=args.max_pixels,
+                              max_boxes=args.max_boxes, backend=args.data_backend, device=device,
+                              channels_last=channels_last, data_format=args.data_format, ann_file=args.val_ann,
+                              image_dir=args.val_images, max_pixels=args.max_pixels,
                               allow_outside_paths=args.allow_outside_paths) if args.eval_every > 0 else None
     num_classes = len(train_loader.info.category_ids)
     model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
@@ -198,7 +202,7 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
         print(f"ssd: {args.model}, {num_classes} classes, {train_loader.info.num_images} train images, world {world}, "
               f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
               f"cudnn.benchmark {cudnn_benchmark}, "
-              f"{'DALI' if args.dali else 'PyTorch'} data, lr {base_lr:.2e}")
+              f"{args.data_backend} data, lr {base_lr:.2e}")
 
     def log(record: dict) -> None:
         if is_main:

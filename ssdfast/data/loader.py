@@ -23,6 +23,9 @@ from .formats import resolve_source
 from .image_files import DEFAULT_MAX_PIXELS
 
 
+BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (README: which to pick)
+
+
 class ShardSampler(Sampler):
     """Evaluation sharding without padding: rank r takes indices r, r + world, ... so the ranks
     together cover every image exactly once (DistributedSampler would repeat some to even out)."""
@@ -124,20 +127,23 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                  rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
                  dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
                  fp16: bool = False, data_format: str | None = None, ann_file: str | Path | None = None,
-                 image_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 image_dir: str | Path | None = None, backend: str = "pytorch", max_pixels: int = DEFAULT_MAX_PIXELS,
                  allow_outside_paths: bool = False) -> Loader:
-    """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size): the PyTorch path or
-    (dali=True) the DALI path, both with the same `info` (DatasetInfo). The dataset: data_path in the
-    COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO ann_file and
-    image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too.
+    """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
+    `backend` (BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
+    data_path in the COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO
+    ann_file and image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too.
     max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
+    backend = "dali" if dali else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # Both paths start from the same checked dataset: one validation, one count, one error for "nothing usable".
+    # Every path starts from the same checked dataset: one validation, one count, one error for "nothing usable".
     source = resolve_source(data_path, split, data_format, ann_file, image_dir)
     dataset = CocoDetection(split=split, train=train, seed=seed, source=source, max_pixels=max_pixels,
                             allow_outside_paths=allow_outside_paths)
-    if dali:
+    if backend == "dali":
         from .dali import DaliLoader
 
         dataset.drop_images_with_bad_headers()  # DALI decodes whatever it is given, and fails on it
@@ -148,7 +154,25 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                             num_threads=max(num_workers, 1), fp16=fp16, channels_last=channels_last)
         loader.info = DatasetInfo.of(dataset)
         return loader
+    sampler, drop_last = epoch_sampler(dataset, split, train, batch_size, rank, world_size, seed)
+    if num_workers > 0:
+        end_workers_at_exit()  # they ignore SIGTERM: see there
+    if backend == "gpu":
+        from .gpu_pipeline import gpu_loader
 
+        return gpu_loader(dataset, sampler, drop_last, batch_size=batch_size, num_workers=num_workers,
+                          device=pick_device(str(device)), max_boxes=max_boxes, fp16=fp16)
+    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                             num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
+                             drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
+                             persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals_in_workers)
+    return TorchLoader(dataset, data_loader)
+
+
+def epoch_sampler(dataset: CocoDetection, split: str, train: bool, batch_size: int, rank: int, world_size: int,
+                  seed: int) -> tuple[EpochKeyedSampler, bool]:
+    """The sampler of both the PyTorch and the GPU path (training: shuffled, sharded, whole batches;
+    evaluation: every image once over the ranks), and whether the DataLoader drops the last batch."""
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                      drop_last=True)
@@ -158,10 +182,4 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                           "using one smaller batch per epoch")
     else:
         sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
-    if num_workers > 0:
-        end_workers_at_exit()  # they ignore SIGTERM: see there
-    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochKeyedSampler(sampler),
-                             num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
-                             drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
-                             persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals_in_workers)
-    return TorchLoader(dataset, data_loader)
+    return EpochKeyedSampler(sampler), drop_last

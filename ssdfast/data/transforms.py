@@ -67,10 +67,9 @@ def valid_crops_loop(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_i
     return out
 
 
-def apply_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: np.ndarray):
-    """Cut `crop` (normalised xyxy) out of the image; keep the boxes whose centre is inside, clipped to
-    the window and re-normalised to it."""
-    height, width = image.shape[:2]
+def crop_boxes(boxes: np.ndarray, labels: np.ndarray, crop: np.ndarray):
+    """The boxes [n, 4] whose centre is inside `crop` (normalised xyxy), clipped to the window and
+    re-normalised to it, and their labels."""
     left, top, right, bottom = crop
     w, h = right - left, bottom - top
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
@@ -78,31 +77,55 @@ def apply_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: n
     kept = np.clip(boxes[inside], crop[[0, 1, 0, 1]], crop[[2, 3, 2, 3]])
     kept = (kept - crop[[0, 1, 0, 1]]) / np.array([w, h, w, h], dtype=np.float32)
     kept = np.clip(kept, 0.0, 1.0)  # rounding can land a clipped edge at 1.0000001
+    return kept.astype(np.float32), labels[inside]
+
+
+def crop_pixels(crop: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """The pixel window (x0, y0, x1, y1) of `crop` (normalised xyxy) in a height x width image, never empty.
+    Both data paths cut through here: the GPU path's pixels match only if the rounding is the same."""
+    left, top, right, bottom = crop
     x0, y0 = int(left * width), int(top * height)
-    x1, y1 = max(int(right * width), x0 + 1), max(int(bottom * height), y0 + 1)
-    return image[y0:y1, x0:x1], kept.astype(np.float32), labels[inside]
+    return x0, y0, max(int(right * width), x0 + 1), max(int(bottom * height), y0 + 1)
 
 
-def random_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
-    """SSD random crop: draw an option (none, min IoU 0.1/0.3/0.5/0.7/0.9, any), then CROP_TRIALS windows
-    at once; the first window valid_crops accepts is cut (apply_crop); none: draw a new option."""
+def apply_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop: np.ndarray):
+    """Cut `crop` (normalised xyxy) out of the image (crop_pixels) and the boxes (crop_boxes)."""
+    x0, y0, x1, y1 = crop_pixels(crop, *image.shape[:2])
+    return (image[y0:y1, x0:x1], *crop_boxes(boxes, labels, crop))
+
+
+def choose_crop(boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """SSD random crop's window (normalised xyxy [4]), or None to keep the whole image: draw an option
+    (none, min IoU 0.1/0.3/0.5/0.7/0.9, any), then CROP_TRIALS windows at once; the first window
+    valid_crops accepts wins; none: draw a new option. Needs only the boxes (the GPU path's workers)."""
     while True:
         option = CROP_OPTIONS[rng.integers(len(CROP_OPTIONS))]
         if option is None or len(boxes) == 0:
-            return image, boxes, labels
+            return None
         min_iou = -np.inf if option[0] is None else option[0]
         max_iou = np.inf if option[1] is None else option[1]
         crops = draw_crops(rng)
         valid = valid_crops(crops, boxes, min_iou, max_iou)
         if valid.any():
-            return apply_crop(image, boxes, labels, crops[np.argmax(valid)])
+            return crops[np.argmax(valid)]
+
+
+def random_crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+    """SSD random crop: the window of choose_crop cut out of image and boxes (apply_crop)."""
+    crop = choose_crop(boxes, rng)
+    return (image, boxes, labels) if crop is None else apply_crop(image, boxes, labels, crop)
+
+
+def flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Boxes [n, 4] (normalised xyxy) of the left-right mirrored image."""
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = 1.0 - boxes[:, 2], 1.0 - boxes[:, 0]
+    return flipped
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror the image left-right and the boxes with it."""
-    flipped = boxes.copy()
-    flipped[:, 0], flipped[:, 2] = 1.0 - boxes[:, 2], 1.0 - boxes[:, 0]
-    return image[:, ::-1], flipped
+    return image[:, ::-1], flip_boxes(boxes)
 
 
 def jitter_factors(rng: np.random.Generator, brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05):
