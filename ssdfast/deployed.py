@@ -1,6 +1,7 @@
 """Run an exported detector like a checkpoint: ``.onnx`` through ONNX Runtime, ``.pt2`` through
 torch.export.load. Normalised images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py
 and tools/detect.py measure and use exactly the file that is shipped (chosen by the weights' suffix).
+A .pt2 is loaded only if it cannot run code (``ssdfast.pt2_guard``).
 
 A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
 applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
@@ -18,6 +19,7 @@ from torch import Tensor
 from .checkpoint import CheckpointError
 from .export import ONNX_METADATA, PT2_METADATA
 from .postprocess import Detections, select
+from .pt2_guard import load_pt2
 
 SUFFIXES = (".onnx", ".pt2")
 
@@ -53,15 +55,10 @@ def _pt2_program(path: Path, device: torch.device):
     if ops.LOAD_ERROR is not None:
         raise CheckpointError(f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C "
                               f"({ops.LOAD_ERROR})")
-    extra = {PT2_METADATA: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as error:
-        raise CheckpointError(f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)") from error
+    program, text = load_pt2(path, PT2_METADATA)  # refuses a file that could run code (pt2_guard)
     if device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
-    return program.module(), extra[PT2_METADATA] or None
+    return program.module(), text
 
 
 class Deployed:
