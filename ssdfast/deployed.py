@@ -10,14 +10,14 @@ post-processing after the graph (``ssdfast.postprocess.select``) takes any thres
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .export import ONNX_METADATA, PT2_METADATA
+from .export_metadata import PT2_METADATA, validate
+from .onnx_digest import verified_metadata
 from .postprocess import Detections, select
 from .pt2_guard import load_pt2
 
@@ -31,9 +31,10 @@ def is_deployed(path: str | Path) -> bool:
 
 def _onnx_session(path: Path, device: torch.device):
     try:
+        import onnx  # noqa: F401  (ssdfast.onnx_digest checks the file with it)
         import onnxruntime as ort
     except ImportError as error:
-        raise CheckpointError(f"{path} is an ONNX model: running it needs onnxruntime "
+        raise CheckpointError(f"{path} is an ONNX model: running it needs onnx and onnxruntime "
                               "(pip install -e .[export])") from error
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -41,12 +42,14 @@ def _onnx_session(path: Path, device: torch.device):
             raise CheckpointError(f"{path}: this onnxruntime has no CUDA execution provider (install "
                                   "onnxruntime-gpu, or run with --device cpu)")
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    data = path.read_bytes()  # read once: the bytes checked are the bytes run
+    text = verified_metadata(path, data)
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(data, providers=providers)
     except Exception as error:
         raise CheckpointError(f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} "
                               "(truncated or corrupted file?)") from error
-    return session, session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA)
+    return session, text
 
 
 def _pt2_program(path: Path, device: torch.device):
@@ -77,9 +80,7 @@ class Deployed:
             self.session, text = _onnx_session(self.path, self.device)
         else:
             self.program, text = _pt2_program(self.path, self.device)
-        if not text:
-            raise CheckpointError(f"{self.path} carries no ssdfast metadata: export it with tools/export.py")
-        self.meta = json.loads(text)
+        self.meta = validate(self.path, text)
         self.score_threshold = self.meta["score_threshold"] if score_threshold is None else score_threshold
         self.nms_threshold = self.meta["nms_threshold"] if nms_threshold is None else nms_threshold
         if self.meta["with_nms"] and self.nms_threshold != self.meta["nms_threshold"]:
