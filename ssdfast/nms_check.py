@@ -8,8 +8,8 @@ scores (ties free) if and only if
   1. each detection is a candidate: label, score and box within `tol` of one anchor's, no anchor twice;
   2. each is above the score threshold and among its class's top-k scores (ties with the k-th allowed);
   3. no two kept boxes of one class overlap with IoU > the NMS threshold;
-  4. each candidate that must be there (above the threshold, the k-th score of its class and, when
-     max_det rows are full, the weakest kept score) is kept or covered: a kept box of its class with
+  4. each candidate that must be there (above the threshold and, when max_det rows are full, the
+     weakest kept score; among the top k whatever the order of ties) is kept or covered: a kept box of its class with
      a score at least as high (within `tol`) overlaps it with IoU > the threshold.
 (Sufficiency: order tied candidates kept ones first; greedy NMS then keeps exactly these.) Slack:
 scores within `tol`, IoU within `iou_slack` of the threshold count either way.
@@ -36,6 +36,8 @@ def nms_problem(boxes: Tensor, scores: Tensor, det_boxes: Tensor, det_scores: Te
                 score_threshold: float, nms_threshold: float, topk_per_class: int, max_det: int,
                 tol: float = 1e-4, iou_slack: float = 1e-3) -> str | None:
     """The first violated condition (module docstring) for one image's K real detections, or None."""
+    if len(det_scores) > max_det:
+        return f"{len(det_scores)} detections, more than max_det {max_det}"
     anchors = match_candidates(boxes, scores, det_boxes, det_scores, det_labels, tol)
     if (anchors < 0).any():
         j = int((anchors < 0).nonzero()[0])
@@ -56,16 +58,17 @@ def nms_problem(boxes: Tensor, scores: Tensor, det_boxes: Tensor, det_scores: Te
 def _class_problem(boxes: Tensor, scores: Tensor, kept: Tensor, label: int, weakest: float, score_threshold: float,
                    nms_threshold: float, topk_per_class: int, tol: float, iou_slack: float) -> str | None:
     """Conditions 2-4 for one class: scores [A] of the class, kept [N] anchor indices kept for it."""
-    kth = float(scores.topk(min(topk_per_class, len(scores))).values[-1])
+    ascending, k, n = scores.sort().values, min(topk_per_class, len(scores)), len(scores)
     if len(kept) and float(scores[kept].min()) <= score_threshold - tol:
         return f"a label {label} detection scores at or below the score threshold {score_threshold}"
-    if len(kept) and float(scores[kept].min()) < kth - tol:
+    if len(kept) and bool((n - torch.searchsorted(ascending, scores[kept] + tol, right=True) >= k).any()):  # k others above
         return f"a label {label} detection is not among its class's top {topk_per_class} scores"
     overlap = box_iou(boxes[kept], boxes[kept]).fill_diagonal_(0.0)
     if (overlap > nms_threshold + iou_slack).any():
         return f"two label {label} detections overlap with IoU {float(overlap.max()):.4f} > {nms_threshold}: NMS keeps one"
-    floor = max(score_threshold, kth, weakest) + tol
-    must = (scores > floor).nonzero()[:, 0]
+    # Must be there: above the thresholds, and in the top k whatever the order of ties.
+    surely_top_k = n - torch.searchsorted(ascending, scores - tol) <= k  # at most k scores >= its own - tol
+    must = ((scores > max(score_threshold, weakest) + tol) & surely_top_k).nonzero()[:, 0]
     must = must[~torch.isin(must, kept)]
     if len(must) == 0:
         return None
