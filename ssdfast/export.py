@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from . import onnx_digest, ops, reference
-from .export_metadata import FORMATS, ONNX_METADATA, PT2_METADATA, describe, output_names  # noqa: F401 (FORMATS: tools)
-from .onnx_nms import _onnx_translation, postprocess_onnx
 from .anchors import SSD_DEFAULTS
+from .export_metadata import ONNX_METADATA, PT2_METADATA, describe, output_names
 from .nms_check import match_candidates, nms_problem
+from .onnx_nms import _onnx_translation, postprocess_onnx
 from .postprocess import Detections, decode_scores, postprocess, select
 
 ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
@@ -164,8 +164,9 @@ def _image_problem(boxes: Tensor, scores: Tensor, got: Detections, theirs: Detec
     m = int(theirs.counts[i])
     pytorch = match_candidates(boxes, scores, theirs.boxes[i, :m], theirs.scores[i, :m], theirs.labels[i, :m], 0.0)
     out["detections"] += n
-    key = lambda anchor, label: anchor * scores.shape[1] + label  # noqa: E731  (one number per candidate)
-    out["tie_choices"] += int((~torch.isin(key(anchors, mine[2]), key(pytorch, theirs.labels[i, :m].cpu()))).sum())
+    classes = scores.shape[1]  # one number per candidate: anchor * classes + label
+    chosen = torch.isin(anchors * classes + mine[2], pytorch * classes + theirs.labels[i, :m].cpu())
+    out["tie_choices"] += int((~chosen).sum())
     out["max_box_diff"] = max(out["max_box_diff"], float((boxes[anchors] - mine[0]).abs().max()))
     out["max_score_diff"] = max(out["max_score_diff"], float((scores[anchors, mine[2] - 1] - mine[1]).abs().max()))
     return None

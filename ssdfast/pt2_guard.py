@@ -69,14 +69,13 @@ def _check_archive(path: Path, data: bytes) -> None:
     if broken is not None:
         raise CheckpointError(f"cannot read the torch.export program {path}: entry {broken} is corrupted")
     entries = _entries_under_one_root(path, archive.namelist())
-    read = lambda name: archive.read(entries[name])  # noqa: E731
     for config in _PAYLOAD_CONFIGS:
-        _check_raw_payloads(path, config, read(config) if config in entries else b'{"config": {}}')
+        _check_raw_payloads(path, config, archive.read(entries[config]) if config in entries else b'{"config": {}}')
     if "data/sample_inputs/model.pt" in entries:
-        _check_weights_only(path, "data/sample_inputs/model.pt", read("data/sample_inputs/model.pt"))
+        _check_weights_only(path, "data/sample_inputs/model.pt", archive.read(entries["data/sample_inputs/model.pt"]))
     if "models/model.json" not in entries:
         raise CheckpointError(f"cannot read the torch.export program {path}: it holds no models/model.json")
-    _check_graph_targets(path, json.loads(read("models/model.json")))
+    _check_graph_targets(path, json.loads(archive.read(entries["models/model.json"])))
 
 
 def _entries_under_one_root(path: Path, names: list[str]) -> dict[str, str]:

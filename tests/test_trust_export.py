@@ -10,20 +10,17 @@ import io
 import json
 import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from test_tools import tool
 
-from ssdfast.checkpoint import CheckpointError
 from ssdfast.deployed import Deployed
 from ssdfast.export import check_against_pytorch, export
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
-
-from test_tools import tool
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -104,7 +101,7 @@ def test_a_crafted_pt2_is_refused_and_runs_nothing(tied, tmp_path, how):
 def test_the_tools_refuse_a_crafted_pt2(tied, synthetic_coco, tmp_path, name):
     marker = tmp_path / "MARKER"
     bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", "sample_inputs", marker)
-    image = sorted((synthetic_coco / "val2017").glob("*.jpg"))[0]
+    image = min((synthetic_coco / "val2017").glob("*.jpg"))
     args = {"eval": ["--data-path", synthetic_coco, "--num-workers", 0, "--output", tmp_path / "d.json"],
             "detect": ["--input", image, "--output", tmp_path / "o.jpg"]}[name]
     run = tool(name, "--weights", bad, *args, check=False)

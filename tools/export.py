@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
-from ssdfast.export import FORMATS, check_against_pytorch, export
+from ssdfast.export import check_against_pytorch, export
+from ssdfast.export_metadata import FORMATS
 from ssdfast.inference import load_detector
 from ssdfast.outputs import writable_file
 
