@@ -1,6 +1,7 @@
 """Run an exported detector like a checkpoint: ``.onnx`` through ONNX Runtime, ``.pt2`` through
 torch.export.load. Normalised images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py
 and tools/detect.py measure and use exactly the file that is shipped (chosen by the weights' suffix).
+A .pt2 is loaded only if it cannot run code (``ssdfast.pt2_guard``).
 
 A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
 applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
@@ -9,15 +10,16 @@ post-processing after the graph (``ssdfast.postprocess.select``) takes any thres
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .export import ONNX_METADATA, PT2_METADATA
+from .export_metadata import PT2_METADATA, validate
+from .onnx_digest import verified_metadata
 from .postprocess import Detections, select
+from .pt2_guard import load_pt2
 
 SUFFIXES = (".onnx", ".pt2")
 
@@ -29,9 +31,10 @@ def is_deployed(path: str | Path) -> bool:
 
 def _onnx_session(path: Path, device: torch.device):
     try:
+        import onnx  # noqa: F401  (ssdfast.onnx_digest checks the file with it)
         import onnxruntime as ort
     except ImportError as error:
-        raise CheckpointError(f"{path} is an ONNX model: running it needs onnxruntime "
+        raise CheckpointError(f"{path} is an ONNX model: running it needs onnx and onnxruntime "
                               "(pip install -e .[export])") from error
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -39,12 +42,14 @@ def _onnx_session(path: Path, device: torch.device):
             raise CheckpointError(f"{path}: this onnxruntime has no CUDA execution provider (install "
                                   "onnxruntime-gpu, or run with --device cpu)")
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    data = path.read_bytes()  # read once: the bytes checked are the bytes run
+    text = verified_metadata(path, data)
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(data, providers=providers)
     except Exception as error:
         raise CheckpointError(f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} "
                               "(truncated or corrupted file?)") from error
-    return session, session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA)
+    return session, text
 
 
 def _pt2_program(path: Path, device: torch.device):
@@ -53,15 +58,10 @@ def _pt2_program(path: Path, device: torch.device):
     if ops.LOAD_ERROR is not None:
         raise CheckpointError(f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C "
                               f"({ops.LOAD_ERROR})")
-    extra = {PT2_METADATA: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as error:
-        raise CheckpointError(f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)") from error
+    program, text = load_pt2(path, PT2_METADATA)  # refuses a file that could run code (pt2_guard)
     if device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
-    return program.module(), extra[PT2_METADATA] or None
+    return program.module(), text
 
 
 class Deployed:
@@ -80,9 +80,7 @@ class Deployed:
             self.session, text = _onnx_session(self.path, self.device)
         else:
             self.program, text = _pt2_program(self.path, self.device)
-        if not text:
-            raise CheckpointError(f"{self.path} carries no ssdfast metadata: export it with tools/export.py")
-        self.meta = json.loads(text)
+        self.meta = validate(self.path, text)
         self.score_threshold = self.meta["score_threshold"] if score_threshold is None else score_threshold
         self.nms_threshold = self.meta["nms_threshold"] if nms_threshold is None else nms_threshold
         if self.meta["with_nms"] and self.nms_threshold != self.meta["nms_threshold"]:

@@ -8,7 +8,8 @@ normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet me
                dropped): the input of an NMS stage of one's own (e.g. TensorRT's EfficientNMS).
 ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.onnx_nms``); the ``.pt2`` holds the
 ssdfast ops themselves (their fake kernels trace them), so loading it needs the extension ssdfast._C.
-The artifact carries its metadata (``read_metadata`` in ssdfast.deployed): model, categories, thresholds.
+The artifact carries its metadata (``ssdfast.export_metadata``): model, categories, thresholds; an
+.onnx also its content hash (``ssdfast.onnx_digest``).
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import onnx_digest, ops, reference
+from .anchors import SSD_DEFAULTS
+from .export_metadata import ONNX_METADATA, PT2_METADATA, describe, output_names
+from .nms_check import match_candidates, nms_problem
 from .onnx_nms import _onnx_translation, postprocess_onnx
-from .postprocess import Detections, postprocess
+from .postprocess import Detections, decode_scores, postprocess, select
 
-FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
-PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
-ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
 ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
 
@@ -50,10 +51,6 @@ class ExportedDetector(nn.Module):
         return tuple(post(locs, confs, anchors, self.score_threshold, self.nms_threshold, max_det=self.max_det))
 
 
-def output_names(with_nms: bool) -> list[str]:
-    return ["boxes", "scores", "labels", "counts"] if with_nms else ["boxes", "scores"]
-
-
 def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: int | None, with_nms: bool,
            score_threshold: float, nms_threshold: float, max_det: int) -> dict:
     """Write `model` (eval mode, CPU) with its post-processing to `path` as `fmt` ('onnx' or 'torch-export');
@@ -63,12 +60,8 @@ def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: i
     # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
     example = torch.randn(batch or 2, 3, 300, 300)
     dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
-    info = {"format": fmt, "model_name": meta["model_name"], "num_classes": meta["num_classes"],
-            "category_names": meta["category_names"], "category_ids": meta.get("category_ids"),
-            "with_nms": with_nms, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
-            "max_det": max_det, "batch": batch or "dynamic", "outputs": output_names(with_nms),
-            "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
-                     "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"}
+    info = describe(meta, fmt, batch=batch, with_nms=with_nms, score_threshold=score_threshold,
+                    nms_threshold=nms_threshold, max_det=max_det)
     with torch.no_grad():
         if fmt == "onnx":
             program = torch.onnx.export(detector, (example,), dynamo=True, opset_version=ONNX_OPSET, external_data=False,
@@ -76,6 +69,7 @@ def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: i
                                         output_names=output_names(with_nms), dynamic_shapes=dynamic, verbose=False)
             program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
             program.save(str(path))
+            onnx_digest.stamp(Path(path))
         else:
             program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
             torch.export.save(program, str(path), extra_files={PT2_METADATA: json.dumps(info)})
@@ -118,22 +112,61 @@ def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4
     return out
 
 
-def check_against_pytorch(path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0) -> dict:
-    """Run the exported file (ssdfast.deployed) and the PyTorch model + ssdfast.postprocess on the same
-    inputs (random images, `batches` sizes) -> compare_detections's summary over all of them."""
+def check_against_pytorch(path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0,
+                          tol: float = 1e-4) -> dict:
+    """Run the exported file (ssdfast.deployed) and the PyTorch model on the same random images (`batches`
+    sizes). The file passes when, on every image, its detections are a correct post-processing of
+    PyTorch's decoded boxes and scores for some order of tied scores (ssdfast.nms_check: a young model's
+    exact ties may be broken otherwise), and a file without NMS outputs PyTorch's boxes and scores
+    within `tol`. -> {"ok", "problem" (the first, or None), "images", "detections", "tie_choices"
+    (detections PyTorch itself does not keep), "max_box_diff", "max_score_diff", "batches", "seconds"}."""
     from .deployed import Deployed  # deployed imports this module's constants
 
-    deployed = Deployed(path)
-    generator = torch.Generator().manual_seed(seed)
-    expected, got, took = [], [], 0.0
+    deployed, generator = Deployed(path), torch.Generator().manual_seed(seed)
+    out = {"ok": True, "problem": None, "images": 0, "detections": 0, "tie_choices": 0, "max_box_diff": 0.0,
+           "max_score_diff": 0.0, "batches": batches, "seconds": 0.0}
     for size in batches:
         images = torch.randn(size, 3, 300, 300, generator=generator)
         with torch.no_grad():
-            locs, confs = model(images)
-        expected.append(postprocess(locs, confs, model.anchors, info["score_threshold"], info["nms_threshold"],
-                                    max_det=info["max_det"]))
+            boxes, scores = decode_scores(*model(images), model.anchors)
         start = time.perf_counter()
-        got.append(deployed(images))
-        took += time.perf_counter() - start
-    joined = [Detections(*map(torch.cat, zip(*parts))) for parts in (expected, got)]
-    return {**compare_detections(*joined), "batches": batches, "seconds": took}
+        got = deployed(images)
+        out["seconds"] += time.perf_counter() - start
+        theirs = select(boxes, scores, info["score_threshold"], info["nms_threshold"], max_det=info["max_det"])
+        problem = None if info["with_nms"] else _raw_problem(deployed.raw(images), boxes, scores, tol)
+        for i in range(size):
+            problem = problem or _image_problem(boxes[i], scores[i], got, theirs, i, info, tol, out)
+            if problem:
+                return {**out, "ok": False, "problem": f"image {out['images'] + i}: {problem}"}
+        out["images"] += size
+    return out
+
+
+def _raw_problem(raw: list[Tensor], boxes: Tensor, scores: Tensor, tol: float) -> str | None:
+    """A file without NMS: its decoded boxes and class scores against PyTorch's."""
+    diffs = [float((got.cpu() - want).abs().max()) for got, want in zip(raw, (boxes, scores))]
+    if max(diffs) > tol:
+        return f"the boxes differ from PyTorch's by {diffs[0]:.2e}, the scores by {diffs[1]:.2e} (more than {tol})"
+    return None
+
+
+def _image_problem(boxes: Tensor, scores: Tensor, got: Detections, theirs: Detections, i: int, info: dict,
+                   tol: float, out: dict) -> str | None:
+    """Image i: the file's detections `got` checked against PyTorch's boxes [A, 4] and scores [A, C]
+    (nms_check); adds its counts and differences to `out`."""
+    n = int(got.counts[i])
+    mine = got.boxes[i, :n].float().cpu(), got.scores[i, :n].float().cpu(), got.labels[i, :n].cpu()
+    problem = nms_problem(boxes, scores, *mine, score_threshold=info["score_threshold"], nms_threshold=info["nms_threshold"],
+                          topk_per_class=SSD_DEFAULTS.topk_per_class, max_det=info["max_det"], tol=tol)
+    if problem or n == 0:
+        return problem
+    anchors = match_candidates(boxes, scores, *mine, tol)
+    m = int(theirs.counts[i])
+    pytorch = match_candidates(boxes, scores, theirs.boxes[i, :m], theirs.scores[i, :m], theirs.labels[i, :m], 0.0)
+    out["detections"] += n
+    classes = scores.shape[1]  # one number per candidate: anchor * classes + label
+    chosen = torch.isin(anchors * classes + mine[2], pytorch * classes + theirs.labels[i, :m].cpu())
+    out["tie_choices"] += int((~chosen).sum())
+    out["max_box_diff"] = max(out["max_box_diff"], float((boxes[anchors] - mine[0]).abs().max()))
+    out["max_score_diff"] = max(out["max_score_diff"], float((scores[anchors, mine[2] - 1] - mine[1]).abs().max()))
+    return None

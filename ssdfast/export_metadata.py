@@ -1,0 +1,84 @@
+"""What an exported file says about itself: written by ``ssdfast.export``, checked by ``ssdfast.deployed``.
+
+The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the ``.onnx`` metadata_props
+key ``ssdfast``). Loading validates every key that is used (type and range), so an edited or foreign
+file fails with one ExportMetadataError naming the key, not a KeyError deep inside a tool.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
+ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+class ExportMetadataError(CheckpointError):
+    """An exported file whose ssdfast metadata is missing or invalid."""
+
+
+def output_names(with_nms: bool) -> list[str]:
+    return ["boxes", "scores", "labels", "counts"] if with_nms else ["boxes", "scores"]
+
+
+def describe(meta: dict, fmt: str, *, batch: int | None, with_nms: bool, score_threshold: float,
+             nms_threshold: float, max_det: int) -> dict:
+    """The metadata stored in a file exported as `fmt` from a model with checkpoint metadata `meta`."""
+    return {"format": fmt, "model_name": meta["model_name"], "num_classes": meta["num_classes"],
+            "category_names": meta["category_names"], "category_ids": meta.get("category_ids"),
+            "with_nms": with_nms, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
+            "max_det": max_det, "batch": batch or "dynamic", "outputs": output_names(with_nms),
+            "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
+                     "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"}
+
+
+def _is_int(value, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _problems(info: dict, suffix: str):
+    """(key, what it must be) for each invalid key of `info`, in a fixed order."""
+    n, score, iou = info.get("num_classes"), info.get("score_threshold"), info.get("nms_threshold")
+    checks = {
+        "format": (info.get("format") in FORMATS and FORMATS[info.get("format")] == suffix, f"the format of a {suffix} file"),
+        "model_name": (isinstance(info.get("model_name"), str) and info.get("model_name") != "", "a non-empty string"),
+        "num_classes": (_is_int(n), "an integer >= 1"),
+        "category_names": (isinstance(info.get("category_names"), list) and len(info["category_names"]) == n
+                           and all(isinstance(x, str) for x in info["category_names"]), "num_classes strings"),
+        "category_ids": (info.get("category_ids") is None or (isinstance(info["category_ids"], list) and len(info["category_ids"]) == n
+                         and all(_is_int(x, 0) for x in info["category_ids"])), "null or num_classes integers >= 0"),
+        "with_nms": (isinstance(info.get("with_nms"), bool), "true or false"),
+        "score_threshold": (_number(score) and 0.0 <= score < 1.0, "a number in [0, 1)"),
+        "nms_threshold": (_number(iou) and 0.0 < iou <= 1.0, "a number in (0, 1]"),
+        "max_det": (_is_int(info.get("max_det")), "an integer >= 1"),
+        "batch": (info.get("batch") == "dynamic" or _is_int(info.get("batch")), "'dynamic' or an integer >= 1"),
+        "outputs": (info.get("outputs") == output_names(info.get("with_nms") is True), "the outputs with_nms implies"),
+    }
+    return [(key, must) for key, (ok, must) in checks.items() if not ok]
+
+
+def validate(path: Path, text: str | None) -> dict:
+    """The metadata of the exported file `path` from its JSON `text` (None: absent), checked."""
+    if not text:
+        raise ExportMetadataError(f"{path} carries no ssdfast metadata: export it with tools/export.py")
+    try:
+        info = json.loads(text)
+    except ValueError as error:
+        raise ExportMetadataError(f"{path}: its ssdfast metadata is not valid JSON ({error})") from error
+    if not isinstance(info, dict):
+        raise ExportMetadataError(f"{path}: its ssdfast metadata is a {type(info).__name__}, not a JSON object")
+    problems = _problems(info, path.suffix.lower())
+    if problems:
+        key, must = problems[0]
+        found = repr(info[key])[:60] if key in info else "missing"
+        raise ExportMetadataError(f"{path}: its ssdfast metadata key {key!r} must be {must} (found: {found}); "
+                                  "export it again with tools/export.py")
+    return info

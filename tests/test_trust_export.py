@@ -1,0 +1,259 @@
+"""Exported files a user hands us (issue 24, items 1, 9, 10): a crafted .pt2 runs no code, a corrupted or
+edited .onnx is refused with a named error, and the export self-check tells tie-breaking from real
+differences.
+
+One small model serves all: SSDLite whose class heads output constants (weights 0, random biases), so
+every location of a feature map gets exactly the same scores: the exact ties of a young model, on which
+ONNX Runtime and PyTorch keep different boxes.
+"""
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from test_tools import tool
+
+from ssdfast.deployed import Deployed
+from ssdfast.export import check_against_pytorch, export
+from ssdfast.models import build_model
+from ssdfast.postprocess import postprocess
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+META = {"model_name": "ssdlite300_mobilenetv2", "num_classes": 3, "category_names": ["a", "b", "c"],
+        "category_ids": [1, 2, 3]}
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """(folder with m.onnx and m.pt2, the model, the metadata) for the tied-score SSDLite."""
+    folder = tmp_path_factory.mktemp("tied")
+    torch.manual_seed(0)
+    model = build_model("ssdlite", num_classes=3).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for head in model.conf:
+            head[-1].weight.zero_()
+            head[-1].bias.copy_(torch.randn(head[-1].bias.shape, generator=generator))
+    for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2")):
+        info = export(model, META, fmt, folder / f"m{suffix}", batch=None, with_nms=True, score_threshold=0.05,
+                      nms_threshold=0.45, max_det=200)
+    return folder, model, info
+
+
+class Marker:
+    """Unpickling it creates the file `path`: what a crafted model file would do (or worse)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def rewrite_zip(src: Path, dst: Path, change) -> None:
+    """Copy the zip `src` to `dst` with each entry's bytes replaced by change(name inside the root, bytes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, change(name.split("/", 1)[1], zin.read(name)))
+
+
+def crafted_pt2(genuine: Path, dst: Path, how: str, marker: Path) -> Path:
+    payload = pickle.dumps(Marker(marker), protocol=2)
+    with zipfile.ZipFile(genuine) as archive:
+        root = archive.namelist()[0].split("/")[0]
+        config = json.loads(archive.read(f"{root}/data/weights/model_weights_config.json"))
+    first = next(iter(config["config"].values()))
+
+    def change(name, data):
+        if how == "sample_inputs" and name == "data/sample_inputs/model.pt":
+            return payload  # torch.export.load: weights_only=True fails, then falls back to a full pickle
+        if how == "pickled_weight" and name == "data/weights/model_weights_config.json":
+            first["use_pickle"] = True  # torch.export.load: torch.load(weights_only=False) on the weight
+            return json.dumps(config).encode()
+        if how == "pickled_weight" and name == f"data/weights/{first['path_name']}":
+            return payload
+        if how == "file_op" and name == "models/model.json":
+            return data.replace(b'"torch.ops.aten.softmax.int"', b'"torch.ops.aten.from_file.default"')
+        return data
+
+    rewrite_zip(genuine, dst, change)
+    return dst
+
+
+@pytest.mark.parametrize("how", ["sample_inputs", "pickled_weight", "file_op"])
+def test_a_crafted_pt2_is_refused_and_runs_nothing(tied, tmp_path, how):
+    from ssdfast.pt2_guard import UnsafePT2Error
+
+    marker = tmp_path / "MARKER"
+    bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", how, marker)
+    with pytest.raises(UnsafePT2Error, match="is refused"):
+        Deployed(bad)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["eval", "detect"])
+def test_the_tools_refuse_a_crafted_pt2(tied, synthetic_coco, tmp_path, name):
+    marker = tmp_path / "MARKER"
+    bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", "sample_inputs", marker)
+    image = min((synthetic_coco / "val2017").glob("*.jpg"))
+    args = {"eval": ["--data-path", synthetic_coco, "--num-workers", 0, "--output", tmp_path / "d.json"],
+            "detect": ["--input", image, "--output", tmp_path / "o.jpg"]}[name]
+    run = tool(name, "--weights", bad, *args, check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1 and "is refused" in errors[0], run.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / "o.jpg").exists() and not (tmp_path / "d.json").exists()
+
+
+def test_a_genuine_pt2_detects_as_the_unguarded_torch_export_load(tied):
+    images = torch.randn(3, 3, 300, 300, generator=torch.Generator().manual_seed(2))
+    expected = torch.export.load(str(tied[0] / "m.pt2")).module()(images)  # the oracle: torch's own loader
+    got = Deployed(tied[0] / "m.pt2")(images)
+    assert int(got.counts.sum()) > 0
+    for want, have in zip(expected, got):
+        assert torch.equal(want, have)
+
+
+def test_torch_load_cannot_fall_back_to_a_full_pickle_during_the_load(tmp_path):
+    from ssdfast.pt2_guard import _weights_only_everywhere
+
+    marker = tmp_path / "MARKER"
+    with _weights_only_everywhere(), pytest.raises(pickle.UnpicklingError):
+        torch.load(io.BytesIO(pickle.dumps(Marker(marker), protocol=2)), weights_only=False)
+    assert not marker.exists() and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def flip_a_byte_inside_the_largest_initializer(src: Path, dst: Path) -> None:
+    data = bytearray(src.read_bytes())
+    largest = max(onnx.load(str(src)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    at = data.find(largest) + len(largest) // 2
+    assert len(largest) > 1000 and at > len(largest) // 2
+    data[at] ^= 0x10
+    dst.write_bytes(bytes(data))
+
+
+def test_a_bit_flipped_onnx_is_refused(tied, tmp_path):
+    from ssdfast.onnx_digest import ExportIntegrityError
+
+    flip_a_byte_inside_the_largest_initializer(tied[0] / "m.onnx", tmp_path / "flipped.onnx")
+    onnx.checker.check_model(str(tmp_path / "flipped.onnx"))  # still a well-formed ONNX file
+    with pytest.raises(ExportIntegrityError, match="not the file that was exported"):
+        Deployed(tmp_path / "flipped.onnx")
+
+
+def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    info = json.loads(props["ssdfast"])
+    edit(info)
+    onnx.helper.set_model_props(model, {**props, "ssdfast": json.dumps(info)})
+    onnx.save(model, str(dst))
+    if restamp:  # the hash recomputed: the metadata check itself is what is tested
+        from ssdfast.onnx_digest import stamp
+
+        stamp(dst)
+
+
+@pytest.mark.parametrize("key,value", [("with_nms", None), ("score_threshold", 2.0), ("num_classes", "3"),
+                                       ("category_names", ["a"]), ("max_det", 0)])
+def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
+    from ssdfast.export_metadata import ExportMetadataError
+
+    def edit(info):
+        info.pop(key) if value is None else info.__setitem__(key, value)
+
+    edit_onnx_metadata(tied[0] / "m.onnx", tmp_path / "m.onnx", edit, restamp=True)
+    with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
+        Deployed(tmp_path / "m.onnx")
+    rewrite_zip(tied[0] / "m.pt2", tmp_path / "m.pt2", lambda name, data: json.dumps(
+        {k: v for k, v in json.loads(data).items() if k != key} if value is None else {**json.loads(data), key: value}
+    ).encode() if name == "extra/ssdfast.json" else data)
+    with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
+        Deployed(tmp_path / "m.pt2")
+
+
+def test_onnx_metadata_edited_without_a_new_hash_is_refused(tied, tmp_path):
+    from ssdfast.onnx_digest import ExportIntegrityError
+
+    edit_onnx_metadata(tied[0] / "m.onnx", tmp_path / "m.onnx", lambda info: info.update(score_threshold=0.5), restamp=False)
+    with pytest.raises(ExportIntegrityError):
+        Deployed(tmp_path / "m.onnx")
+    model = onnx.load(str(tied[0] / "m.onnx"))
+    onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props if p.key != "ssdfast.sha256"})
+    onnx.save(model, str(tmp_path / "unhashed.onnx"))
+    with pytest.raises(ExportIntegrityError, match="carries no content hash"):
+        Deployed(tmp_path / "unhashed.onnx")
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_the_self_check_passes_a_model_with_tied_scores(tied, suffix):
+    folder, model, info = tied
+    report = check_against_pytorch(folder / f"m{suffix}", model, info, [1, 3])
+    assert report["ok"], report["problem"]
+    assert report["images"] == 4 and report["detections"] > 0
+
+
+def test_ties_really_make_onnx_and_pytorch_choose_differently(tied):
+    """Without this, the test above would not be about ties."""
+    folder, model, _ = tied
+    images = torch.randn(4, 3, 300, 300, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = postprocess(*model(images), model.anchors)
+    got = Deployed(folder / "m.onnx")(images)
+    assert not torch.equal(expected.counts, got.counts) or not torch.allclose(expected.boxes, got.boxes, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+@pytest.mark.parametrize("change", ["boxes", "nms_threshold", "max_det"])
+def test_the_self_check_still_fails_a_real_difference(tied, suffix, change):
+    folder, model, info = tied
+    if change == "boxes":
+        model = build_model("ssdlite", num_classes=3).eval()
+        model.load_state_dict(tied[1].state_dict())
+        with torch.no_grad():
+            for head in model.loc:
+                head[-1].bias.add_(0.5)  # another model than the one exported: every box moves
+    else:
+        info = {**info, change: {"nms_threshold": 0.3, "max_det": 100}[change]}  # not what the file does
+    report = check_against_pytorch(folder / f"m{suffix}", model, info, [1])
+    assert not report["ok"] and report["problem"].startswith("image ")
+
+
+def boxes_and_scores(*rows):
+    """(boxes [A, 4], scores [A, 1]) from (x1, score) rows: unit-height boxes [x1, 0, x1 + 1, 1]."""
+    boxes = torch.tensor([[x, 0.0, x + 1.0, 1.0] for x, _ in rows])
+    return boxes, torch.tensor([[s] for _, s in rows])
+
+
+@pytest.mark.parametrize("kept,valid", [
+    ([0, 2], True),  # greedy: A keeps, suppresses B; C overlaps only B (dropped), so C stays
+    ([1], False),  # B kept but A, stronger, neither kept nor suppressed
+    ([0], False),  # C missing: the only box overlapping it enough (B) was dropped
+    ([0, 1, 2], False),  # A and B overlap above the threshold
+])
+def test_nms_check_on_a_hand_computed_chain(kept, valid):
+    """x ranges A = [0, 1], B = [0.25, 1.25], C = [0.55, 1.55] (unit height), scores 0.9, 0.8, 0.7:
+    IoU(A, B) = 0.75 / 1.25 = 0.6, IoU(B, C) = 0.7 / 1.3 = 0.54, IoU(A, C) = 0.45 / 1.55 = 0.29; threshold 0.45."""
+    from ssdfast.nms_check import nms_problem
+
+    boxes, scores = boxes_and_scores((0.0, 0.9), (0.25, 0.8), (0.55, 0.7))
+    index = torch.tensor(kept)
+    problem = nms_problem(boxes, scores, boxes[index], scores[index, 0], torch.ones(len(kept), dtype=torch.long),
+                          score_threshold=0.05, nms_threshold=0.45, topk_per_class=200, max_det=200)
+    assert (problem is None) == valid, problem
+
+
+@pytest.mark.parametrize("kept,valid", [([0], True), ([1], True), ([0, 1], False), ([], False)])
+def test_nms_check_lets_either_of_two_tied_boxes_win(kept, valid):
+    from ssdfast.nms_check import nms_problem
+
+    boxes, scores = boxes_and_scores((0.0, 0.6), (0.1, 0.6))  # IoU 0.82, the same score
+    index = torch.tensor(kept, dtype=torch.long)
+    problem = nms_problem(boxes, scores, boxes[index], scores[index, 0], torch.ones(len(kept), dtype=torch.long),
+                          score_threshold=0.05, nms_threshold=0.45, topk_per_class=200, max_det=200)
+    assert (problem is None) == valid, problem
