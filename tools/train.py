@@ -25,14 +25,14 @@ import torch
 import torch.distributed as dist
 
 from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_temporaries, resume_training,
-                                save_checkpoint, training_state)
+from ssdfast.checkpoint import CheckpointError, keep_epoch_copy, resume_training, save_checkpoint, training_state
 from ssdfast.data import build_loader
 from ssdfast.engine import EpochProgress, NonFiniteLossError, evaluate, lr_at, train_one_epoch
 from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
 from ssdfast.preemption import (EXIT_ABORTED, EXIT_DONE, EXIT_ERROR, EXIT_NON_FINITE, EXIT_PEER_LOST, EXIT_STOPPED,
                                 CheckpointSchedule, StopAgreement, StopRequest, process_group_timeout)
+from ssdfast.run_lock import hold_save_folder
 from ssdfast.runtime import (autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, unwrap,
                              use_channels_last)
 from ssdfast.train_step import CudaGraphTrainStep, TrainStep
@@ -128,8 +128,7 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
     if is_main:  # found now, not after the first epoch
         writable_folder(save_folder, "save folder")
         writable_folder(args.log_path or save_folder / "tensorboard", "TensorBoard folder")
-        for tmp in remove_stale_temporaries(save_folder):
-            print(f"removed {tmp.name}: a checkpoint write that was interrupted")
+        hold_save_folder(save_folder)  # one training per folder (refused at once); clears stale temporaries
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                                 max_boxes=args.max_boxes, dali=args.dali, device=device, channels_last=channels_last)
