@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, safe load, and loading the seed's and NVIDIA's SSD checkpoints.
+"""Checkpoints: atomic save (through ssdfast.outputs), safe load, and the seed's and NVIDIA's checkpoints.
 
 The one home of the checkpoint format: training_state builds what train.py saves, resume_training
 reads it back; load_checkpoint/model_state_dict read any supported file for eval and detect.
@@ -14,14 +14,14 @@ Loading never runs code from the file: torch.load(weights_only=True).
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .outputs import OutputError, atomic_write
 
 # The seed's unused seventh SSDLite head.
 IGNORED_KEYS = ("loc.6.", "conf.6.")
@@ -29,17 +29,6 @@ IGNORED_KEYS = ("loc.6.", "conf.6.")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def _umask() -> int:
-    """The process umask, read from /proc (setting and resetting it would race with other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 def state_bytes(state) -> int:
@@ -53,69 +42,18 @@ def state_bytes(state) -> int:
     return 0
 
 
-def _write_error(path: Path, error: BaseException, needed: int) -> CheckpointError:
-    """One message for every way a checkpoint write fails (full disk, read-only or vanished folder)."""
-    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
-    if free is None:
-        reason = "the folder does not exist (any more)"
-    elif getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed:
-        reason = f"no space left ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)"
-    else:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-    intact = "the previous one is intact" if path.exists() else "no earlier one exists"
-    return CheckpointError(f"cannot write checkpoint {path.name} to {path.parent}: {reason}; {intact}")
-
-
-def _is_write_failure(error: BaseException) -> bool:
-    """OSError, or torch.save's report of a failed write: its zip writer (inline_container.cc) turns the
-    OS error into a RuntimeError ("PytorchStreamWriter failed writing file ...", "unexpected pos ...")."""
-    text = str(error)
-    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and any(
-        key in text for key in ("PytorchStreamWriter", "inline_container", "failed writing", "file write failed")))
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename, fsync of
-    the folder (so the rename survives a power loss too).
+    """Write `state` to `path` atomically (ssdfast.outputs.atomic_output: temporary, fsync, rename).
 
     A run killed at any moment leaves either the old file or the new one, never a torn one. A full
     disk, an unwritable or vanished folder raises CheckpointError naming the folder and the space
     needed (the old file stays: until the rename both must fit), and leaves no temporary file behind.
-    The folder is not created here: one that disappears during a run is an error, not recreated.
     """
-    path = Path(path)
     needed = state_bytes(state) + 2**20  # + headroom for the pickled metadata and the zip directory
     try:
-        if shutil.disk_usage(path.parent).free < needed:
-            raise OSError(errno.ENOSPC, "no space left on device")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise _write_error(path, error, needed) from error
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a shared run's teammates must read it
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if _is_write_failure(error):
-            raise _write_error(path, error, needed) from error
-        raise
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a kill interrupted (.NAME.pt.*.tmp)."""
-    stale = sorted(Path(folder).glob(".*.pt.*.tmp"))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
+        atomic_write(path, lambda f: torch.save(state, f), "checkpoint", needed)
+    except OutputError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def keep_epoch_copy(last: str | Path, epoch: int, keep: int) -> None:

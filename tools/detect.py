@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
+from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.inference import detect, load_detector, to_records
-from ssdfast.outputs import writable_file, writable_folder
+from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
 from ssdfast.runtime import configure_cudnn, pick_device
 from ssdfast.visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v)
 
 
 def get_args(argv=None):
@@ -40,9 +41,9 @@ def get_args(argv=None):
     p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")
     p.add_argument("--output", required=True, help="output image (one input image), folder (several images, or a "
                    "name ending in '/'), or video; drawings keep the input file names")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="draw detections above this score")
-    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
-    p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
+    p.add_argument("--score-threshold", type=flags.score_threshold, default=0.3, help="draw detections above this score")
+    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument("--batch-size", type=flags.batch_size, default=8, help="images (or video frames) per forward pass")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_image_limit_args(p, outside_paths=False)
@@ -97,10 +98,31 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
             drawn = draw_detections(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"],
                                     names)
             target = targets[path]
-            if not cv2.imwrite(str(target), drawn):
-                raise ValueError(f"cannot write the image {target} (unknown image suffix, or no space left?)")
+            with atomic_output(target, "drawing", keep_suffix=True) as tmp:
+                if not cv2.imwrite(str(tmp), drawn):
+                    raise ValueError(f"cannot write the image {target} (unknown image suffix, or no space left?)")
             report[str(path)] = to_records(det, names)
     return report
+
+
+def check_video_output(source: Path, output: Path) -> Path:
+    """A video input needs a video output (known before any frame is processed) that is not the input."""
+    if output.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"the input {source} is a video: --output must be a video file "
+                         f"({', '.join(sorted(VIDEO_SUFFIXES))}), got {output}")
+    if output.resolve() == source.resolve():
+        raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
+    return writable_file(output, "output video")
+
+
+def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    """cv2.VideoWriter for `output`'s container (written to `tmp`); OpenCV fails silently, so it is checked."""
+    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS.get(output.suffix.lower(), "mp4v"))
+    writer = cv2.VideoWriter(str(tmp), fourcc, fps, size)
+    if not writer.isOpened():
+        raise ValueError(f"cannot write the video {output}: OpenCV has no encoder for {output.suffix} "
+                         f"here (try --output NAME.mp4 or NAME.avi)")
+    return writer
 
 
 def run_video(model, names, path: Path, output: Path, args) -> dict:
@@ -109,11 +131,26 @@ def run_video(model, names, path: Path, output: Path, args) -> dict:
         raise ValueError(f"cannot open video {path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    report, frame_index, done = {}, 0, False
-    with tqdm(total=total, desc="video", unit="frame") as bar:
+    announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # from the header: -1 or 0 if unknown
+    with atomic_output(output, "output video", keep_suffix=True) as tmp:
+        writer = open_video_writer(tmp, output, fps, (width, height))
+        try:
+            report = draw_video(model, names, capture, writer, args, announced)
+        finally:
+            capture.release()
+            writer.release()
+        if not report:  # raised inside: an earlier video at OUTPUT stays
+            raise ValueError(f"no frames could be read from {path}")
+    if len(report) < announced:
+        print(f"warning: {path}: {len(report)} of {announced} frames read (the file is truncated or damaged); "
+              f"{output} holds those {len(report)}", file=sys.stderr)
+    return report
+
+
+def draw_video(model, names, capture, writer, args, announced: int) -> dict:
+    """Detect on every frame `capture` yields, draw into `writer`; {frame index: detections}."""
+    report, done = {}, False
+    with tqdm(total=announced or None, desc="video", unit="frame") as bar:
         while not done:
             frames = []
             while len(frames) < args.batch_size:
@@ -128,13 +165,8 @@ def run_video(model, names, path: Path, output: Path, args) -> dict:
                           args.nms_threshold)
             for frame, det in zip(frames, dets):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
-                report[str(frame_index)] = to_records(det, names)
-                frame_index += 1
+                report[str(len(report))] = to_records(det, names)
             bar.update(len(frames))
-    capture.release()
-    writer.release()
-    if frame_index == 0:
-        raise ValueError(f"no frames could be read from {path}")
     return report
 
 
@@ -143,14 +175,14 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
+    video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
     try:
+        if video:
+            check_video_output(source, output)
         model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
                                     nms_threshold=args.nms_threshold)
         names = meta["category_names"]
-        if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-            if output.resolve() == source.resolve():
-                raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
-            writable_file(output, "output video")
+        if video:
             report = run_video(model, names, source, output, args)
         else:
             paths = list_images(args.input)
@@ -168,11 +200,11 @@ def main(argv=None) -> int:
             report = run_images(model, names, paths, output, args, single)
             if not report:
                 raise ValueError(f"none of the {len(paths)} input image(s) could be read")
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
+        write_json_atomic(json_path, report, "detections file", indent=1)
+    except (CheckpointError, FileNotFoundError, ValueError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
-    json_path.write_text(json.dumps(report, indent=1))
     count = sum(len(v) for v in report.values())
     print(f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
           f"drawn to {output}, listed in {json_path}")

@@ -14,6 +14,7 @@ metrics beside them. Refuses weights trained on other categories than the datase
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError, check_categories
 from ssdfast.data import build_loader
@@ -30,7 +32,7 @@ from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
 from ssdfast.inference import load_detector
-from ssdfast.outputs import distinct, writable_file
+from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 from ssdfast.voc_eval import voc_map
 
 
@@ -46,20 +48,20 @@ def get_args(argv=None):
                    "or an exported model.onnx / model.pt2 (tools/export.py)")
     p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json (VOC: "
                    "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
-    p.add_argument("--num-workers", type=int, default=4, help="data loading workers (DALI: threads)")
+    p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
+    p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
     p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
                    "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument("--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)")
-    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
-    p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold, help="drop detections at or below this score")
+    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument("--score-threshold", type=flags.score_threshold, default=SSD_DEFAULTS.score_threshold, help="drop detections at or below this score")
     p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
     p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json); "
                    "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)")
     p.add_argument("--ignore-category-names", action="store_true", help="evaluate even if the weights were trained on "
                    "categories with other names than the dataset's (only the count must match)")
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate only this many batches (quick checks)")
+    p.add_argument("--max-batches", type=flags.positive, default=None, help="evaluate only this many batches (quick checks)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_image_limit_args(p)
@@ -79,6 +81,18 @@ def output_paths(args) -> dict[str, Path]:
         metrics = detections.with_name(f"metrics_{args.split}.json")
     return distinct({"detections file": writable_file(detections, "detections file"),
                      "metrics file": writable_file(metrics, "metrics file")})
+
+
+def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> None:
+    """The detections, then the metrics (with the detections' sha256), each atomically. The previous
+    metrics are deleted just before the new detections replace theirs: a run stopped in between
+    leaves new detections without metrics, never beside another run's."""
+    data = json.dumps(results).encode()
+    with atomic_output(outputs["detections file"], "detections file", needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+        outputs["metrics file"].unlink(missing_ok=True)
+    write_json_atomic(outputs["metrics file"], {**metrics, "detections_sha256": hashlib.sha256(data).hexdigest()},
+                      "metrics file", indent=1)
 
 
 def main(argv=None) -> int:
@@ -111,13 +125,16 @@ def main(argv=None) -> int:
                                      score_threshold=args.score_threshold, max_batches=args.max_batches,
                                      is_main=rank == 0)
     if rank == 0:
-        detections, metrics_file = outputs["detections file"], outputs["metrics file"]
-        detections.write_text(json.dumps(results))
         voc = voc_map(loader.info.coco, results, image_ids) if loader.info.data_format == "voc" else None
         metrics = {"weights": str(args.weights), "data_path": str(args.data_path or args.ann), "split": args.split,
                    "backend": args.backend, **(stats or {"note": table}), "images_evaluated": len(image_ids),
                    "distinct_images_evaluated": len(set(image_ids)), **({"voc_map50": voc} if voc else {})}
-        metrics_file.write_text(json.dumps(metrics, indent=1))
+        try:
+            write_outputs(outputs, results, metrics)
+        except OutputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        detections, metrics_file = outputs["detections file"], outputs["metrics file"]
         print(f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
               f"backend {args.backend}:")
         print(table)

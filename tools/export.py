@@ -15,25 +15,31 @@ tools/eval.py and tools/detect.py take the result as --weights.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.export import check_against_pytorch, export
 from ssdfast.export_metadata import FORMATS
 from ssdfast.inference import load_detector
-from ssdfast.outputs import writable_file
+from ssdfast.outputs import OutputError, atomic_output, writable_file
+
+
+class CheckFailed(Exception):
+    """The exported file does not detect what the PyTorch model detects (it is not kept)."""
 
 
 def batch_size(text: str) -> int | None:
+    """'dynamic' (None), or a fixed batch size in flag_types' range."""
     if text == "dynamic":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive batch size or 'dynamic', got {text!r}")
-    return int(text)
+    try:
+        return flags.batch_size(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or 'dynamic')") from None
 
 
 def get_args(argv=None):
@@ -47,10 +53,10 @@ def get_args(argv=None):
                    help="include the post-processing with NMS (default)")
     p.add_argument("--no-nms", dest="with_nms", action="store_false",
                    help="output decoded boxes [B, A, 4] and class scores [B, A, C] instead (NMS left to the runtime)")
-    p.add_argument("--score-threshold", type=float, default=SSD_DEFAULTS.score_threshold,
+    p.add_argument("--score-threshold", type=flags.score_threshold, default=SSD_DEFAULTS.score_threshold,
                    help="drop detections at or below this score (inside the graph)")
-    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=SSD_DEFAULTS.max_detections, help="K: detections per image")
+    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=flags.integer(1, flags.MAX_DETECTIONS), default=SSD_DEFAULTS.max_detections, help="K: detections per image")
     return p.parse_args(argv)
 
 
@@ -58,10 +64,6 @@ def check_args(args) -> Path:
     output = Path(args.output)
     if output.suffix.lower() != FORMATS[args.format]:
         raise ValueError(f"--format {args.format} writes a {FORMATS[args.format]} file, got --output {output}")
-    if not 0.0 <= args.score_threshold < 1.0 or not 0.0 < args.nms_threshold <= 1.0:
-        raise ValueError("--score-threshold must be in [0, 1) and --nms-threshold in (0, 1]")
-    if args.max_det < 1:
-        raise ValueError("--max-det must be at least 1")
     if output.exists() and output.resolve() == Path(args.weights).resolve():
         raise ValueError(f"the output would overwrite the weights {output}: choose another --output")
     return writable_file(output, "output file")
@@ -83,20 +85,19 @@ def main(argv=None) -> int:
                   "pip install -e .[export]", file=sys.stderr)
             return 1
     # Written under a temporary name beside the output; renamed only once it has passed the check.
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     start = time.perf_counter()
     try:
-        info = export(model, meta, args.format, partial, batch=args.batch, with_nms=args.with_nms,
-                      score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, max_det=args.max_det)
-        exported_in = time.perf_counter() - start
-        batches = [1, 3] if args.batch is None else [args.batch, args.batch]
-        report = check_against_pytorch(partial, model, info, batches)
-        if not report["ok"]:
-            print(f"error: the exported model does not detect what PyTorch detects: {report['problem']}", file=sys.stderr)
-            return 1
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+        with atomic_output(output, "exported model", keep_suffix=True) as partial:
+            info = export(model, meta, args.format, partial, batch=args.batch, with_nms=args.with_nms,
+                          score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, max_det=args.max_det)
+            exported_in = time.perf_counter() - start
+            batches = [1, 3] if args.batch is None else [args.batch, args.batch]
+            report = check_against_pytorch(partial, model, info, batches)
+            if not report["ok"]:
+                raise CheckFailed(f"the exported model does not detect what PyTorch detects: {report['problem']}")
+    except (CheckFailed, OutputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
           f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)")
     print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): its "

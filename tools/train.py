@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import (CheckpointError, keep_epoch_copy, remove_stale_temporaries, resume_training,
-                                save_checkpoint, training_state)
+from ssdfast.checkpoint import CheckpointError, keep_epoch_copy, resume_training, save_checkpoint, training_state
 from ssdfast.data import build_loader
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.data.loader import BACKENDS
@@ -36,6 +36,7 @@ from ssdfast.models import build_model, canonical_name
 from ssdfast.outputs import writable_folder
 from ssdfast.preemption import (EXIT_ABORTED, EXIT_DONE, EXIT_ERROR, EXIT_NON_FINITE, EXIT_PEER_LOST, EXIT_STOPPED,
                                 CheckpointSchedule, StopAgreement, StopRequest, process_group_timeout)
+from ssdfast.run_lock import hold_save_folder
 from ssdfast.runtime import (autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, unwrap,
                              use_channels_last)
 from ssdfast.train_step import CudaGraphTrainStep, TrainStep
@@ -54,18 +55,18 @@ def get_args(argv=None):
     p.add_argument("--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
     p.add_argument("--model", default="ssd", help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)")
-    p.add_argument("--epochs", type=int, default=65, help="number of epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="images per GPU (per process)")
-    p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs where lr is multiplied by 0.1")
-    p.add_argument("--lr", type=float, default=2.6e-3, help="lr for a global batch of 32; scaled linearly by global batch / 32")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--epochs", type=flags.positive, default=65, help="number of epochs")
+    p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per GPU (per process)")
+    p.add_argument("--multistep", type=flags.non_negative, nargs="*", default=[43, 54], help="epochs where lr is multiplied by 0.1")
+    p.add_argument("--lr", type=flags.real(0, low_open=True), default=2.6e-3, help="lr for a global batch of 32; scaled linearly by global batch / 32")
+    p.add_argument("--momentum", type=flags.real(0, 1, high_open=True), default=0.9, help="SGD momentum")
     p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of the seed's Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--weight-decay", type=flags.real(0), default=5e-4, help="SGD weight decay")
     p.add_argument("--no-bn-weight-decay", action="store_true", help="no weight decay on BatchNorm and bias parameters (NVIDIA's tweak)")
-    p.add_argument("--warmup", type=int, default=0, help="linear lr warmup over this many iterations (NVIDIA uses 300)")
-    p.add_argument("--nms-threshold", type=float, default=SSD_DEFAULTS.nms_threshold,
+    p.add_argument("--warmup", type=flags.non_negative, default=0, help="linear lr warmup over this many iterations (NVIDIA uses 300)")
+    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold,
                    help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)")
-    p.add_argument("--num-workers", type=int, default=4, help="data loading workers per process (DALI: threads)")
+    p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers per process (DALI: threads)")
     p.add_argument("--amp", action="store_true", help="mixed precision (autocast; GradScaler with fp16)")
     p.add_argument("--amp-dtype", choices=["fp16", "bf16"], default=None, help="autocast dtype (default: fp16 on CUDA; bf16 with --cuda-graphs and on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None, help="channels_last memory format (default on CUDA)")
@@ -75,20 +76,20 @@ def get_args(argv=None):
     p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
                    "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
-    p.add_argument("--eval-every", type=int, default=1, help="COCO evaluation every N epochs (0: never)")
-    p.add_argument("--eval-batches", type=int, default=None, help="evaluate on at most this many val batches (quick checks)")
-    p.add_argument("--iters-per-epoch", type=int, default=None, help="stop each epoch after this many iterations (smoke tests)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and init")
+    p.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
+    p.add_argument("--eval-batches", type=flags.positive, default=None, help="evaluate on at most this many val batches (quick checks)")
+    p.add_argument("--iters-per-epoch", type=flags.positive, default=None, help="stop each epoch after this many iterations (smoke tests)")
+    p.add_argument("--seed", type=flags.integer(0, flags.MAX_SEED), default=0, help="seed of the data order, augmentation and init")
     p.add_argument("--backbone-weights", default="imagenet", help="imagenet (torchvision, downloaded), none, or a path to a state dict")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_FOLDER/last.pt exists (it is overwritten)")
     p.add_argument("--checkpoint-every", default="10m", help="also write last.pt inside an epoch: every N iterations "
                    "(e.g. 500) or wall time (e.g. 10m, 90s, 1h); 0: at epoch ends only")
-    p.add_argument("--keep-checkpoints", type=int, default=0, metavar="K", help="keep the last K epoch checkpoints as "
+    p.add_argument("--keep-checkpoints", type=flags.non_negative, default=0, metavar="K", help="keep the last K epoch checkpoints as "
                    "epoch_NNN.pt besides last.pt and best.pt (0: none)")
-    p.add_argument("--dist-timeout", type=float, default=600, help="seconds a collective may wait for another rank "
+    p.add_argument("--dist-timeout", type=flags.real(0, flags.MAX_DIST_TIMEOUT, low_open=True), default=600, help="seconds a collective may wait for another rank "
                    "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)")
-    p.add_argument("--max-boxes", type=int, default=128, help="ground-truth boxes per image after padding (G)")
-    p.add_argument("--log-every", type=int, default=10, help="iterations between loss checks/logs (each is a host sync)")
+    p.add_argument("--max-boxes", type=flags.integer(1, flags.MAX_BOXES), default=128, help="ground-truth boxes per image after padding (G)")
+    p.add_argument("--log-every", type=flags.positive, default=10, help="iterations between loss checks/logs (each is a host sync)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
                    "on categories with other names than the dataset's (only the count must match)")
@@ -97,6 +98,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.data_path is None and not (args.train_ann and args.train_images):
         p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
+    if args.momentum == 0 and not args.no_nesterov:
+        p.error("argument --momentum: Nesterov momentum needs a momentum > 0 (or pass --no-nesterov)")
     return args
 
 
@@ -144,8 +147,7 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
     if is_main:  # found now, not after the first epoch
         writable_folder(save_folder, "save folder")
         writable_folder(args.log_path or save_folder / "tensorboard", "TensorBoard folder")
-        for tmp in remove_stale_temporaries(save_folder):
-            print(f"removed {tmp.name}: a checkpoint write that was interrupted")
+        hold_save_folder(save_folder)  # one training per folder (refused at once); clears stale temporaries
     train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
                                 num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
                                 max_boxes=args.max_boxes, backend=args.data_backend, device=device,

@@ -86,9 +86,23 @@ def load_backbone_weights(module: nn.Module, weights, torchvision_weights, what:
                 f"backbone weights file not found: {path} (expected 'imagenet', 'none' or a path to a "
                 f"torchvision {what} state dict)"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = read_backbone_file(path, what)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise RuntimeError(f"backbone weights {weights!r} do not fit torchvision's {what}: {error}") from error
+        raise ValueError(f"backbone weights {weights!r} do not fit torchvision's {what}: "
+                         f"{' '.join(str(error).split())[:300]}") from error
+
+
+def read_backbone_file(path: Path, what: str) -> dict:
+    """The state dict in a --backbone-weights file (weights_only: no code runs); ValueError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a zip, truncated, pickled code refused by weights_only...
+        raise ValueError(f"cannot read the backbone weights {path}: {error.__class__.__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''} (expected a torchvision {what} "
+                         "state dict saved with torch.save)") from error
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"the backbone weights {path} hold a {type(state).__name__}, not a {what} state dict")
+    return state

@@ -1,0 +1,68 @@
+"""Range-checked argparse types for the tools' numeric flags: a bad value is one usage error naming
+the flag and its range, before any work (not a traceback, a silent AP of 0, or a loss of 0 after an
+epoch). NaN and infinity are refused everywhere: every comparison with NaN is false, so a NaN
+passes any check written as `if x < low: refuse`.
+
+    p.add_argument("--max-boxes", type=integer(1, MAX_BOXES), default=128)
+    p.add_argument("--nms-threshold", type=real(0, 1, low_open=True), default=0.5)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
+MAX_WORKERS = 256  # data loading processes (or DALI threads)
+MAX_BOXES = 10_000  # boxes per image (COCO has at most 93; the matching costs boxes x 8732 anchors)
+MAX_SEED = 2**32 - 1  # NumPy's and DALI's seeds are unsigned 32-bit
+MAX_DIST_TIMEOUT = 7 * 24 * 3600  # seconds a collective may wait (far above it, timedelta overflows)
+MAX_DETECTIONS = 100_000  # detections per image kept by an exported model
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer in [low, high] (no upper bound: high None)."""
+    shown = f"in [{low}, {high}]" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {shown}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {shown}, got {text}")
+        return value
+
+    parse.__name__ = f"integer {shown}"
+    return parse
+
+
+def real(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """A finite number between low and high (each end included unless low_open / high_open)."""
+    if math.isinf(high):
+        shown = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        shown = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {shown}, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):  # NaN fails every comparison: refused here too
+            raise argparse.ArgumentTypeError(f"must be a finite number {shown}, got {text}")
+        return value
+
+    parse.__name__ = f"number {shown}"
+    return parse
+
+
+# The flags several tools share, with one meaning and one range each.
+positive = integer(1)
+non_negative = integer(0)
+batch_size = integer(1, MAX_BATCH)
+workers = integer(0, MAX_WORKERS)
+score_threshold = real(0, 1, high_open=True)  # 1 would drop every detection: AP 0, silently
+nms_threshold = real(0, 1, low_open=True)  # IoU above which the lower-scored of two boxes is dropped
