@@ -161,6 +161,7 @@ def test_eval_failing_while_writing_never_mixes_two_runs(synthetic_coco, tmp_pat
 # ---------------------------------------------------------------- item 7: numeric flags
 # The ranges the tools promise (README): flag -> (lowest, highest, lowest excluded, highest excluded, integer).
 INT, REAL = True, False
+PILLOW_LIMIT = 178_956_970  # Pillow refuses to parse a header beyond it (--max-pixels' top)
 RANGES = {
     "train": {"--epochs": (1, None, INT), "--batch-size": (1, 4096, INT), "--multistep": (0, None, INT),
               "--lr": ((0, "open"), None, REAL), "--momentum": (0, (1, "open"), REAL), "--weight-decay": (0, None, REAL),
@@ -168,11 +169,12 @@ RANGES = {
               "--eval-every": (0, None, INT), "--eval-batches": (1, None, INT), "--iters-per-epoch": (1, None, INT),
               "--seed": (0, 2**32 - 1, INT), "--keep-checkpoints": (0, None, INT),
               "--dist-timeout": ((0, "open"), 7 * 24 * 3600, REAL), "--max-boxes": (1, 10_000, INT),
-              "--log-every": (1, None, INT)},
+              "--log-every": (1, None, INT), "--max-pixels": (1, PILLOW_LIMIT, INT)},
     "eval": {"--batch-size": (1, 4096, INT), "--num-workers": (0, 256, INT), "--nms-threshold": ((0, "open"), 1, REAL),
-             "--score-threshold": (0, (1, "open"), REAL), "--max-batches": (1, None, INT)},
+             "--score-threshold": (0, (1, "open"), REAL), "--max-batches": (1, None, INT),
+             "--max-pixels": (1, PILLOW_LIMIT, INT)},
     "detect": {"--batch-size": (1, 4096, INT), "--nms-threshold": ((0, "open"), 1, REAL),
-               "--score-threshold": (0, (1, "open"), REAL)},
+               "--score-threshold": (0, (1, "open"), REAL), "--max-pixels": (1, PILLOW_LIMIT, INT)},
     "export": {"--batch": (1, 4096, INT), "--nms-threshold": ((0, "open"), 1, REAL),
                "--score-threshold": (0, (1, "open"), REAL), "--max-det": (1, 100_000, INT)},
 }
@@ -181,7 +183,7 @@ REQUIRED = {"train": ["--data-path", "d", "--no-nesterov"], "eval": ["--data-pat
             "export": ["--weights", "w", "--format", "onnx", "--output", "o.onnx"]}
 TOOLS = {"train": train, "eval": eval_tool, "detect": detect, "export": export}
 BOUNDARIES = ["0", "-1", "1", "0.5", "1.5", "nan", "inf", "-inf", "1e400", "4096", "4097", "10000", "10001", "100000",
-              "100001", "604800", "604801", "4294967295", "4294967296", str(10**30), "1e30", "2.5", "", "x"]
+              "100001", "604800", "604801", "178956970", "178956971", "4294967295", "4294967296", str(10**30), "1e30", "2.5", "", "x"]
 
 
 def allowed(text, low, high, integer):

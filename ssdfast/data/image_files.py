@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from ..flag_types import integer
+
 DEFAULT_MAX_PIXELS = 50_000_000  # width x height; COCO's images have at most 0.4 MP, a 48 MP photo passes
 # Pillow refuses to parse headers above 2 x Image.MAX_IMAGE_PIXELS (179 MP) on its own, so no cap can
 # be higher; OpenCV's own limit (2^30 pixels) is above it.
@@ -66,20 +68,9 @@ def _real_folder(folder: Path) -> str:
     return os.path.realpath(folder)
 
 
-def max_pixels_arg(text: str) -> int:
-    """argparse type of --max-pixels: a whole number of pixels in [1, PILLOW_LIMIT]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a whole number of pixels (width x height), got {text!r}") from None
-    if not 1 <= value <= PILLOW_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {PILLOW_LIMIT} (Pillow's limit), got {value}")
-    return value
-
-
 def add_image_limit_args(parser: argparse.ArgumentParser, outside_paths: bool = True) -> None:
     """--max-pixels (and --allow-outside-paths, for tools that read a dataset) on a tool's parser."""
-    parser.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=integer(1, PILLOW_LIMIT), default=DEFAULT_MAX_PIXELS,
                         help=f"skip (and count) images whose header claims more pixels, width x height, before "
                         f"decoding them (default {DEFAULT_MAX_PIXELS}; at most {PILLOW_LIMIT})")
     if outside_paths:
