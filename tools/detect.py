@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.inference import detect, load_detector
 from ssdfast.outputs import writable_file, writable_folder
 from ssdfast.runtime import configure_cudnn, pick_device
@@ -172,13 +173,13 @@ def main(argv=None) -> int:
                 raise ValueError(f"none of the {len(paths)} input image(s) could be read")
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
     json_path.write_text(json.dumps(report, indent=1))
     count = sum(len(v) for v in report.values())
     print(f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
           f"drawn to {output}, listed in {json_path}")
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

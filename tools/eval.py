@@ -25,6 +25,7 @@ from ssdfast.data import build_loader
 from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.inference import load_detector
 from ssdfast.outputs import distinct, writable_file
 
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     channels_last = use_channels_last(device) and not deployed
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         print(f"{len(results)} detections written to {detections}, metrics to {metrics_file}")
     if world > 1:
         dist.destroy_process_group()
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

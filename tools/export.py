@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.export import FORMATS, check_against_pytorch, export
 from ssdfast.inference import load_detector
 from ssdfast.outputs import writable_file
@@ -72,14 +73,14 @@ def main(argv=None) -> int:
         model, meta = load_detector(args.weights, "cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if args.format == "onnx":
         try:
             import onnxruntime, onnxscript  # noqa: F401  (the exporter and the check need them)
         except ImportError as error:
             print(f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): "
                   "pip install -e .[export]", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
     # Written under a temporary name beside the output; renamed only once it has passed the check.
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     start = time.perf_counter()
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         report = check_against_pytorch(partial, model, info, batches)
         if not report["ok"]:
             print(f"error: the exported model does not detect what PyTorch detects: {report['problem']}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
           f"and box ({report['near_ties']} others differ where scores tie within 1e-4), max |box diff| "
           f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}")
     print(f"outputs: {', '.join(info['outputs'])}; input: {info['input']}")
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":
