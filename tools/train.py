@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
+from ssdfast.data.batch import DEFAULT_MAX_BOXES
 from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 from ssdfast.models import canonical_name
 from ssdfast.preemption import StopRequest
@@ -65,7 +66,7 @@ def get_args(argv=None):
                    "epoch_NNN.pt besides last.pt and best.pt (0: none)")
     p.add_argument("--dist-timeout", type=float, default=600, help="seconds a collective may wait for another rank "
                    "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)")
-    p.add_argument("--max-boxes", type=int, default=128, help="ground-truth boxes per image after padding (G)")
+    p.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES, help="ground-truth boxes per image after padding (G)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss checks/logs (each is a host sync)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
