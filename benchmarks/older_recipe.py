@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from ssdfast.engine import lr_at  # tools/train.py's schedule, step by step
+    from ssdfast.training.optimizer import lr_at  # tools/train.py's schedule, step by step
 
     older = import_older(Path(args.older).resolve())
     random.seed(args.seed)

@@ -14,7 +14,7 @@ from conftest import CUDA, run
 
 from ssdfast.data import build_loader
 from ssdfast.models import build_model
-from ssdfast.train_step import TrainStep
+from ssdfast.training.step import TrainStep
 
 CPU_IMAGES, CUDA_IMAGES = 64, 1536
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssdfast import ops, reference
-from ssdfast.train_step import CudaGraphTrainStep, TrainStep
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.data import build_loader
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.models import build_model

@@ -170,7 +170,7 @@ def training_state(model: nn.Module, optimizer, scaler, *, model_name: str, epoc
                    best_ap: float, args: dict, position: dict | None = None) -> dict:
     """What train.py writes to last.pt/best.pt: weights, the category set they were trained on (checked
     by eval and at resume), and everything needed to continue (optimizer, scaler). `epoch`: the last
-    finished epoch (-1: none yet); `position`: where the epoch in progress stands (engine.EpochProgress's
+    finished epoch (-1: none yet); `position`: where the epoch in progress stands (training.epoch.EpochProgress's
     state_dict), None at an epoch end."""
     return {"model": model.state_dict(), "model_name": model_name, "num_classes": len(category_ids),
             "category_ids": list(category_ids), "category_names": list(category_names), "epoch": epoch,

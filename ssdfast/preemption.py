@@ -1,9 +1,9 @@
-"""Stopping a training run without losing it: signals, agreement between ranks, checkpoint timing, exit codes.
+"""Stopping a training run without losing it: stop signals, and the ranks' agreement on when to stop.
 
 A cluster stops a job with SIGTERM (SLURM, Kubernetes, torchrun), often after SIGUSR1 as a warning
 (SLURM's --signal); a person stops it with Ctrl-C. All three ask for the same thing here: finish the
-current step, write last.pt with the position inside the epoch, exit with EXIT_STOPPED. A second
-Ctrl-C aborts at once (the previous checkpoint is intact: checkpoints are written atomically).
+current step, write last.pt with the position inside the epoch, exit with EXIT_STOPPED (exit_codes.py).
+A second Ctrl-C aborts at once (the previous checkpoint is intact: checkpoints are written atomically).
 """
 from __future__ import annotations
 
@@ -11,22 +11,12 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (its exit hook must be registered before ours: atexit runs LIFO)
 import os
-import re
 import signal
 import threading
-import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-
-# Exit codes of tools/train.py (README "Stop and resume" lists them).
-EXIT_DONE = 0
-EXIT_ERROR = 1  # a user error or a checkpoint that could not be written (one `error:` line)
-EXIT_NON_FINITE = 2  # the loss became NaN/inf; last.pt is the one before
-EXIT_PEER_LOST = 3  # another rank died or hung past --dist-timeout; last.pt is intact
-EXIT_STOPPED = 75  # stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.pt (75 = EX_TEMPFAIL: "try again")
-EXIT_ABORTED = 130  # a second Ctrl-C: stopped at once, last.pt is the previous one
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -151,30 +141,6 @@ class StopAgreement:
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
         dist.all_reduce(low, op=dist.ReduceOp.MAX, group=self.group)
         return bool((high == -low).all())
-
-
-class CheckpointSchedule:
-    """When to write a mid-epoch last.pt: every N iterations ("500") or every so much wall time
-    ("10m", "90s", "1h"); "0" never (epoch ends only). A save costs a host sync and the write."""
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(spec))
-        if not match or (not match.group(2) and "." in match.group(1)):
-            raise ValueError(f"--checkpoint-every {spec!r}: give iterations (e.g. 500) or a time (e.g. 10m, 90s, 1h)")
-        value, unit = float(match.group(1)), match.group(2)
-        self.iterations = int(value) if not unit else None
-        self.seconds = value * {"s": 1, "m": 60, "h": 3600}[unit] if unit else None
-        self.last = time.monotonic()
-
-    def due(self, iteration: int) -> bool:
-        """Is a checkpoint due after `iteration` (0-based, within the epoch)?"""
-        if self.iterations is not None:
-            return self.iterations > 0 and (iteration + 1) % self.iterations == 0
-        return self.seconds > 0 and time.monotonic() - self.last >= self.seconds
-
-    def saved(self) -> None:
-        self.last = time.monotonic()
 
 
 def process_group_timeout(seconds: float) -> timedelta:

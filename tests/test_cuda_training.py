@@ -5,8 +5,8 @@ import torch
 
 from ssdfast import ops
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
-from ssdfast.engine import train_one_epoch
-from ssdfast.train_step import CudaGraphTrainStep, TrainStep
+from ssdfast.training.epoch import train_one_epoch
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess

@@ -3,10 +3,10 @@ stands and when to checkpoint it."""
 import pytest
 import torch
 
-from ssdfast.engine import EpochProgress, NonFiniteLossError
-from ssdfast.train_step import CudaGraphTrainStep, TrainStep
+from ssdfast.training.epoch import EpochProgress, NonFiniteLossError
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.models import build_model
-from ssdfast.preemption import CheckpointSchedule
+from ssdfast.training.checkpoint_schedule import CheckpointSchedule
 
 
 def batch(seed, n=2, g_count=3):

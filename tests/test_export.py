@@ -18,7 +18,7 @@ from ssdfast.data import build_loader
 from ssdfast.data.coco import read_image
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.deployed import Deployed
-from ssdfast.train_step import TrainStep
+from ssdfast.training.step import TrainStep
 from ssdfast.export import check_against_pytorch, compare_detections, export
 from ssdfast.inference import detect, load_detector
 from ssdfast.models import build_model

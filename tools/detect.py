@@ -24,6 +24,7 @@ from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.data.image_files import add_image_limit_args
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
 from ssdfast.runtime import configure_cudnn, pick_device
@@ -204,11 +205,11 @@ def main(argv=None) -> int:
         write_json_atomic(json_path, report, "detections file", indent=1)
     except (CheckpointError, FileNotFoundError, ValueError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     count = sum(len(v) for v in report.values())
     print(f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
           f"drawn to {output}, listed in {json_path}")
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

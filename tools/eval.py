@@ -31,6 +31,7 @@ from ssdfast.data.loader import BACKENDS
 from ssdfast.deployed import is_deployed
 from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
 from ssdfast.engine import evaluate
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.inference import load_detector
 from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 from ssdfast.voc_eval import voc_map
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
                          compare_names=not args.ignore_category_names)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     channels_last = use_channels_last(device) and not deployed
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             write_outputs(outputs, results, metrics)
         except OutputError as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
         detections, metrics_file = outputs["detections file"], outputs["metrics file"]
         print(f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
               f"backend {args.backend}:")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         print(f"{len(results)} detections written to {detections}, metrics to {metrics_file}")
     if world > 1:
         dist.destroy_process_group()
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
+from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.export import check_against_pytorch, export
 from ssdfast.export_metadata import FORMATS
 from ssdfast.inference import load_detector
@@ -76,14 +77,14 @@ def main(argv=None) -> int:
         model, meta = load_detector(args.weights, "cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     if args.format == "onnx":
         try:
             import onnxruntime, onnxscript  # noqa: F401  (the exporter and the check need them)
         except ImportError as error:
             print(f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): "
                   "pip install -e .[export]", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
     # Written under a temporary name beside the output; renamed only once it has passed the check.
     start = time.perf_counter()
     try:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
                 raise CheckFailed(f"the exported model does not detect what PyTorch detects: {report['problem']}")
     except (CheckFailed, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
           f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)")
     print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): its "
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
           f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}; {report['tie_choices']} "
           "of them differ from PyTorch's own choice among tied scores")
     print(f"outputs: {', '.join(info['outputs'])}; input: {info['input']}")
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

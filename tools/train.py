@@ -11,35 +11,26 @@ epoch and the image index, so a resumed run replays what an uninterrupted one wo
 last.pt is written atomically every --checkpoint-every (10 minutes) and at every epoch end, best.pt
 when COCO AP improves; log.jsonl and TensorBoard scalars (--log-path) follow the run.
 SIGTERM, SIGUSR1 or Ctrl-C: the current step finishes, last.pt is written, exit code 75 (a second
-Ctrl-C aborts at once). Exit codes: ssdfast/preemption.py.
+Ctrl-C aborts at once). Exit codes: ssdfast/exit_codes.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from ssdfast import flag_types as flags
 from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError, keep_epoch_copy, resume_training, save_checkpoint, training_state
-from ssdfast.data import build_loader
+from ssdfast.checkpoint import CheckpointError
+from ssdfast.data.batch import DEFAULT_MAX_BOXES
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.data.loader import BACKENDS
-from ssdfast.engine import EpochProgress, NonFiniteLossError, evaluate, lr_at, train_one_epoch
-from ssdfast.models import build_model, canonical_name
-from ssdfast.outputs import writable_folder
-from ssdfast.preemption import (EXIT_ABORTED, EXIT_DONE, EXIT_ERROR, EXIT_NON_FINITE, EXIT_PEER_LOST, EXIT_STOPPED,
-                                CheckpointSchedule, StopAgreement, StopRequest, process_group_timeout)
-from ssdfast.run_lock import hold_save_folder
-from ssdfast.runtime import (autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, unwrap,
-                             use_channels_last)
-from ssdfast.train_step import CudaGraphTrainStep, TrainStep
+from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
+from ssdfast.models import canonical_name
+from ssdfast.preemption import StopRequest
+from ssdfast.training.run import TrainingRun
 
 
 def get_args(argv=None):
@@ -88,7 +79,7 @@ def get_args(argv=None):
                    "epoch_NNN.pt besides last.pt and best.pt (0: none)")
     p.add_argument("--dist-timeout", type=flags.real(0, flags.MAX_DIST_TIMEOUT, low_open=True), default=600, help="seconds a collective may wait for another rank "
                    "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)")
-    p.add_argument("--max-boxes", type=flags.integer(1, flags.MAX_BOXES), default=128, help="ground-truth boxes per image after padding (G)")
+    p.add_argument("--max-boxes", type=flags.integer(1, flags.MAX_BOXES), default=DEFAULT_MAX_BOXES, help="ground-truth boxes per image after padding (G)")
     p.add_argument("--log-every", type=flags.positive, default=10, help="iterations between loss checks/logs (each is a host sync)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--ignore-category-names", action="store_true", help="resume even if SAVE_FOLDER/last.pt was trained "
@@ -103,226 +94,16 @@ def get_args(argv=None):
     return args
 
 
-def build_optimizer(model, args, lr: float, device):
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if args.no_bn_weight_decay and param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    # On CUDA, fused SGD: one kernel for all parameters, and it takes GradScaler's inf check on the
-    # device (the unfused step reads it on the host: a sync every iteration with fp16).
-    fused = device.type == "cuda" or None
-    if args.cuda_graphs:
-        # lr as a device tensor, so lr changes reach the captured graph.
-        lr = torch.tensor(lr, device=device)
-    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=not args.no_nesterov, fused=fused)
-
-
 def main(argv=None, stop_request: StopRequest | None = None) -> int:
+    """Train as the command line `argv` says -> an exit code (ssdfast/exit_codes.py).
+    stop_request: the signal flag run() installs before anything (a signal while loading is a stop too)."""
     args = get_args(argv)
     args.model = canonical_name(args.model)
-    stop_request = stop_request or StopRequest()  # run() installs the signal handlers before anything
-    schedule = CheckpointSchedule(args.checkpoint_every)  # a bad value fails here, before any work
-    if args.keep_checkpoints < 0:
-        raise ValueError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    timeout = process_group_timeout(args.dist_timeout)
-    rank, world, device = setup_distributed(args.device, timeout)
-    agreement = StopAgreement(timeout)  # every rank, at the same point (new_group is a collective)
-    is_main = rank == 0
-    if args.cuda_graphs and device.type != "cuda":
-        sys.exit("error: --cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
-    if args.cuda_graphs and world > 1:
-        # PyTorch's recipe for capturing DDP (DDP built on a side stream, 11+ eager warm-up steps,
-        # NCCL async error handling off) has not been run on several GPUs here: refuse rather than guess.
-        sys.exit("error: --cuda-graphs is single-process for now (capturing DDP is untested): drop --cuda-graphs "
-                 "under torchrun, or train on one GPU")
-    cudnn_benchmark = configure_cudnn(device, not args.no_cudnn_benchmark)
-    channels_last = use_channels_last(device, args.channels_last)
-    amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype, args.cuda_graphs)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-
-    torch.manual_seed(args.seed)
-    save_folder = Path(args.save_folder)
-    if is_main:  # found now, not after the first epoch
-        writable_folder(save_folder, "save folder")
-        writable_folder(args.log_path or save_folder / "tensorboard", "TensorBoard folder")
-        hold_save_folder(save_folder)  # one training per folder (refused at once); clears stale temporaries
-    train_loader = build_loader(args.data_path, "train", train=True, batch_size=args.batch_size,
-                                num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                                max_boxes=args.max_boxes, backend=args.data_backend, device=device,
-                                channels_last=channels_last, data_format=args.data_format, ann_file=args.train_ann,
-                                image_dir=args.train_images, max_pixels=args.max_pixels,
-                                allow_outside_paths=args.allow_outside_paths)
-    val_loader = build_loader(args.data_path, "val", train=False, batch_size=args.batch_size,
-                              num_workers=args.num_workers, rank=rank, world_size=world, seed=args.seed,
-                              max_boxes=args.max_boxes, backend=args.data_backend, device=device,
-                              channels_last=channels_last, data_format=args.data_format, ann_file=args.val_ann,
-                              image_dir=args.val_images, max_pixels=args.max_pixels,
-                              allow_outside_paths=args.allow_outside_paths) if args.eval_every > 0 else None
-    num_classes = len(train_loader.info.category_ids)
-    model = build_model(args.model, num_classes=num_classes, backbone_weights=args.backbone_weights).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    base_lr = args.lr * args.batch_size * world / 32
-    optimizer = build_optimizer(model, args, base_lr, device)
-
-    start_epoch, best_ap, position = 0, -1.0, None
-    last = save_folder / "last.pt"
-    if last.exists() and not args.no_resume:
-        start_epoch, best_ap, position = resume_training(last, model, optimizer, scaler, model_name=args.model,
-                                                         category_names=train_loader.info.category_names,
-                                                         check_names=not args.ignore_category_names,
-                                                         data=args.data_path)
-        if not agreement.same([start_epoch, position["iteration"] if position else 0]):
-            raise ValueError(f"the ranks found different checkpoints in {save_folder}: every rank must see the "
-                             "same save folder (a shared file system)")
-        if is_main and position:
-            print(f"resuming from {last}: epoch {start_epoch} stopped after {position['iteration']} iteration(s), "
-                  f"continuing with iteration {position['iteration']} (0-based)")
-            if position.get("world", world) != world:
-                print(f"warning: {last} was written by {position['world']} processes, this run has {world}: the "
-                      "global batch, lr and data order change, so this continues as a different run")
-        elif is_main:
-            print(f"resuming from {last}: epoch {start_epoch - 1} done, continuing at epoch {start_epoch}")
-
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_cls = CudaGraphTrainStep if args.cuda_graphs else TrainStep
-    step = step_cls(ddp_model, optimizer, amp_dtype=amp_dtype, scaler=scaler)
-
-    writer, log_file = None, None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        save_folder.mkdir(parents=True, exist_ok=True)
-        # purge_step: scalars an interrupted run logged after its last checkpoint are dropped, not doubled.
-        resumed_at = start_epoch * len(train_loader) + (position["iteration"] if position else 0)
-        writer = SummaryWriter(args.log_path or str(save_folder / "tensorboard"), purge_step=resumed_at or None)
-        log_file = open(save_folder / "log.jsonl", "a")
-        print(f"ssd: {args.model}, {num_classes} classes, {train_loader.info.num_images} train images, world {world}, "
-              f"device {device}, amp {amp_dtype}, channels_last {channels_last}, cuda graphs {args.cuda_graphs}, "
-              f"cudnn.benchmark {cudnn_benchmark}, "
-              f"{args.data_backend} data, lr {base_lr:.2e}")
-
-    def log(record: dict) -> None:
-        if is_main:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-
-    def on_log(epoch, it, values):
-        log({"epoch": epoch, "iteration": it, **values})
-        step_index = epoch * len(train_loader) + it
-        for key, value in values.items():
-            writer.add_scalar(f"train/{key}", value, step_index)
-
-    def lr_fn(epoch, it, iters):
-        return lr_at(base_lr, epoch, it, iters, args.multistep, args.warmup)
-
-    def save_last(epochs_done: int, position: dict | None, also_best: bool = False) -> None:
-        """Write last.pt (rank 0 only; no collective inside, so rank 0 alone may decide when).
-        epochs_done: the last finished epoch; position: where the next one stands (None: at its start).
-        also_best: the same state to best.pt first (a kill between the two never leaves best_ap ahead of best.pt)."""
-        if position is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            # Another rank's NaN reaches these weights through the all-reduce before this rank's loss shows it.
-            raise NonFiniteLossError(f"the weights became non-finite in epoch {position['epoch']} before iteration "
-                                     f"{position['iteration']}: not saved (last.pt is the one before); try a lower --lr")
-        state = training_state(unwrap(model), optimizer, scaler, model_name=args.model, epoch=epochs_done,
-                               category_ids=train_loader.info.category_ids,
-                               category_names=train_loader.info.category_names, best_ap=best_ap, args=vars(args),
-                               position=position)
-        if also_best:
-            save_checkpoint(save_folder / "best.pt", state)
-        save_checkpoint(last, state)
-        schedule.saved()
-
-    def save_position(progress: EpochProgress) -> None:
-        with host_sync_point(device):  # reads the loss sums and the weights
-            save_last(progress.epoch - 1, {**progress.state_dict(), "world": world})
-
-    def after_step(progress: EpochProgress) -> bool:
-        """Mid-epoch last.pt when due (rank 0 decides alone) and the ranks' agreement on a stop request."""
-        stop = agreement.any(stop_request.requested is not None)
-        if is_main and (stop or schedule.due(progress.iteration - 1)):
-            save_position(progress)
-        return stop
-
-    def close_logs() -> None:
-        if is_main:
-            writer.close()
-            log_file.close()
-
-    if agreement.any(stop_request.requested is not None):  # signalled while loading
-        close_logs()
-        return stopped(world, is_main, stop_request, last, "the start (nothing trained)")
-    for epoch in range(start_epoch, args.epochs):
-        torch.manual_seed(args.seed + epoch)
-        progress = EpochProgress(epoch, device, position if position and position["epoch"] == epoch else None)
-        try:
-            stats = train_one_epoch(step, train_loader, device, epoch, lr_fn=lr_fn, channels_last=channels_last,
-                                    log_every=args.log_every, max_iters=args.iters_per_epoch, is_main=is_main,
-                                    on_log=on_log if is_main else None, progress=progress, after_step=after_step)
-        except NonFiniteLossError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_NON_FINITE
-        if stats["stopped"]:
-            close_logs()
-            return stopped(world, is_main, stop_request, last, f"epoch {epoch}, iteration {progress.iteration}")
-        if stats["skipped"] and is_main:
-            print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
-                  f"e.g. {stats['skipped'][0]}")
-        record = {"epoch": epoch, **{k: v for k, v in stats.items() if k not in ("skipped", "stopped")},
-                  "time": time.time()}
-        if val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            if is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
-                save_position(progress)
-            coco, table, _, _ = evaluate(ddp_model, val_loader, device, amp_dtype=amp_dtype,
-                                         channels_last=channels_last, nms_threshold=args.nms_threshold,
-                                         max_batches=args.eval_batches, is_main=is_main)
-            if is_main:
-                print(f"epoch {epoch} COCO evaluation:\n{table}")
-                for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
-                    record[f"coco/{key}"] = value
-                    writer.add_scalar(f"coco/{key}", value, epoch)
-        if is_main:
-            writer.add_scalar("train/images_per_s", stats["images_per_s"], epoch)
-            print(f"epoch {epoch}: loss {stats['loss']:.4f} (loc {stats['loss_loc']:.4f}, conf "
-                  f"{stats['loss_conf']:.4f}), {stats['images_per_s']:.1f} images/s"
-                  + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
-            ap = record.get("coco/AP", -1.0)
-            improved, best_ap = ap > best_ap, max(best_ap, ap)
-            save_last(epoch, None, also_best=improved)
-            log(record)  # after the save: a kill before it replays the epoch, which then logs it once
-            if args.keep_checkpoints:
-                keep_epoch_copy(last, epoch, args.keep_checkpoints)
-        # A signal during the evaluation: the epoch is saved, stop now (every rank agrees).
-        if agreement.any(stop_request.requested is not None) and epoch + 1 < args.epochs:
-            close_logs()
-            return stopped(world, is_main, stop_request, last, f"the end of epoch {epoch}")
-        if world > 1:
-            dist.barrier()
-    close_logs()
-    if is_main:
-        written = ", ".join(name for name in ("last.pt", "best.pt") if (save_folder / name).exists())
-        print(f"done: checkpoints in {save_folder} ({written}), log {save_folder / 'log.jsonl'}")
-    if world > 1:
-        dist.destroy_process_group()
-    return EXIT_DONE
-
-
-def stopped(world: int, is_main: bool, stop_request: StopRequest, last: Path, where: str) -> int:
-    """After a stop request: wait until rank 0 has written last.pt (a rank leaving early would make
-    torchrun tear the others down mid-write), say where to resume, exit EXIT_STOPPED."""
-    stop_request.exiting()
-    if world > 1:
-        dist.barrier()
-    if is_main:
-        print(f"stopped ({stop_request.requested or 'another rank was signalled'}) at {where}: {last} holds the run so "
-              f"far; run the same command to resume from there (exit code {EXIT_STOPPED})", flush=True)
-    if world > 1:
-        dist.destroy_process_group()
-    return EXIT_STOPPED
+    training = TrainingRun(args, stop_request)  # flags that need no work fail here, before any
+    training.setup()
+    training.resume()
+    training.start()
+    return training.train()
 
 
 def is_collective_failure(error: BaseException) -> bool:
@@ -334,7 +115,7 @@ def is_collective_failure(error: BaseException) -> bool:
 
 def run(argv=None) -> int:
     """main() with user errors as one `error:` line (a traceback only with --debug, or for bugs) and the
-    exit codes of ssdfast/preemption.py."""
+    exit codes of ssdfast/exit_codes.py."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     rank = os.environ.get("RANK", "0")
     try:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
-from .loss import LossOutput, MultiBoxLoss
-from .runtime import autocast, unwrap
+from .. import ops
+from ..loss import LossOutput, MultiBoxLoss
+from ..runtime import autocast, unwrap
 
 
 class TrainStep:

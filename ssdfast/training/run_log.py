@@ -1,0 +1,50 @@
+"""What a run records as it goes: log.jsonl (one JSON object a line) and TensorBoard scalars.
+
+Rank 0 writes them; the other ranks hold a RunLog without files, whose methods do nothing, so the
+training code calls it the same way on every rank.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLog:
+    """log.jsonl in `folder` and TensorBoard scalars in `tensorboard` (None: nothing is written).
+
+    resumed_at: the global step a resumed run continues from; scalars an interrupted run logged after
+    its last checkpoint are dropped from there (TensorBoard's purge_step), not doubled."""
+
+    def __init__(self, folder: str | Path | None = None, tensorboard: str | Path | None = None,
+                 steps_per_epoch: int = 1, resumed_at: int = 0):
+        self.steps_per_epoch = steps_per_epoch
+        self.file = self.writer = None
+        if folder is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # a slow import: rank 0 only
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(tensorboard), purge_step=resumed_at or None)
+        self.file = open(Path(folder) / "log.jsonl", "a")
+
+    def record(self, record: dict) -> None:
+        """One line of log.jsonl, flushed (a run killed next keeps it)."""
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def iteration(self, epoch: int, iteration: int, values: dict) -> None:
+        """A log point inside an epoch: a line with epoch and iteration, and train/* scalars at the global step."""
+        self.record({"epoch": epoch, "iteration": iteration, **values})
+        for key, value in values.items():
+            self.scalar(f"train/{key}", value, epoch * self.steps_per_epoch + iteration)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.writer.close()
+            self.file.close()
+            self.file = self.writer = None

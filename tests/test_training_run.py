@@ -1,0 +1,117 @@
+"""TrainingRun driven in-process: a stop saves where the epoch stands and a new run continues there to
+the weights of an uninterrupted run; best.pt follows the best AP; a stop before any step trains nothing.
+The oracle is an uninterrupted run of the same arguments (tests/test_preemption.py does the same
+through subprocesses and signals)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssdfast.checkpoint import load_checkpoint
+from ssdfast.exit_codes import EXIT_DONE, EXIT_STOPPED
+from ssdfast.models import canonical_name
+from ssdfast.preemption import StopRequest
+from ssdfast.training import run as run_module
+from ssdfast.training.run import TrainingRun
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import train  # noqa: E402  (tools/train.py: its argument parser makes the runs' arguments)
+
+
+def arguments(data, folder, *extra, epochs=1):
+    """A tiny run: SSDLite from scratch, 2 steps of 4 images per epoch, no evaluation."""
+    args = train.get_args(["--data-path", str(data), "--save-folder", str(folder), "--model", "ssdlite",
+                           "--backbone-weights", "none", "--epochs", str(epochs), "--iters-per-epoch", "2",
+                           "--batch-size", "4", "--num-workers", "0", "--lr", "0.05", "--log-every", "1",
+                           "--eval-every", "0", "--checkpoint-every", "0", "--seed", "5", *map(str, extra)])
+    args.model = canonical_name(args.model)
+    return args
+
+
+class StopsDuringStep(TrainingRun):
+    """A run whose stop request arrives during its k-th step, as a SIGTERM would (StopRequest's handler
+    sets `requested`; the loop reads it after the step)."""
+
+    def __init__(self, args, stop_at_step: int):
+        super().__init__(args, StopRequest())
+        self.stop_at_step, self.steps = stop_at_step, 0
+
+    def after_step(self, progress):
+        self.steps += 1
+        if self.steps == self.stop_at_step:
+            self.stop_request.requested = "SIGTERM"
+        return super().after_step(progress)
+
+
+def started(run: TrainingRun) -> TrainingRun:
+    """What tools/train.py's main does before train()."""
+    run.setup()
+    run.resume()
+    run.start()
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_coco, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    assert started(TrainingRun(arguments(synthetic_coco, folder))).train() == EXIT_DONE
+    return load_checkpoint(folder / "last.pt")
+
+
+def test_a_stop_mid_epoch_saves_the_position_and_a_new_run_resumes_to_the_same_weights(
+        uninterrupted, synthetic_coco, tmp_path, capsys):
+    args = arguments(synthetic_coco, tmp_path)
+    assert started(StopsDuringStep(args, stop_at_step=1)).train() == EXIT_STOPPED
+    assert "stopped (SIGTERM) at epoch 0, iteration 1:" in capsys.readouterr().out
+    stopped = load_checkpoint(tmp_path / "last.pt")
+    assert stopped["epoch"] == -1 and stopped["position"]["epoch"] == 0 and stopped["position"]["iteration"] == 1
+    assert not (tmp_path / "best.pt").exists()
+
+    resumed = started(TrainingRun(args))
+    assert (resumed.start_epoch, resumed.resumed_iteration) == (0, 1)
+    assert resumed.train() == EXIT_DONE
+    out = capsys.readouterr().out
+    assert "continuing with iteration 1 (0-based)" in out and "done: checkpoints in" in out
+    final = load_checkpoint(tmp_path / "last.pt")
+    assert final["epoch"] == 0 and final["position"] is None
+    for key, value in uninterrupted["model"].items():
+        torch.testing.assert_close(final["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_best_pt_only_when_the_ap_improves_and_before_last_pt(synthetic_coco, tmp_path, monkeypatch):
+    written = []
+    save = run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint", lambda path, state: (written.append(Path(path).name),
+                                                                            save(path, state)))
+    run = started(TrainingRun(arguments(synthetic_coco, tmp_path, epochs=4)))
+    log_line = run.log.record
+    run.log.record = lambda record: (written.append(f"log {record['epoch']}"), log_line(record))
+    for epoch, ap in enumerate((0.2, 0.1, 0.3)):
+        run.save_epoch(epoch, {"epoch": epoch, "coco/AP": ap})
+    run.save_epoch(3, {"epoch": 3})  # not evaluated: no AP, no best.pt
+    run.log.close()
+    assert written == ["best.pt", "last.pt", "log 0", "last.pt", "log 1", "best.pt", "last.pt", "log 2",
+                       "last.pt", "log 3"]
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert (best["epoch"], best["best_ap"]) == (2, 0.3) and (last["epoch"], last["best_ap"]) == (3, 0.3)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4
+
+    # The best AP survives a restart: a worse epoch after the resume keeps best.pt.
+    written.clear()
+    again = TrainingRun(arguments(synthetic_coco, tmp_path, epochs=5))
+    again.setup()
+    again.resume()
+    assert (again.start_epoch, again.best_ap) == (4, 0.3)
+    again.save_epoch(4, {"epoch": 4, "coco/AP": 0.25})
+    assert written == ["last.pt"] and load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+
+
+def test_a_stop_before_the_first_step_trains_and_saves_nothing(synthetic_coco, tmp_path, capsys):
+    run = started(StopsDuringStep(arguments(synthetic_coco, tmp_path), stop_at_step=0))
+    run.stop_request.requested = "SIGUSR1"  # arrived while loading
+    assert run.train() == EXIT_STOPPED
+    assert "stopped (SIGUSR1) at the start (nothing trained)" in capsys.readouterr().out
+    assert not (tmp_path / "last.pt").exists() and run.steps == 0
