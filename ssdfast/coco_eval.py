@@ -9,6 +9,8 @@ import contextlib
 import copy
 import io
 
+import numpy as np
+
 import torch
 import torch.distributed as dist
 
@@ -46,11 +48,12 @@ def gather_to_rank0(items: list) -> list:
 
 
 def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None,
-                  backend: str = "pycocotools") -> tuple[dict[str, float] | None, str]:
+                  backend: str = "pycocotools", curves: dict | None = None) -> tuple[dict[str, float] | None, str]:
     """COCO box AP/AR of `results` against `coco_gt` (a pycocotools COCO object).
 
     image_ids: restrict to these images (default: all of coco_gt). Returns ({name: value}, table text),
     or (None, the reason) when those images have no ground truth to compare with.
+    curves: if given, filled with each class's precision at IoU 0.5 over COCO's 101 recall points.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
@@ -86,10 +89,20 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
         evaluator.summarize()
     stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
     per_class = class_ap(evaluator, coco_gt)
+    if curves is not None:
+        curves.clear()
+        curves.update(precision_at_iou50(evaluator, coco_gt))
     stats.update({f"AP_class/{name}": ap for name, ap in per_class.items()})
     table = [line for line in text.getvalue().splitlines() if "Average" in line]
     return stats, "\n".join(table + ["AP per class (IoU 0.50:0.95, all areas, 100 detections):"]
                              + [f"  {name:>24s}  {ap:.3f}" for name, ap in per_class.items()])
+
+
+def precision_at_iou50(evaluator, coco_gt) -> dict[str, np.ndarray]:
+    """Each class's precision [101] at recall 0, 0.01, ..., 1 (IoU 0.5, all areas, 100 detections; -1 where
+    the class has no ground truth), from COCOeval's accumulated precision."""
+    precision = evaluator.eval["precision"][0, :, :, 0, -1]
+    return {coco_gt.cats[c]["name"]: precision[:, k].copy() for k, c in enumerate(evaluator.params.catIds)}
 
 
 def class_ap(evaluator, coco_gt) -> dict[str, float]:

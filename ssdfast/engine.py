@@ -36,15 +36,16 @@ def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_t
     return results, image_ids, skipped
 
 
-def evaluate(model, loader, device, *, backend="pycocotools", **kwargs) -> tuple[dict | None, str, list[dict], list]:
+def evaluate(model, loader, device, *, backend="pycocotools", curves: dict | None = None,
+             **kwargs) -> tuple[dict | None, str, list[dict], list]:
     """COCO evaluation over a (possibly sharded) loader. Rank 0 gets (stats, table, all results,
-    evaluated image ids); other ranks get (None, "", [], [])."""
+    evaluated image ids); other ranks get (None, "", [], []). curves: see coco_eval.coco_evaluate."""
     results, image_ids, skipped = predict(model, loader, device, category_ids=loader.info.category_ids, **kwargs)
     results, image_ids = gather_to_rank0(results), gather_to_rank0(image_ids)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None, "", [], []
     if skipped:
         print(f"warning: {len(skipped)} unreadable image(s) left out of evaluation, e.g. {skipped[0]}")
-    stats, table = coco_evaluate(loader.info.coco, results, image_ids=image_ids, backend=backend)
+    stats, table = coco_evaluate(loader.info.coco, results, image_ids=image_ids, backend=backend, curves=curves)
     return stats, table, results, image_ids
 

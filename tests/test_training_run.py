@@ -115,3 +115,49 @@ def test_a_stop_before_the_first_step_trains_and_saves_nothing(synthetic_coco, t
     assert run.train() == EXIT_STOPPED
     assert "stopped (SIGUSR1) at the start (nothing trained)" in capsys.readouterr().out
     assert not (tmp_path / "last.pt").exists() and run.steps == 0
+
+
+def test_a_run_draws_its_batch_predictions_curves_and_pr_plot(synthetic_coco, tmp_path, capsys):
+    """train_batch0.jpg (8 augmented images, 4 per row, 300 px each), results.png and pr.png in the save
+    folder, and the predictions image in TensorBoard's event file."""
+    import cv2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "drawn"
+    args = arguments(synthetic_coco, folder, "--eval-every", 1, "--eval-batches", 1, "--batch-size", 8)
+    assert started(TrainingRun(args)).train() == EXIT_DONE
+    batch0 = cv2.imread(str(folder / "train_batch0.jpg"))
+    assert batch0.shape == (600, 1200, 3) and batch0.std() > 10
+    for name in ("results.png", "pr.png"):
+        assert cv2.imread(str(folder / name)) is not None, name
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/predictions" in events.Tags()["images"]
+    image = events.Images("val/predictions")[0]
+    assert image.width == 4 * 300 and image.height == 300
+
+
+def test_fine_tuning_keeps_the_categories_shared_by_name(synthetic_coco, tmp_path, capsys):
+    """A detector trained on the synthetic set, fine-tuned onto a copy whose first category is renamed:
+    2 of 3 categories matched, and the run trains."""
+    import json
+    import shutil
+
+    source = tmp_path / "source"
+    assert started(TrainingRun(arguments(synthetic_coco, source))).train() == EXIT_DONE
+    data = tmp_path / "renamed"
+    shutil.copytree(synthetic_coco, data)
+    for split in ("train", "val"):
+        path = data / "annotations" / f"instances_{split}2017.json"
+        coco = json.loads(path.read_text())
+        coco["categories"][0]["name"] = "never seen before"
+        path.write_text(json.dumps(coco))
+    capsys.readouterr()
+    tuned = tmp_path / "tuned"
+    assert started(TrainingRun(arguments(data, tuned, "--weights", source / "last.pt"))).train() == EXIT_DONE
+    out = capsys.readouterr().out
+    assert "class heads: 2 of 3 categories matched by name" in out, out
+    wrong_model = arguments(data, tmp_path / "wrong", "--weights", source / "last.pt")
+    wrong_model.model = canonical_name("ssd")
+    with pytest.raises(ValueError, match="holds ssdlite300_mobilenetv2, not ssd300_resnet50"):
+        started(TrainingRun(wrong_model))

@@ -71,6 +71,9 @@ def get_args(argv=None):
     p.add_argument("--eval-batches", type=flags.positive, default=None, help="evaluate on at most this many val batches (quick checks)")
     p.add_argument("--iters-per-epoch", type=flags.positive, default=None, help="stop each epoch after this many iterations (smoke tests)")
     p.add_argument("--seed", type=flags.integer(0, flags.MAX_SEED), default=0, help="seed of the data order, augmentation and init")
+    p.add_argument("--weights", default=None, help="fine-tune: start from this detector checkpoint (ssdfast's, the "
+                   "older implementation's or NVIDIA's) trained on other categories; backbone and box heads are kept, "
+                   "the class heads keep the rows of categories with the same names")
     p.add_argument("--backbone-weights", default="imagenet", help="imagenet (torchvision, downloaded), none, or a path to a state dict")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_FOLDER/last.pt exists (it is overwritten)")
     p.add_argument("--checkpoint-every", default="10m", help="also write last.pt inside an epoch: every N iterations "

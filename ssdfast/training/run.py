@@ -25,6 +25,7 @@ from .. import engine
 from ..checkpoint import keep_epoch_copy, resume_training, save_checkpoint, training_state
 from ..data import build_loader
 from ..exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
+from ..finetune import load_source, transfer_weights
 from ..models import build_model
 from ..outputs import writable_folder
 from ..preemption import StopAgreement, StopRequest, process_group_timeout
@@ -32,6 +33,7 @@ from ..run_lock import hold_save_folder
 from ..runtime import autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, use_channels_last
 from .checkpoint_schedule import CheckpointSchedule
 from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
+from . import pictures
 from .optimizer import LrSchedule, build_optimizer, scaled_lr
 from .run_log import RunLog
 from .step import CudaGraphTrainStep, TrainStep
@@ -56,6 +58,7 @@ class TrainingRun:
         self.last = self.save_folder / "last.pt"
         self.tensorboard_folder = Path(args.log_path) if args.log_path else self.save_folder / "tensorboard"
         self.start_epoch, self.best_ap, self.position = 0, -1.0, None  # resume() reads them from last.pt
+        self.curves: dict = {}  # the last evaluation's precision-recall curves (pr.png)
         self.log = RunLog()  # start() opens the files on rank 0
 
     # --- before the first step ---------------------------------------------------------------------------
@@ -110,7 +113,10 @@ class TrainingRun:
     def build_model(self) -> None:
         """The model on the device, SGD and the lr schedule (--lr scaled to the global batch)."""
         args = self.args
-        model = build_model(args.model, num_classes=len(self.info.category_ids), backbone_weights=args.backbone_weights)
+        backbone = "none" if args.weights else args.backbone_weights  # fine-tuning brings its own backbone
+        model = build_model(args.model, num_classes=len(self.info.category_ids), backbone_weights=backbone)
+        if args.weights:
+            self.fine_tune_from(model, args.weights)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -120,6 +126,16 @@ class TrainingRun:
                                          nesterov=not args.no_nesterov, weight_decay=args.weight_decay,
                                          decay_norms_and_biases=not args.no_bn_weight_decay,
                                          lr_as_tensor=args.cuda_graphs)
+
+    def fine_tune_from(self, model, weights) -> None:
+        """Start from a detector trained on other categories (--weights): see ssdfast/finetune.py."""
+        state, meta = load_source(weights)
+        if meta["model_name"] != self.args.model:
+            raise ValueError(f"--weights {weights} holds {meta['model_name']}, not {self.args.model}: pass "
+                             f"--model {meta['model_name']}")
+        report = transfer_weights(model, state, meta["category_names"], list(self.info.category_names))
+        if self.is_main:
+            print(f"{weights}: {report}")
 
     def resume(self) -> None:
         """Continue from last.pt unless --no-resume: weights, optimizer, scaler, best AP and where to go on.
@@ -161,6 +177,14 @@ class TrainingRun:
         self.step = step_class(self.ddp_model, self.optimizer, amp_dtype=self.amp_dtype, scaler=self.scaler)
         if self.is_main:
             self.open_log()
+            self.draw_first_batch()
+
+    def draw_first_batch(self) -> None:
+        """train_batch0.jpg, once per save folder. Not on DALI: reading a batch ahead would move its
+        random stream (the other paths key every draw by (seed, epoch, index))."""
+        picture = self.save_folder / "train_batch0.jpg"
+        if not picture.exists() and self.args.data_backend != "dali":
+            pictures.save_first_batch(self.train_loader, list(self.info.category_names), picture)
 
     def open_log(self) -> None:
         steps_per_epoch = len(self.train_loader)
@@ -252,9 +276,13 @@ class TrainingRun:
         args = self.args
         coco, table, _, _ = engine.evaluate(self.ddp_model, self.val_loader, self.device, amp_dtype=self.amp_dtype,
                                             channels_last=self.channels_last, nms_threshold=args.nms_threshold,
-                                            max_batches=args.eval_batches, is_main=self.is_main)
+                                            max_batches=args.eval_batches, is_main=self.is_main, curves=self.curves)
         if self.is_main:
             print(f"epoch {progress.epoch} COCO evaluation:\n{table}")
+            if args.data_backend != "dali":  # a few val images with their detections, in TensorBoard
+                grid = pictures.prediction_grid(self.model, next(iter(self.val_loader)),
+                                                list(self.info.category_names), self.device)
+                self.log.image("val/predictions", grid, progress.epoch)
             for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
                 record[f"coco/{key}"] = value
                 self.log.scalar(f"coco/{key}", value, progress.epoch)
@@ -275,6 +303,7 @@ class TrainingRun:
         improved, self.best_ap = ap > self.best_ap, max(self.best_ap, ap)
         self.save(epoch, None, also_best=improved)
         self.log.record(record)
+        pictures.save_plots(self.save_folder, self.curves)
         if self.args.keep_checkpoints:
             keep_epoch_copy(self.last, epoch, self.args.keep_checkpoints)
 

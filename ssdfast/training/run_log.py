@@ -37,6 +37,11 @@ class RunLog:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
 
+    def image(self, tag: str, image_rgb, step: int) -> None:
+        """An RGB uint8 picture [H, W, 3] in TensorBoard's images tab."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image_rgb, step, dataformats="HWC")
+
     def iteration(self, epoch: int, iteration: int, values: dict) -> None:
         """A log point inside an epoch: a line with epoch and iteration, and train/* scalars at the global step."""
         self.record({"epoch": epoch, "iteration": iteration, **values})

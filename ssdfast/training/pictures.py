@@ -1,0 +1,74 @@
+"""What a training run draws, for people who would rather look than read (rank 0):
+train_batch0.jpg before the first step (augmented images with their ground truth: are the labels read
+right?), predictions on a few val images in TensorBoard at each evaluation, and results.png (loss parts,
+lr, AP) and pr.png (precision-recall per class at IoU 0.5) after each epoch. Every file is written whole
+(ssdfast.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..outputs import atomic_output
+from ..plots import batch_grid, plot_precision_recall, plot_run
+from ..postprocess import postprocess, scale_to_image
+from ..visualize import draw_detections
+
+SHOWN = 8  # images in train_batch0.jpg
+PREDICTED = 4  # val images shown with their predictions in TensorBoard
+SHOW_SCORE = 0.3  # detections drawn (ssdfast.inference.DISPLAY_SCORE_THRESHOLD's value)
+
+
+def rgb_uint8(images: torch.Tensor) -> np.ndarray:
+    """A batch's images [B, 3, H, W] -> RGB uint8 [B, H, W, 3]: uint8 as they are (the PyTorch path), or
+    ImageNet-normalised floats (the GPU and DALI paths) mapped back."""
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        images = ((images.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def write_jpeg(path: Path, image_bgr: np.ndarray) -> None:
+    with atomic_output(path, "picture", keep_suffix=True) as tmp:
+        if not cv2.imwrite(str(tmp), image_bgr):
+            raise OSError(f"OpenCV could not write {tmp}")
+
+
+def save_first_batch(loader, names: list[str], path: Path) -> None:
+    """train_batch0.jpg: the first training batch of epoch 0 as the model sees it, with its ground truth."""
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    n = min(SHOWN, len(batch.images))
+    write_jpeg(path, batch_grid(rgb_uint8(batch.images[:n]), batch.boxes[:n].cpu().numpy(),
+                                batch.labels[:n].cpu().numpy(), names))
+
+
+@torch.no_grad()
+def prediction_grid(model, batch, names: list[str], device) -> np.ndarray:
+    """RGB uint8 grid of the first PREDICTED images of a val batch with the model's detections drawn."""
+    model.eval()
+    n = min(PREDICTED, len(batch.images))
+    images = batch.to(device).images[:n].float()
+    locs, confs = model(images)
+    dets = postprocess(locs.float(), confs.float(), model.anchors, score_threshold=SHOW_SCORE)
+    pixels = rgb_uint8(images)
+    height, width = pixels.shape[1:3]
+    boxes = scale_to_image(dets.boxes.clamp(0, 1), torch.tensor([[height, width]] * n, device=dets.boxes.device))
+    tiles = [draw_detections(np.ascontiguousarray(pixels[i][..., ::-1]), boxes[i, :c].cpu().numpy(),
+                             dets.scores[i, :c].cpu().numpy(), dets.labels[i, :c].cpu().numpy(), names)[..., ::-1]
+             for i, c in enumerate(dets.counts.tolist())]
+    return np.concatenate(tiles, axis=1)
+
+
+def save_plots(folder: Path, curves: dict) -> None:
+    """results.png from log.jsonl, and pr.png from the last evaluation's curves (if any)."""
+    with atomic_output(folder / "results.png", "picture", keep_suffix=True) as tmp:
+        plot_run(folder / "log.jsonl", tmp)
+    if curves:
+        with atomic_output(folder / "pr.png", "picture", keep_suffix=True) as tmp:
+            plot_precision_recall(curves, tmp, "precision-recall per class, IoU 0.5 (last evaluation)")
