@@ -58,7 +58,8 @@ def resolve_source(data_path: str | Path | None, split: str, data_format: str | 
         raise ValueError(f"no {split} data given: --data-path, or a COCO annotation file and its image folder")
     path = Path(data_path)
     if not path.exists():
-        raise FileNotFoundError(f"dataset not found: {path}")
+        expected = "; or ".join(LOOKED_FOR).replace("{train,val}", split)
+        raise FileNotFoundError(f"dataset not found: {path} does not exist (expected {expected})")
     data_format = data_format or detect_format(path)
     if data_format == "coco":
         return coco_source(*coco_paths(path, split))
