@@ -18,22 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class SSDDefaults:
-    """SSD's constants in one place (docs/ssd.md sections 2-5), as NVIDIA's DefaultBoxes carries its
-    scale_xy/scale_wh: every signature, the loss and the tools take their defaults from SSD_DEFAULTS."""
-    center_variance: float = 0.1  # box coding: offsets of the centre are divided by this
-    size_variance: float = 0.2  # ... and log-size ratios by this
-    match_iou: float = 0.5  # a default box with IoU > this with its best ground truth is positive
-    neg_pos_ratio: int = 3  # hard negative mining keeps at most this many negatives per positive
-    score_threshold: float = 0.05  # post-processing: class scores at or below this are dropped
-    nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the seed trained with 0.5)
-    topk_per_class: int = 200  # candidates per class before NMS
-    max_detections: int = 200  # detections per image after NMS (K of the fixed-size output)
+from .defaults import SSD_DEFAULTS, SSDDefaults  # noqa: F401  (SSD's constants: their home is defaults.py)
 
 
-SSD_DEFAULTS = SSDDefaults()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # seconds a collective may wait (far above it,
 MAX_DETECTIONS = 100_000  # detections per image kept by an exported model
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The tools' --help: the module docstring as written (its example commands) and every flag's default."""
+
+
 def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     """An integer in [low, high] (no upper bound: high None)."""
     shown = f"in [{low}, {high}]" if high is not None else f">= {low}"

@@ -161,3 +161,18 @@ def test_fine_tuning_keeps_the_categories_shared_by_name(synthetic_coco, tmp_pat
     wrong_model.model = canonical_name("ssd")
     with pytest.raises(ValueError, match="holds ssdlite300_mobilenetv2, not ssd300_resnet50"):
         started(TrainingRun(wrong_model))
+
+
+def test_a_finished_run_says_so_and_a_resumed_one_lists_its_changed_arguments(synthetic_coco, tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "finished"
+    assert started(TrainingRun(arguments(synthetic_coco, folder))).train() == EXIT_DONE
+    assert json.loads((folder / "args.json").read_text())["lr"] == 0.05
+    capsys.readouterr()
+    before = (folder / "last.pt").read_bytes()
+    assert started(TrainingRun(arguments(synthetic_coco, folder, "--lr", 0.01))).train() == EXIT_DONE
+    out = capsys.readouterr().out
+    assert "already finished at epoch 0; nothing to train (raise --epochs or choose a new --save-folder)" in out
+    assert "--lr 0.01 (was 0.05)" in out and (folder / "last.pt").read_bytes() == before
+    assert json.loads((folder / "args.json").read_text())["lr"] == 0.01  # the arguments now in force

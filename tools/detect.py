@@ -36,7 +36,7 @@ VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v)
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint: ssdfast, the seed's, or NVIDIA's; "
                    "or an exported model.onnx / model.pt2 (tools/export.py)")
     p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")

@@ -19,26 +19,17 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
+# Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
-from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError, check_categories
-from ssdfast.data import build_loader
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.data.loader import BACKENDS
-from ssdfast.deployed import is_deployed
-from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
-from ssdfast.engine import evaluate
+from ssdfast.defaults import DATA_BACKENDS, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.inference import load_detector
 from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 from ssdfast.voc_eval import voc_map
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--data-path", default=None, help="dataset: COCO layout root, VOCdevkit year folder, or YOLO "
                    "data.yaml (or its folder)")
     p.add_argument("--data-format", choices=["coco", "voc", "yolo"], default=None,
@@ -51,7 +42,7 @@ def get_args(argv=None):
                    "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)")
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
-    p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
+    p.add_argument("--data-backend", choices=DATA_BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
                    "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument("--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)")
@@ -97,7 +88,17 @@ def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> Non
 
 
 def main(argv=None) -> int:
-    args = get_args(argv)
+    args = get_args(argv)  # --help and usage errors before PyTorch is imported
+    import torch
+    import torch.distributed as dist
+
+    from ssdfast.checkpoint import CheckpointError, check_categories
+    from ssdfast.data import build_loader
+    from ssdfast.deployed import is_deployed
+    from ssdfast.engine import evaluate
+    from ssdfast.inference import load_detector
+    from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
+
     rank, world, device = setup_distributed(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)
     try:

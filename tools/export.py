@@ -44,7 +44,7 @@ def batch_size(text: str) -> int | None:
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (.onnx, NMS as ONNX's "
                    "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)")

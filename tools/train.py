@@ -19,22 +19,15 @@ import argparse
 import os
 import sys
 
-import torch.distributed as dist
-
+# Only modules without PyTorch up here: --help answers at once; main() and run() import the rest.
 from ssdfast import flag_types as flags
-from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError
-from ssdfast.data.batch import DEFAULT_MAX_BOXES
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.data.loader import BACKENDS
+from ssdfast.defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
-from ssdfast.models import canonical_name
-from ssdfast.preemption import StopRequest
-from ssdfast.training.run import TrainingRun
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--data-path", default=None, help="dataset: COCO layout root (annotations/, train2017/, val2017/), "
                    "VOCdevkit year folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO data.yaml (or its folder)")
     p.add_argument("--data-format", choices=["coco", "voc", "yolo"], default=None,
@@ -45,7 +38,7 @@ def get_args(argv=None):
     p.add_argument("--val-images", default=None, help="the image folder of --val-ann")
     p.add_argument("--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
-    p.add_argument("--model", default="ssd", help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)")
+    p.add_argument("--model", default="ssd", choices=MODEL_CHOICES, help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)")
     p.add_argument("--epochs", type=flags.positive, default=65, help="number of epochs")
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per GPU (per process)")
     p.add_argument("--multistep", type=flags.non_negative, nargs="*", default=[43, 54], help="epochs where lr is multiplied by 0.1")
@@ -64,7 +57,7 @@ def get_args(argv=None):
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
-    p.add_argument("--data-backend", choices=BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
+    p.add_argument("--data-backend", choices=DATA_BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
                    "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
@@ -100,6 +93,9 @@ def get_args(argv=None):
 def main(argv=None, stop_request: StopRequest | None = None) -> int:
     """Train as the command line `argv` says -> an exit code (ssdfast/exit_codes.py).
     stop_request: the signal flag run() installs before anything (a signal while loading is a stop too)."""
+    from ssdfast.models import canonical_name
+    from ssdfast.training.run import TrainingRun
+
     args = get_args(argv)
     args.model = canonical_name(args.model)
     training = TrainingRun(args, stop_request)  # flags that need no work fail here, before any
@@ -111,6 +107,8 @@ def main(argv=None, stop_request: StopRequest | None = None) -> int:
 
 def is_collective_failure(error: BaseException) -> bool:
     """A collective that failed because a peer died or timed out (gloo/NCCL report it as these)."""
+    import torch.distributed as dist
+
     text = str(error)
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
         key in text for key in ("Connection closed by peer", "Timed out", "timed out", "Connection reset", "gloo")))
@@ -121,6 +119,10 @@ def run(argv=None) -> int:
     exit codes of ssdfast/exit_codes.py."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     rank = os.environ.get("RANK", "0")
+    get_args(argv)  # --help and usage errors before PyTorch is imported
+    from ssdfast.checkpoint import CheckpointError
+    from ssdfast.preemption import StopRequest
+
     try:
         with StopRequest() as stop_request:  # from the first line on: a signal while loading is a stop too
             return main(argv, stop_request)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..defaults import DEFAULT_MAX_BOXES
 from .transforms import normalise
 
-DEFAULT_MAX_BOXES = 128
 
 
 @dataclass

@@ -15,15 +15,13 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .batch import DEFAULT_MAX_BOXES, Batch, Collate
+from ..defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES
+from .batch import Batch, Collate
 from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
 from ..runtime import pick_device
 from .coco import CocoDetection
 from .formats import resolve_source
 from .image_files import DEFAULT_MAX_PIXELS
-
-
-BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (README: which to pick)
 
 
 class ShardSampler(Sampler):
@@ -130,13 +128,13 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
                  image_dir: str | Path | None = None, backend: str = "pytorch", max_pixels: int = DEFAULT_MAX_PIXELS,
                  allow_outside_paths: bool = False) -> Loader:
     """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
-    `backend` (BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
+    `backend` (DATA_BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
     data_path in the COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO
     ann_file and image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too.
     max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
     backend = "dali" if dali else backend
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend not in DATA_BACKENDS:
+        raise ValueError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Every path starts from the same checked dataset: one validation, one count, one error for "nothing usable".

@@ -14,6 +14,7 @@ checkpoints and logs.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..data import build_loader
 from ..exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
 from ..finetune import load_source, transfer_weights
 from ..models import build_model
-from ..outputs import writable_folder
+from ..outputs import writable_folder, write_json_atomic
 from ..preemption import StopAgreement, StopRequest, process_group_timeout
 from ..run_lock import hold_save_folder
 from ..runtime import autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, use_channels_last
@@ -176,8 +177,22 @@ class TrainingRun:
         step_class = CudaGraphTrainStep if self.args.cuda_graphs else TrainStep
         self.step = step_class(self.ddp_model, self.optimizer, amp_dtype=self.amp_dtype, scaler=self.scaler)
         if self.is_main:
+            self.record_arguments()
             self.open_log()
             self.draw_first_batch()
+
+    def record_arguments(self) -> None:
+        """SAVE_FOLDER/args.json: this run's arguments. A resumed run lists those that differ from the stored
+        ones and goes on with the new values (a new --lr, say, applies from here on)."""
+        path, current = self.save_folder / "args.json", vars(self.args)
+        if path.exists() and (self.start_epoch or self.position):
+            stored = json.loads(path.read_text())
+            changed = [f"--{k.replace('_', '-')} {v} (was {stored[k]})" for k, v in current.items()
+                       if k in stored and stored[k] != v]
+            if changed:
+                print(f"warning: resuming with other arguments than {path} holds: {', '.join(changed)}; the run "
+                      "goes on with the new values")
+        write_json_atomic(path, current, "arguments file", indent=1)
 
     def draw_first_batch(self) -> None:
         """train_batch0.jpg, once per save folder. Not on DALI: reading a batch ahead would move its
@@ -200,6 +215,12 @@ class TrainingRun:
 
     def train(self) -> int:
         """The epochs from where the run stands -> EXIT_DONE, EXIT_STOPPED or EXIT_NON_FINITE."""
+        if self.start_epoch >= self.args.epochs:
+            if self.is_main:
+                print(f"already finished at epoch {self.start_epoch - 1}; nothing to train (raise --epochs or choose "
+                      "a new --save-folder)")
+            self.log.close()
+            return self.finish()
         try:
             stopped_at = "the start (nothing trained)" if self.stop_agreed() else self.train_epochs()
         except NonFiniteLossError as error:
