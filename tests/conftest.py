@@ -15,6 +15,7 @@ Helpers (`from conftest import ...`)
   tool(name, *args, check=True, prefix=())   runs tools/<name>.py in a subprocess; train_args(...),
                                               resume_args(...): tools/train.py's flags for the runs above
   shared_once(tmp_path_factory, name, build)  a folder built once for the whole run, xdist workers included
+  free_port()                                 a free TCP port for torchrun's --master_port
   CUDA, DEVICES, random_boxes, grid_boxes
 
 Parallel runs (`make test` runs pytest-xdist, `-n 2`): each worker and each process a test starts
@@ -23,6 +24,7 @@ that take more than a few seconds go through shared_once, so the workers build t
 """
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,13 @@ def train_args(data, folder, epochs, *extra):
     """tools/train.py's arguments for a small CPU run: SSDLite from scratch, batch 4, no loader workers."""
     return ["--data-path", data, "--save-folder", folder, "--model", "ssdlite", "--backbone-weights", "none",
             "--epochs", epochs, "--batch-size", 4, "--num-workers", 0, "--lr", 0.05, "--log-every", 2, *extra]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun: a fixed one clashes with another run's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 RESUMED_EPOCHS = 2  # epochs of straight_run and of the runs that are interrupted and resumed

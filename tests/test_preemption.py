@@ -6,7 +6,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import RESUMED_EPOCHS as EPOCHS, ROOT, resume_args, shared_once
+from conftest import RESUMED_EPOCHS as EPOCHS, ROOT, free_port, resume_args, shared_once
 from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -96,12 +95,6 @@ def ranks_of(launcher) -> dict[int, int]:
 def iterations_logged(folder) -> int:
     log = folder / "log.jsonl"
     return log.read_text().count('"iteration"') if log.exists() else 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

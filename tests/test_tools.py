@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # tool, train_args: new test files may import them from here too
-from conftest import RESUMED_EPOCHS, ROOT, resume_args, tool, train_args  # noqa: F401
+from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, train_args  # noqa: F401
 from ssdfast.checkpoint import load_checkpoint
 from ssdfast.inference import load_detector
 
@@ -135,7 +135,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(straight_run, synthet
 
 
 def test_ddp_two_processes_on_cpu(synthetic_coco, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     tool("train", *train_args(synthetic_coco, tmp_path / "ddp", 1, "--batch-size", 2), prefix=torchrun)
     model, meta = load_detector(tmp_path / "ddp" / "last.pt")
     assert meta["num_classes"] == 3 and meta["epoch"] == 0
