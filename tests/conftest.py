@@ -24,6 +24,7 @@ that take more than a few seconds go through shared_once, so the workers build t
 """
 import fcntl
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def shared_once(tmp_path_factory, name: str, build):
     with open(base / f"shared_{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            folder.mkdir(exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
             build(folder)
             done.touch()
     return folder
