@@ -1,6 +1,7 @@
 # ssdfast: two commands on a fresh machine.
 #   make demo   installs everything, builds the kernels, then trains/evaluates/detects on a synthetic set
 #   make test   installs everything, builds the kernels (CUDA ones compiled and linked even without a GPU), runs the tests
+#   make test-quick   the tests not marked slow (the edit loop)
 # Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table),
 #   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, training ladder,
 #   compiled step, data-fed step, inference, ops, sanitizers, in that order within BUDGET seconds (default 540)
@@ -28,7 +29,7 @@ export MAX_JOBS
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: install test demo bench gpu clean
+.PHONY: install test test-quick demo bench gpu clean
 # make gpu uses the python that already has torch (no venv).
 GPU_PYTHON ?= python3
 
@@ -45,10 +46,19 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(shell find csrc -type f)
 
 install: $(VENV)/.built
 
+# Two pytest-xdist workers (one thread each, see tests/conftest.py): the subprocess-heavy tests keep both
+# cores busy. worksteal: an idle worker takes tests from the busy one. TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal)
+
 test: install
-	$(PY) -m pytest tests -q -ra
-	$(PY) -m pytest benchmarks -q --benchmark-disable
+	$(PY) -m pytest tests -q -ra $(XDIST)
+	$(PY) -m pytest benchmarks -q --benchmark-disable $(XDIST)
 	$(PY) tools/gpu_check.py --smoke
+
+# The edit loop (a few minutes): everything not marked slow (the end-to-end runs of the tools).
+test-quick: install
+	$(PY) -m pytest tests -q -ra -m "not slow" $(XDIST)
 
 demo: install
 	$(PY) tools/demo.py

@@ -7,6 +7,8 @@ benchmarks/report.py turns the JSON into ratios, benchmarks/results/<machine>.js
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,12 @@ from ssdfast.data.synthetic import write_synthetic_coco
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` smoke-runs the benchmarks (--benchmark-disable: once each, nothing timed) on two xdist
+    # workers: one thread each, as in tests/conftest.py. pytest-xdist never runs for `make bench`.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def run(benchmark, fn, *, role: str, items: int = 1, rounds: int = 5, warmup: int = 1, device: str = "cpu"):

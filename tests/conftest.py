@@ -1,11 +1,50 @@
-"""Shared fixtures: devices (CUDA skips cleanly without a GPU), random boxes, a small synthetic COCO set."""
+"""Shared fixtures and helpers. New tests: reuse these instead of training or writing your own.
+
+Fixtures
+  synthetic_coco   session: a small COCO-layout set (24 train, 8 val images, 3 classes), written once.
+  trained_run      session: (folder, CompletedProcess) of tools/train.py, SSDLite, 2 epochs on
+                   synthetic_coco with evaluation: last.pt, best.pt, log.jsonl, tensorboard/.
+  straight_run     session: the folder of the uninterrupted run that interrupted runs are compared with:
+                   tools/train.py with resume_args(...) (2 epochs, --seed 5, no evaluation) and
+                   --keep-checkpoints 1. Same flags + a kill/signal + a rerun must end at its weights.
+                   Both are read-only: copy a file out before changing it (other tests read the folder).
+  test_seed        the seed of a randomised test: $SSDFAST_TEST_SEED, or one from the clock; a failing
+                   test's report says it ("rerun with SSDFAST_TEST_SEED=..."). SSDFAST_TEST_SEEDS=0-19
+                   runs each such test once per seed.
+Helpers (`from conftest import ...`)
+  tool(name, *args, check=True, prefix=())   runs tools/<name>.py in a subprocess; train_args(...),
+                                              resume_args(...): tools/train.py's flags for the runs above
+  shared_once(tmp_path_factory, name, build)  a folder built once for the whole run, xdist workers included
+  free_port()                                 a free TCP port for torchrun's --master_port
+  CUDA, DEVICES, random_boxes, grid_boxes
+
+Parallel runs (`make test` runs pytest-xdist, `-n 2`): each worker and each process a test starts
+computes with one thread, so two workers share 2 cores without oversubscription; session fixtures
+that take more than a few seconds go through shared_once, so the workers build them once between them.
+"""
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from ssdfast.data.synthetic import write_synthetic_coco
 
+ROOT = Path(__file__).resolve().parent.parent
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=[CUDA, pytest.mark.cuda])]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one thread each, for this process and every process it starts (tools,
+    # torchrun). Intra-op threads spinning against the other worker's cost more than they gain.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def random_boxes(n: int, generator: torch.Generator | None = None, max_size: float = 0.5,
@@ -23,7 +62,112 @@ def grid_boxes(n: int, generator: torch.Generator, cells: int = 4, device="cpu")
     return (torch.cat([a, b], dim=1).float() / (2 * cells)).to(device)
 
 
+def tool(name, *args, check=True, prefix=()):
+    """tools/<name>.py run as a user runs it (its own process): the CompletedProcess, text output."""
+    cmd = [*(prefix or [sys.executable]), str(ROOT / "tools" / f"{name}.py"), *map(str, args)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_args(data, folder, epochs, *extra):
+    """tools/train.py's arguments for a small CPU run: SSDLite from scratch, batch 4, no loader workers."""
+    return ["--data-path", data, "--save-folder", folder, "--model", "ssdlite", "--backbone-weights", "none",
+            "--epochs", epochs, "--batch-size", 4, "--num-workers", 0, "--lr", 0.05, "--log-every", 2, *extra]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun: a fixed one clashes with another run's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RESUMED_EPOCHS = 2  # epochs of straight_run and of the runs that are interrupted and resumed
+
+
+def resume_args(data, folder, *extra, epochs=RESUMED_EPOCHS):
+    """train_args of straight_run and of the runs compared with it: no evaluation, a fixed seed."""
+    return train_args(data, folder, epochs, "--eval-every", 0, "--seed", 5, *extra)
+
+
+def shared_once(tmp_path_factory, name: str, build):
+    """The folder `name`, filled by build(folder) once for the whole run: under pytest-xdist the first
+    worker that asks builds it while the others wait for it (a file lock), then all read the same files.
+    A build that fails is not cached: the next test that asks tries again (and fails the same way)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' basetemps are siblings: their parent is the run's
+    folder, done = base / f"shared_{name}", base / f"shared_{name}.done"
+    with open(base / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory):
     """A small COCO-layout dataset (24 train, 8 val images) written once per session."""
-    return write_synthetic_coco(tmp_path_factory.mktemp("synthetic_coco"), num_train=24, num_val=8, seed=1)
+    return shared_once(tmp_path_factory, "synthetic_coco",
+                       lambda folder: write_synthetic_coco(folder, num_train=24, num_val=8, seed=1))
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_coco, tmp_path_factory):
+    """tools/train.py, 2 epochs with evaluation: (folder, its CompletedProcess: stdout and stderr)."""
+    def build(folder):
+        result = tool("train", *train_args(synthetic_coco, folder, 2))
+        (folder / "stdout.txt").write_text(result.stdout)
+        (folder / "stderr.txt").write_text(result.stderr)
+
+    folder = shared_once(tmp_path_factory, "trained_run", build)
+    result = subprocess.CompletedProcess([], 0, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text())
+    return folder, result
+
+
+@pytest.fixture(scope="session")
+def straight_run(synthetic_coco, tmp_path_factory):
+    """The uninterrupted run (2 epochs, one epoch checkpoint kept): its folder."""
+    return shared_once(tmp_path_factory, "straight_run", lambda folder: tool(
+        "train", *resume_args(synthetic_coco, folder, "--keep-checkpoints", 1)))
+
+
+@pytest.fixture
+def test_seed(request):
+    """A randomised test's seed: $SSDFAST_TEST_SEED (to replay one), else the clock's nanoseconds."""
+    seed = getattr(request, "param", None)
+    if seed is None:
+        seed = int(os.environ.get("SSDFAST_TEST_SEED", time.time_ns() % 2**32))
+    request.node.ssdfast_seed = seed
+    return seed
+
+
+def seeds_to_try(spec: str) -> list[int]:
+    """'0-19' -> 0, 1, ..., 19; '3,7' -> 3, 7."""
+    out = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
+def pytest_generate_tests(metafunc):
+    """SSDFAST_TEST_SEEDS=0-19: each test that takes test_seed runs once per seed (the proof that a
+    randomised test holds for every seed, not only for today's)."""
+    spec = os.environ.get("SSDFAST_TEST_SEEDS")
+    if spec and "test_seed" in metafunc.fixturenames:
+        metafunc.parametrize("test_seed", seeds_to_try(spec), indirect=True, ids=lambda seed: f"seed{seed}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every report of a test that took a seed names it, so a failure can be replayed."""
+    report = (yield).get_result()
+    seed = getattr(item, "ssdfast_seed", None)
+    if seed is not None:
+        report.sections.append(("seed", f"seed {seed}: rerun with SSDFAST_TEST_SEED={seed}"))

@@ -14,7 +14,7 @@ from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import CocoDetection
 from ssdfast.models import build_model
 
-from test_tools import tool, train_args
+from conftest import tool, train_args
 
 
 def copy_dataset(src, dst, edit=None):
@@ -114,12 +114,13 @@ def test_eval_refuses_weights_of_other_categories(synthetic_coco, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_dataset_with_other_categories(synthetic_coco, tmp_path):
+def test_resume_refuses_a_dataset_with_other_categories(trained_run, synthetic_coco, tmp_path):
     run = tmp_path / "run"
-    tool("train", *train_args(synthetic_coco, run, 1, "--iters-per-epoch", 1, "--eval-every", 0))
+    run.mkdir()
+    (run / "last.pt").write_bytes((trained_run[0] / "last.pt").read_bytes())  # 2 epochs on synthetic_coco
     before = (run / "last.pt").read_bytes()
     other = copy_dataset(synthetic_coco, tmp_path / "other", swap_names)
-    refused = tool("train", *train_args(other, run, 2, "--iters-per-epoch", 1, "--eval-every", 0), check=False)
+    refused = tool("train", *train_args(other, run, 3, "--iters-per-epoch", 1, "--eval-every", 0), check=False)
     assert refused.returncode == 1 and "trained on other categories" in refused.stderr
     assert "Traceback" not in refused.stderr and (run / "last.pt").read_bytes() == before
 

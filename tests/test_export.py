@@ -1,14 +1,14 @@
 """Export (tools/export.py, ssdfast.export): the ONNX and .pt2 files detect what PyTorch detects.
 
 Both models are trained a few steps on the synthetic set (an untrained SSD gives near-equal scores
-everywhere: ties, not a test). SSDLite goes through the tools end to end (export, eval's COCO AP of
-the .pt, .onnx and .pt2); SSD300-ResNet50 is exported in-process and compared on the same images.
+everywhere: ties, not a test). SSDLite (conftest's trained_run) goes through the tools end to end
+(export, eval's COCO AP of the .pt, .onnx and .pt2); SSD300-ResNet50 is exported in-process and
+compared on the same images.
 """
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ from ssdfast.inference import detect, load_detector
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 
-from test_tools import ROOT, tool, train_args
+from conftest import ROOT, shared_once, tool
 
 sys.path.insert(0, str(ROOT / "tools"))
 from detect import to_records  # noqa: E402  (tools/detect.py: how the tool writes a detection)
@@ -35,10 +35,11 @@ pytest.importorskip("onnxscript")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory):
-    """24 train and 16 val images: the comparisons run on 16 real images."""
-    return write_synthetic_coco(tmp_path_factory.mktemp("export_coco"), num_train=24, num_val=16, seed=1)
+    """24 train and 16 val images (synthetic_coco's 24 and 8, and 8 more): the comparisons run on 16 real images."""
+    return shared_once(tmp_path_factory, "export_coco",
+                       lambda folder: write_synthetic_coco(folder, num_train=24, num_val=16, seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +48,32 @@ def val_images(data):
     return next(iter(loader)).to("cpu").images  # [16, 3, 300, 300], normalised
 
 
-@pytest.fixture(scope="module")
-def lite(data, tmp_path_factory):
-    """SSDLite trained 1 epoch (6 steps) by tools/train.py, exported by tools/export.py to .onnx and .pt2."""
-    folder = tmp_path_factory.mktemp("lite")
-    tool("train", *train_args(data, folder, 1, "--eval-every", 0))
-    runs = {fmt: tool("export", "--weights", folder / "last.pt", "--format", fmt, "--output", folder / f"m{suffix}")
-            for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2"))}
-    return folder, runs
+EXPORTS = (("onnx", ".onnx"), ("torch-export", ".pt2"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def lite(trained_run, tmp_path_factory):
+    """SSDLite trained 2 epochs (12 steps) by tools/train.py (conftest's trained_run), exported by
+    tools/export.py to .onnx and .pt2: (folder, {format: the export tool's CompletedProcess})."""
+    def build(folder):
+        (folder / "last.pt").write_bytes((trained_run[0] / "last.pt").read_bytes())
+        for fmt, suffix in EXPORTS:
+            result = tool("export", "--weights", folder / "last.pt", "--format", fmt, "--output", folder / f"m{suffix}")
+            (folder / f"export_{fmt}.stdout").write_text(result.stdout)
+
+    folder = shared_once(tmp_path_factory, "export_lite", build)
+    return folder, {fmt: subprocess.CompletedProcess([], 0, (folder / f"export_{fmt}.stdout").read_text(), "")
+                    for fmt, _ in EXPORTS}
+
+
+@pytest.fixture(scope="session")
 def resnet(data, tmp_path_factory):
     """SSD300-ResNet50 trained 2 steps in-process, its BatchNorm statistics then re-estimated in train
     mode (after 2 steps the running statistics are still nearly the initial ones: eval outputs explode)."""
-    folder = tmp_path_factory.mktemp("resnet")
+    return shared_once(tmp_path_factory, "export_resnet", lambda folder: train_and_export_resnet(data, folder))
+
+
+def train_and_export_resnet(data, folder):
     torch.manual_seed(0)
     model = build_model("ssd", num_classes=3)
     loader = build_loader(data, "train", train=True, batch_size=4, num_workers=0)
@@ -81,10 +93,9 @@ def resnet(data, tmp_path_factory):
                                          "num_classes": 3, "category_ids": info.category_ids,
                                          "category_names": info.category_names, "epoch": 0})
     model, meta = load_detector(folder / "last.pt")
-    for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2")):
+    for fmt, suffix in EXPORTS:
         export(model, meta, fmt, folder / f"m{suffix}", batch=None, with_nms=True, score_threshold=0.05,
                nms_threshold=0.45, max_det=200)
-    return folder
 
 
 def pytorch_detections(weights, images):

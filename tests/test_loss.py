@@ -1,4 +1,5 @@
 """MultiBox loss against a straightforward per-image loop; autocast; an overfit test."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +63,7 @@ def test_half_precision_inputs_accumulate_in_fp32():
     torch.testing.assert_close(half.total, loop_oracle(locs.half(), confs.half(), offsets, labels), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # 100 training steps
 def test_overfit_two_images(synthetic_coco):
     torch.manual_seed(0)
     data = CocoDetection(synthetic_coco, "val", train=False)

@@ -6,7 +6,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import RESUMED_EPOCHS as EPOCHS, ROOT, free_port, resume_args, shared_once
 from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-EPOCHS = 2
 
 
 def train_cmd(data, folder, *extra, epochs=EPOCHS, batch_size=4):
-    return [str(ROOT / "tools" / "train.py"), "--data-path", str(data), "--save-folder", str(folder), "--model",
-            "ssdlite", "--backbone-weights", "none", "--epochs", str(epochs), "--batch-size", str(batch_size),
-            "--num-workers", "0", "--lr", "0.05", "--log-every", "2", "--eval-every", "0", "--seed", "5",
-            *map(str, extra)]
+    """conftest's straight_run command (the oracle), with more flags."""
+    return [str(ROOT / "tools" / "train.py"),
+            *map(str, resume_args(data, folder, "--batch-size", batch_size, *extra, epochs=epochs))]
 
 
 def run(cmd, prefix=(sys.executable,), env=None, check=True):
@@ -100,27 +97,18 @@ def iterations_logged(folder) -> int:
     return log.read_text().count('"iteration"') if log.exists() else 0
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def straight(straight_run):
+    """The uninterrupted single-process run (conftest's straight_run; also keeps one epoch checkpoint)."""
+    return straight_run
 
 
-@pytest.fixture(scope="module")
-def straight(synthetic_coco, tmp_path_factory):
-    """The uninterrupted single-process run (also keeps one epoch checkpoint)."""
-    folder = tmp_path_factory.mktemp("straight")
-    run(train_cmd(synthetic_coco, folder, "--keep-checkpoints", 1))
-    return folder
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight_ddp(synthetic_coco, tmp_path_factory):
     """The uninterrupted 2-process run (torchrun, gloo)."""
-    folder = tmp_path_factory.mktemp("straight_ddp")
-    run(train_cmd(synthetic_coco, folder, batch_size=2), prefix=[*TORCHRUN, "--nproc_per_node=2",
-                                                                 f"--master_port={free_port()}"])
-    return folder
+    return shared_once(tmp_path_factory, "straight_ddp", lambda folder: run(
+        train_cmd(synthetic_coco, folder, batch_size=2),
+        prefix=[*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}"]))
 
 
 KILL_IN_REPLACE = """
@@ -137,10 +125,10 @@ os.replace = replace
 """
 
 
-def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight, synthetic_coco, tmp_path):
+def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight, synthetic_coco, tmp_path, test_seed):
     """kill -9 mid-epoch 0 at a random moment, then inside a checkpoint write (after the data is written,
     before the rename), then at a random moment of epoch 1: the run ends with the uninterrupted weights."""
-    seed = int(os.environ.get("PREEMPTION_SEED", time.time()))
+    seed = test_seed
     rng = random.Random(seed)
     folder = tmp_path / "killed"
     cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 1, "--log-every", 1)
@@ -151,8 +139,8 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     time.sleep(rng.uniform(0, 0.2))
     process.kill()
     process.wait()
-    first = position(folder) or (0, 0)  # (0, 0): killed before the first checkpoint, a fresh start
-    assert first[0] == 0, f"seed {seed}: killed too late ({first})"
+    first = position(folder)  # None: killed before the first checkpoint was in place, the rerun starts afresh
+    assert first is None or first[0] == 0, f"seed {seed}: killed too late ({first})"
 
     shim = tmp_path / "shim"  # 2: inside the k-th checkpoint write of the restarted run
     shim.mkdir()
@@ -161,24 +149,28 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     env = {"PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "KILL_AT_SAVE": str(kill_at)}
     result = run(cmd, env=env, check=False)
     assert result.returncode == -signal.SIGKILL, f"seed {seed}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
-    assert "continuing with iteration" in result.stdout
-    assert list(folder.glob(".last.pt.*.tmp")), "the kill did not land inside a write"
+    if first is None:  # nothing to resume from: a fresh start
+        assert "resuming from" not in result.stdout, f"seed {seed}: {result.stdout[-2000:]}"
+    else:
+        assert f"continuing with iteration {first[1]} (0-based)" in result.stdout, f"seed {seed}: {result.stdout[-2000:]}"
+    assert list(folder.glob(".last.pt.*.tmp")), f"seed {seed}: the kill did not land inside a write"
     second = position(folder) or (0, 0)
-    assert second >= first  # the killed write left last.pt as it was
+    assert second >= (first or (0, 0)), f"seed {seed}"  # the killed write left last.pt as it was
 
+    logged = (folder / "log.jsonl").read_text()  # the killed runs' lines: run 2 may have logged epoch 1 already
     process = start(cmd)  # 3: a random moment of epoch 1
     after = rng.randint(1, 4)
-    wait_for(lambda: '"epoch": 1, "iteration": %d' % (after - 1) in (folder / "log.jsonl").read_text(), process,
-             f"epoch 1 iteration {after - 1}")
+    wait_for(lambda: '"epoch": 1, "iteration": %d' % (after - 1) in (folder / "log.jsonl").read_text()[len(logged):],
+             process, f"epoch 1 iteration {after - 1}")
     time.sleep(rng.uniform(0, 0.2))
     process.kill()
     output = process.output()
-    assert "removed .last.pt." in output, output[-2000:]  # the torn write's temporary file
+    assert "removed .last.pt." in output, f"seed {seed}: {output[-2000:]}"  # the torn write's temporary file
     assert position(folder) < (EPOCHS, 0), f"seed {seed}: the run finished before the kill"
 
     resumed = run(cmd)
-    assert "resuming from" in resumed.stdout and "done: checkpoints" in resumed.stdout
-    assert not list(folder.glob(".*.tmp"))
+    assert "resuming from" in resumed.stdout and "done: checkpoints" in resumed.stdout, f"seed {seed}"
+    assert not list(folder.glob(".*.tmp")), f"seed {seed}"
     assert_same_weights(straight, folder)
     # The epoch means survive the restarts: the same per-epoch loss as the uninterrupted run.
     straight_losses, losses = epoch_losses(straight), epoch_losses(folder)

@@ -5,37 +5,23 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import pytest
 import torch
 
+# tool, train_args: new test files may import them from here too
+from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, train_args  # noqa: F401
 from ssdfast.checkpoint import load_checkpoint
 from ssdfast.inference import load_detector
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def tool(name, *args, check=True, prefix=()):
-    cmd = [*(prefix or [sys.executable]), str(ROOT / "tools" / f"{name}.py"), *map(str, args)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def train_args(data, folder, epochs, *extra):
-    return ["--data-path", data, "--save-folder", folder, "--model", "ssdlite", "--backbone-weights", "none",
-            "--epochs", epochs, "--batch-size", 4, "--num-workers", 0, "--lr", 0.05, "--log-every", 2, *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic_coco, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    result = tool("train", *train_args(synthetic_coco, folder, 2))
-    return folder, result
+@pytest.fixture
+def trained(trained_run):
+    """conftest's trained_run: tools/train.py, 2 epochs (shared by every test file)."""
+    return trained_run
 
 
 def test_two_epoch_training(trained):
@@ -50,8 +36,9 @@ def test_two_epoch_training(trained):
     assert list((folder / "tensorboard").iterdir())
 
 
-def test_eval_tool(trained, synthetic_coco):
-    folder, _ = trained
+def test_eval_tool(trained, synthetic_coco, tmp_path):
+    folder = tmp_path  # eval writes beside the weights: a copy of them, the shared run stays as it is
+    (folder / "last.pt").write_bytes((trained[0] / "last.pt").read_bytes())
     result = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--batch-size", 3,
                   "--num-workers", 0)
     assert "Average Recall" in result.stdout
@@ -128,12 +115,10 @@ def final_weights(folder):
     return load_checkpoint(folder / "last.pt")["model"]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_coco, tmp_path):
-    common = ("--eval-every", 0, "--seed", 5)
-    tool("train", *train_args(synthetic_coco, tmp_path / "straight", 3, *common))
-
+def test_resume_after_sigkill_matches_an_uninterrupted_run(straight_run, synthetic_coco, tmp_path):
+    """Killed after its first epoch checkpoint, rerun: the weights of conftest's uninterrupted run."""
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *map(str, train_args(synthetic_coco, killed, 3, *common))]
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *map(str, resume_args(synthetic_coco, killed))]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (killed / "last.pt").exists() and process.poll() is None and time.time() < deadline:
@@ -141,16 +126,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_coco, tmp_p
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted_at = load_checkpoint(killed / "last.pt")["epoch"]
-    assert interrupted_at < 2, "the run finished before it could be killed"
-    resumed = tool("train", *train_args(synthetic_coco, killed, 3, *common))
+    assert interrupted_at < RESUMED_EPOCHS - 1, "the run finished before it could be killed"
+    resumed = tool("train", *resume_args(synthetic_coco, killed))
     assert f"resuming from {killed / 'last.pt'}: epoch {interrupted_at} done" in resumed.stdout
-    a, b = final_weights(tmp_path / "straight"), final_weights(killed)
+    a, b = final_weights(straight_run), final_weights(killed)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_ddp_two_processes_on_cpu(synthetic_coco, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     tool("train", *train_args(synthetic_coco, tmp_path / "ddp", 1, "--batch-size", 2), prefix=torchrun)
     model, meta = load_detector(tmp_path / "ddp" / "last.pt")
     assert meta["num_classes"] == 3 and meta["epoch"] == 0
