@@ -52,6 +52,8 @@ TEST_JOBS ?= 2
 XDIST = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal)
 
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests -q -ra $(XDIST)
 	$(PY) -m pytest benchmarks -q --benchmark-disable $(XDIST)
 	$(PY) tools/gpu_check.py --smoke

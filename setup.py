@@ -6,6 +6,7 @@ GPU is visible or FORCE_CUDA=1 (compile and link without a GPU, as CI does); USE
     pip install -e . --no-build-isolation                    # CPU (+ CUDA if a GPU is visible)
     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0" pip install -e . --no-build-isolation
 """
+
 import os
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def _extension():
         # and to the PyTorch reference (matching decisions at IoU ties then agree exactly).
         header_flags = _pip_cuda_header_flags()
         extra["cxx"] += header_flags
-        extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo"] + [f"-Xcompiler=-idirafter,{d}" for d in header_flags[1::2]]
+        extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo"] + [
+            f"-Xcompiler=-idirafter,{d}" for d in header_flags[1::2]
+        ]
         print(f"ssdfast: building CPU + CUDA kernels (CUDA_HOME={CUDA_HOME})")
         return CUDAExtension("ssdfast._C", sources, extra_compile_args=extra)
     print("ssdfast: building CPU kernels only (no CUDA toolkit, no GPU and FORCE_CUDA unset, or USE_CUDA=0)")

@@ -5,6 +5,7 @@ same run; extra_info["role"] marks the baseline of the group ("baseline") and th
 ("candidate"); extra_info["items"] is the work per call (images, or 1) for throughput.
 benchmarks/report.py turns the JSON into ratios, benchmarks/results/<machine>.json and docs/speed.md's table.
 """
+
 from __future__ import annotations
 
 import os

@@ -24,6 +24,7 @@ evaluation from the clone and only drives them. What it adapts, and why:
 
 Prints one JSON line: {"seed", "AP", "AP50", "loss" (mean over the last epoch's steps), "minutes"}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def import_older(repo: Path):
     sys.path.insert(0, str(repo))
     from src import dataset, loss, model, process, transform, utils  # noqa: F401  (the older code)
 
-    return types.SimpleNamespace(dataset=dataset, loss=loss, model=model, process=process, transform=transform,
-                                 utils=utils)
+    return types.SimpleNamespace(
+        dataset=dataset, loss=loss, model=model, process=process, transform=transform, utils=utils
+    )
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -83,14 +85,17 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     dboxes = older.utils.generate_dboxes(model="ssdlite")
-    train_set = older.dataset.CocoDataset(args.data_path, 2017, "train",
-                                          older.transform.SSDTransformer(dboxes, (300, 300), val=False))
-    val_set = older.dataset.CocoDataset(args.data_path, 2017, "val",
-                                        older.transform.SSDTransformer(dboxes, (300, 300), val=True))
+    train_set = older.dataset.CocoDataset(
+        args.data_path, 2017, "train", older.transform.SSDTransformer(dboxes, (300, 300), val=False)
+    )
+    val_set = older.dataset.CocoDataset(
+        args.data_path, 2017, "val", older.transform.SSDTransformer(dboxes, (300, 300), val=True)
+    )
     num_classes = len(train_set.label_info)  # background included, as the older code counts
     loader_args = dict(batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=older.dataset.collate_fn)
-    train_loader = DataLoader(train_set, shuffle=True, drop_last=False,
-                              generator=torch.Generator().manual_seed(args.seed), **loader_args)
+    train_loader = DataLoader(
+        train_set, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(args.seed), **loader_args
+    )
     val_loader = DataLoader(val_set, shuffle=False, drop_last=False, **loader_args)
 
     net = older.model.SSDLite(backbone=older.model.MobileNetV2(), num_classes=num_classes)
@@ -111,8 +116,11 @@ def main(argv=None) -> int:
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-        print(f"epoch {epoch}: loss {sum(losses) / len(losses):.4f} ({(time.time() - start) / 60:.1f} min)",
-              file=sys.stderr, flush=True)
+        print(
+            f"epoch {epoch}: loss {sum(losses) / len(losses):.4f} ({(time.time() - start) / 60:.1f} min)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     captured = {}
 
@@ -124,8 +132,17 @@ def main(argv=None) -> int:
     older.process.COCOeval = KeepStats
     writer = types.SimpleNamespace(add_scalar=lambda *a, **k: None)
     older.process.evaluate(net, val_loader, args.epochs - 1, writer, older.utils.Encoder(dboxes), args.nms_threshold)
-    print(json.dumps({"seed": args.seed, "AP": float(captured["stats"][0]), "AP50": float(captured["stats"][1]),
-                      "loss": sum(losses) / len(losses), "minutes": (time.time() - start) / 60}))
+    print(
+        json.dumps(
+            {
+                "seed": args.seed,
+                "AP": float(captured["stats"][0]),
+                "AP50": float(captured["stats"][1]),
+                "loss": sum(losses) / len(losses),
+                "minutes": (time.time() - start) / 60,
+            }
+        )
+    )
     return 0
 
 

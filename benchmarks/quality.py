@@ -13,6 +13,7 @@ With --older PATH (a clone of uvipen/SSD-pytorch, kept outside this repository),
 by the older implementation's own code instead (benchmarks/older_recipe.py drives it: same data, same
 recipe, read from the same train_command) and written to quality-older-<machine>-e<epochs>b<batch>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,14 @@ def train_once(data: Path, folder: Path, seed: int, epochs: int, device: str | N
     run_checked(cmd, env, f"seed {seed}")
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     final = [r for r in records if "iteration" not in r][-1]
-    return {"seed": seed, "AP": final["coco/AP"], "AP50": final["coco/AP50"], "loss": final["loss"],
-            "minutes": (time.time() - start) / 60, "command": shown(cmd)}
+    return {
+        "seed": seed,
+        "AP": final["coco/AP"],
+        "AP50": final["coco/AP50"],
+        "loss": final["loss"],
+        "minutes": (time.time() - start) / 60,
+        "command": shown(cmd),
+    }
 
 
 def recipe_flags(cmd: list[str]) -> dict[str, list[str]]:
@@ -74,8 +81,16 @@ def recipe_flags(cmd: list[str]) -> dict[str, list[str]]:
 def older_command(older: Path, data: Path, seed: int, epochs: int) -> list[str]:
     """benchmarks/older_recipe.py's command line for one seed of the demo's recipe."""
     flags = recipe_flags(train_command(data, Path("unused"), epochs=epochs, seed=seed))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "older_recipe.py"), "--older", str(older),
-           "--data-path", str(data), "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "older_recipe.py"),
+        "--older",
+        str(older),
+        "--data-path",
+        str(data),
+        "--seed",
+        str(seed),
+    ]
     for flag in ("--epochs", "--batch-size", "--lr", "--warmup", "--multistep", "--num-workers"):
         cmd += [flag, *flags[flag]]
     return cmd
@@ -93,27 +108,38 @@ def summary(runs: list[dict]) -> dict:
     out = {}
     for key in METRICS:
         values = [r[key] for r in runs]
-        out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "min": min(values), "max": max(values)}
+        out[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
     return out
 
 
 def table(results: list[dict]) -> str:
     """Markdown rows grouped by recipe (longest first), ssdfast above the older implementation."""
     rows = ["| recipe | implementation | machine | seeds | AP | AP50 | final loss |", "|---|---|---|---|---|---|---|"]
-    for result in sorted(results, key=lambda r: (-r["recipe"]["epochs"], r["recipe"]["batch_size"],
-                                                 r["implementation"] != "ssdfast")):
+    for result in sorted(
+        results, key=lambda r: (-r["recipe"]["epochs"], r["recipe"]["batch_size"], r["implementation"] != "ssdfast")
+    ):
         s, recipe = result["summary"], result["recipe"]
         cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f} ({s[k]['min']:.3f}-{s[k]['max']:.3f})" for k in METRICS]
-        rows.append(f"| {recipe['epochs']} epochs, batch {recipe['batch_size']} | {result['implementation']} "
-                    f"| {result['machine']['cpu']}, {result['machine']['cores']} cores "
-                    f"| {len(result['runs'])} | " + " | ".join(cells) + " |")
+        rows.append(
+            f"| {recipe['epochs']} epochs, batch {recipe['batch_size']} | {result['implementation']} "
+            f"| {result['machine']['cpu']}, {result['machine']['cores']} cores "
+            f"| {len(result['runs'])} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(rows)
 
 
 def git_commit(folder: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
-                          text=True).stdout.strip() or "unknown commit"
+    return (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown commit"
+    )
 
 
 def main(argv=None) -> int:
@@ -121,14 +147,25 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training seeds (one run each)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run (default: the demo's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: as tools/train.py picks)")
-    p.add_argument("--older", type=Path, default=None,
-                   help="a clone of uvipen/SSD-pytorch: train the older implementation instead of ssdfast")
-    p.add_argument("--output", default=None,
-                   help="results file (default: benchmarks/results/quality[-older]-<machine>-e<epochs>b<batch>.json)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set "
-                        "(2 on 2 cores: ~1.2x the images/s in all, each run slower: its minutes are then not a "
-                        "speed figure)")
+    p.add_argument(
+        "--older",
+        type=Path,
+        default=None,
+        help="a clone of uvipen/SSD-pytorch: train the older implementation instead of ssdfast",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="results file (default: benchmarks/results/quality[-older]-<machine>-e<epochs>b<batch>.json)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds trained at once, each with cores/jobs threads unless OMP_NUM_THREADS is set "
+        "(2 on 2 cores: ~1.2x the images/s in all, each run slower: its minutes are then not a "
+        "speed figure)",
+    )
     args = p.parse_args(argv)
     if args.older is not None and not (args.older / "src" / "model.py").is_file():
         p.error(f"--older {args.older}: no src/model.py there (expected a clone of uvipen/SSD-pytorch)")
@@ -147,15 +184,25 @@ def main(argv=None) -> int:
                 run = train_older_once(args.older.resolve(), data, seed, args.epochs, env)
             else:
                 run = train_once(data, Path(tmp) / f"seed{seed}", seed, args.epochs, args.device, env)
-            print(f"seed {seed}: AP {run['AP']:.3f}, AP50 {run['AP50']:.3f}, loss {run['loss']:.3f} "
-                  f"({run['minutes']:.1f} min)", flush=True)
+            print(
+                f"seed {seed}: AP {run['AP']:.3f}, AP50 {run['AP50']:.3f}, loss {run['loss']:.3f} "
+                f"({run['minutes']:.1f} min)",
+                flush=True,
+            )
             return run
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the training processes
             runs = list(pool.map(one_seed, args.seeds))
     name = f"older implementation (uvipen/SSD-pytorch {git_commit(args.older)})" if args.older else "ssdfast"
-    result = {"implementation": name, "recipe": {"epochs": args.epochs, "batch_size": BATCH_SIZE}, "machine": machine,
-              "commit": git_commit(ROOT), "jobs": args.jobs, "runs": runs, "summary": summary(runs)}
+    result = {
+        "implementation": name,
+        "recipe": {"epochs": args.epochs, "batch_size": BATCH_SIZE},
+        "machine": machine,
+        "commit": git_commit(ROOT),
+        "jobs": args.jobs,
+        "runs": runs,
+        "summary": summary(runs),
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))
     print(f"wrote {output}\n{table([result])}")

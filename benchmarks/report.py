@@ -8,6 +8,7 @@ Ratios compare candidates with their group's baseline from the same run (same ma
 docs/speed.md's table (between the bench markers) and docs/deploy.md's (between the export-bench markers) are
 regenerated from every results/*.json, never typed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,15 @@ def cpu_model() -> str:
 
 
 # Dense bf16 tensor-core peak (no sparsity), from NVIDIA's data sheets, for "% of peak".
-BF16_PEAK_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 NVL": 835.5e12, "H100 PCIe": 756.5e12,
-                   "H200": 989.4e12, "A100": 312e12, "L40S": 362.1e12}
+BF16_PEAK_FLOPS = {
+    "H100 80GB HBM3": 989.4e12,
+    "H100 SXM": 989.4e12,
+    "H100 NVL": 835.5e12,
+    "H100 PCIe": 756.5e12,
+    "H200": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362.1e12,
+}
 
 
 def bf16_peak(gpu: str | None) -> float | None:
@@ -53,8 +61,15 @@ def this_machine() -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    info = {"device": gpu or f"CPU {os.cpu_count()} cores", "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    info = {
+        "device": gpu or f"CPU {os.cpu_count()} cores",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
     try:
         import torchvision
 
@@ -85,30 +100,41 @@ def summarise(raw: dict) -> dict:
             median = b["stats"]["median"]
             items = b["extra_info"].get("items", 1)
             flop = b["extra_info"].get("flop_per_item")  # counted by torch.utils.flop_counter in the benchmark
-            rows.append({"name": b["name"].split("[", 1)[-1].rstrip("]"), "median_s": median,
-                         # items = 1 is a call without a count (an op), unless the benchmark says it is one image
-                         "items_per_s": items / median if items > 1 or b["extra_info"].get("throughput") else None,
-                         "baseline": b is base,
-                         "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
-                         "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,
-                         "work": b["extra_info"].get("work")})  # what one call computes (roofline-style note)
+            rows.append(
+                {
+                    "name": b["name"].split("[", 1)[-1].rstrip("]"),
+                    "median_s": median,
+                    # items = 1 is a call without a count (an op), unless the benchmark says it is one image
+                    "items_per_s": items / median if items > 1 or b["extra_info"].get("throughput") else None,
+                    "baseline": b is base,
+                    "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
+                    "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,
+                    "work": b["extra_info"].get("work"),
+                }
+            )  # what one call computes (roofline-style note)
         out.append({"group": group, "baseline": base["name"] if base else None, "rows": rows})
     return {"machine": info, "groups": out}
 
 
 def table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"**{m['device']}** ({m['cpu']}), torch {m['torch']}, torchvision {m.get('torchvision', '?')}, "
-             f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}"
-             + (f", commit {m['commit']}" if m.get("commit") else "") + (f". {m['note']}" if m.get("note") else ""),
-             "",
-             "| benchmark | implementation | median | throughput | vs baseline | % of bf16 peak |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"**{m['device']}** ({m['cpu']}), torch {m['torch']}, torchvision {m.get('torchvision', '?')}, "
+        f"Python {m['python']}, {m['date'][:10] if m.get('date') else ''}"
+        + (f", commit {m['commit']}" if m.get("commit") else "")
+        + (f". {m['note']}" if m.get("note") else ""),
+        "",
+        "| benchmark | implementation | median | throughput | vs baseline | % of bf16 peak |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for group in result["groups"]:
         for row in group["rows"]:
             thr = f"{row['items_per_s']:.1f} /s" if row["items_per_s"] else ""
-            ratio = "baseline" if row["baseline"] else (f"{row['speedup_vs_baseline']:.1f}x"
-                                                        if row["speedup_vs_baseline"] else "")
+            ratio = (
+                "baseline"
+                if row["baseline"]
+                else (f"{row['speedup_vs_baseline']:.1f}x" if row["speedup_vs_baseline"] else "")
+            )
             median = row["median_s"]
             shown = f"{median * 1e3:.2f} ms" if median < 1 else f"{median:.2f} s"
             pct = f"{row['pct_of_bf16_peak']:.1f}%" if row.get("pct_of_bf16_peak") else ""
@@ -116,12 +142,18 @@ def table(result: dict) -> str:
         work = next((row["work"] for row in group["rows"] if row.get("work")), None)
         if work:
             fastest = min(group["rows"], key=lambda row: row["median_s"])
-            lines.append(f"| {group['group']} | *work per call: {work}; fastest {fastest['median_s'] * 1e3:.2f} ms* |"
-                         " | | | |")
+            lines.append(
+                f"| {group['group']} | *work per call: {work}; fastest {fastest['median_s'] * 1e3:.2f} ms* | | | | |"
+            )
     checks = result.get("checks")
     if checks:
-        lines += ["", "Checks on this machine (tools/gpu_check.py): " + ", ".join(
-            f"{name} {'passed' if c.get('ok') else 'FAILED'}" for name, c in checks.items() if isinstance(c, dict))]
+        lines += [
+            "",
+            "Checks on this machine (tools/gpu_check.py): "
+            + ", ".join(
+                f"{name} {'passed' if c.get('ok') else 'FAILED'}" for name, c in checks.items() if isinstance(c, dict)
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -135,9 +167,12 @@ def fill_between(text: str, start: str, end: str, body: str) -> str:
 def merge(paths: list[str]) -> dict:
     """One pytest-benchmark JSON from several runs on the same machine (benchmarks concatenated)."""
     raws = [json.loads(Path(p).read_text()) for p in paths]
-    return {"datetime": raws[-1].get("datetime"), "machine_info": raws[-1].get("machine_info", {}),
-            "commit_info": raws[-1].get("commit_info", {}),
-            "benchmarks": [b for raw in raws for b in raw["benchmarks"]]}
+    return {
+        "datetime": raws[-1].get("datetime"),
+        "machine_info": raws[-1].get("machine_info", {}),
+        "commit_info": raws[-1].get("commit_info", {}),
+        "benchmarks": [b for raw in raws for b in raw["benchmarks"]],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -158,11 +193,17 @@ def main(argv: list[str]) -> int:
     print(f"wrote {target}")
     # results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to docs/deploy.md,
     # the others to docs/speed.md.
-    for (start, end), export, page in (((START, END), False, ROOT / "docs" / "speed.md"),
-                                       ((EXPORT_START, EXPORT_END), True, ROOT / "docs" / "deploy.md")):
-        tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))
-                  if p.name != "latest.json" and not p.name.startswith("quality-")  # quality.py's own table
-                  and p.name.startswith("export-") == export]
+    for (start, end), export, page in (
+        ((START, END), False, ROOT / "docs" / "speed.md"),
+        ((EXPORT_START, EXPORT_END), True, ROOT / "docs" / "deploy.md"),
+    ):
+        tables = [
+            table(json.loads(p.read_text()))
+            for p in sorted(RESULTS.glob("*.json"))
+            if p.name != "latest.json"
+            and not p.name.startswith("quality-")  # quality.py's own table
+            and p.name.startswith("export-") == export
+        ]
         text = page.read_text()
         if start in text and end in text:
             page.write_text(fill_between(text, start, end, "\n\n".join(tables)))

@@ -2,19 +2,28 @@
 JPEGs (640x480, quality 90, 7 boxes each), ssdfast's transform against torchvision's v2 detection
 transforms (its SSD reference recipe without zoom-out) and against ssdfast's former order (colour jitter
 in float32 at the crop's resolution, before the resize, and a float32 sample)."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import run
 from torchvision import tv_tensors
 from torchvision.io import decode_jpeg
 from torchvision.transforms import v2
 
 from ssdfast.data.coco import read_image
-from ssdfast.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, SSDTransform, adjust_bcs_reference, hflip,
-                                     jitter_factors, random_crop, shift_hue, to_tensor)
-
-from conftest import run
+from ssdfast.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SSDTransform,
+    adjust_bcs_reference,
+    hflip,
+    jitter_factors,
+    random_crop,
+    shift_hue,
+    to_tensor,
+)
 
 IMAGES = 24
 
@@ -48,29 +57,44 @@ def former_order_sample(path, boxes, labels, rng):
     return to_tensor(image, 300), boxes, labels
 
 
-TORCHVISION_SSD = v2.Compose([v2.RandomPhotometricDistort(p=1.0), v2.RandomIoUCrop(), v2.RandomHorizontalFlip(),
-                              v2.Resize((300, 300), antialias=True), v2.SanitizeBoundingBoxes(),
-                              v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN.tolist(),
-                                                                                   IMAGENET_STD.tolist())])
+TORCHVISION_SSD = v2.Compose(
+    [
+        v2.RandomPhotometricDistort(p=1.0),
+        v2.RandomIoUCrop(),
+        v2.RandomHorizontalFlip(),
+        v2.Resize((300, 300), antialias=True),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()),
+    ]
+)
 
 
 def torchvision_sample(path, boxes, labels, rng):
     image = decode_jpeg(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
     h, w = image.shape[-2:]
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes) * torch.tensor([w, h, w, h]),
-                                                format="XYXY", canvas_size=(h, w)), "labels": torch.from_numpy(labels)}
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.from_numpy(boxes) * torch.tensor([w, h, w, h]), format="XYXY", canvas_size=(h, w)
+        ),
+        "labels": torch.from_numpy(labels),
+    }
     return TORCHVISION_SSD(tv_tensors.Image(image), target)
 
 
 @pytest.mark.parametrize("impl", ["torchvision_v2", "ssdfast", "ssdfast_former_order"])
 def test_augment_one_core(benchmark, coco_sized_jpegs, impl):
     benchmark.group = f"decode + SSD training augmentation, {IMAGES} COCO-sized JPEGs, one core [cpu]"
-    sample = {"torchvision_v2": torchvision_sample, "ssdfast": ssdfast_sample,
-              "ssdfast_former_order": former_order_sample}[impl]
+    sample = {
+        "torchvision_v2": torchvision_sample,
+        "ssdfast": ssdfast_sample,
+        "ssdfast_former_order": former_order_sample,
+    }[impl]
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)  # a loader worker's share: one core
     cv2.setNumThreads(1)
     try:
+
         def epoch():
             for i, (path, boxes, labels) in enumerate(coco_sized_jpegs):
                 out = sample(path, boxes, labels, np.random.default_rng([0, i]))

@@ -1,11 +1,11 @@
 """COCO evaluation time for a fixed set of detections: pycocotools vs faster-coco-eval."""
+
 import numpy as np
 import pytest
+from conftest import run
 
 from ssdfast.coco_eval import coco_evaluate
 from ssdfast.data.coco import load_coco
-
-from conftest import run
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,11 @@ def gt_and_detections(bench_coco):
 def test_coco_eval(benchmark, gt_and_detections, backend):
     benchmark.group = "COCO eval, 64 images x 100 detections"
     coco, results = gt_and_detections
-    stats, _ = run(benchmark, lambda: coco_evaluate(coco, results, backend=backend),
-                   role="baseline" if backend == "pycocotools" else "candidate", items=1, rounds=3)
+    stats, _ = run(
+        benchmark,
+        lambda: coco_evaluate(coco, results, backend=backend),
+        role="baseline" if backend == "pycocotools" else "candidate",
+        items=1,
+        rounds=3,
+    )
     assert 0 < stats["AP50"] <= 1

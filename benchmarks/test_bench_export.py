@@ -6,17 +6,17 @@ batch, NonMaxSuppression in the graph) with the CPU execution provider (CUDA's o
 With random weights few scores pass the 0.05 threshold: these numbers are the network plus the
 fixed cost of post-processing, as on mostly empty images.
 """
+
 import gc
 import os
 
 import pytest
 import torch
+from conftest import CUDA, run
 
 from ssdfast.export import export
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
-
-from conftest import CUDA, run
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -35,8 +35,9 @@ def exported(tmp_path_factory):
         model = build_model(name, num_classes=80).eval()
         path = tmp_path_factory.mktemp("export") / f"{short}.onnx"
         meta = {"model_name": name, "num_classes": 80, "category_names": [str(i) for i in range(80)]}
-        export(model, meta, "onnx", path, batch=None, with_nms=True, score_threshold=0.05, nms_threshold=0.45,
-               max_det=200)
+        export(
+            model, meta, "onnx", path, batch=None, with_nms=True, score_threshold=0.05, nms_threshold=0.45, max_det=200
+        )
         out[short] = model, path
     return out
 
@@ -60,10 +61,19 @@ def bench(benchmark, exported, short, batch, how, device):
     images = torch.randn(batch, 3, 300, 300, generator=torch.Generator().manual_seed(1)).to(device)
     call = make_call(model, path, how, device)
     benchmark.group = f"deploy {short} b{batch} [{device}]"
-    benchmark.extra_info.update(work=f"{batch} image(s) -> detections, NMS included", throughput=True)  # images/s at b1 too
+    benchmark.extra_info.update(
+        work=f"{batch} image(s) -> detections, NMS included", throughput=True
+    )  # images/s at b1 too
     # The first (warm-up) round of torch.compile compiles; it is not timed.
-    run(benchmark, lambda: call(images), role="baseline" if how == "eager" else "candidate", items=batch,
-        rounds=10 if short == "ssdlite" else 5, warmup=1, device=device)
+    run(
+        benchmark,
+        lambda: call(images),  # noqa: F821  (ruff: `call` is deleted below, after the run)
+        role="baseline" if how == "eager" else "candidate",
+        items=batch,
+        rounds=10 if short == "ssdlite" else 5,
+        warmup=1,
+        device=device,
+    )
     del call  # an idle ONNX Runtime session's threads must not share the cores with the next benchmark
     gc.collect()
 

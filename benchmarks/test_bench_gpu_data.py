@@ -4,6 +4,7 @@ the CPU without one); and SSD300 b128 fed by the GPU path vs the same step on sy
 
 CPU runs use a small set (CI runs this file with --benchmark-disable: one call each, a few seconds).
 """
+
 import json
 
 import cv2
@@ -30,16 +31,29 @@ def write_coco_sized(root, num_images: int, seed: int = 0):
     for image_id in range(1, num_images + 1):
         image = tiles[image_id % 16].copy()
         for _ in range(int(rng.integers(1, 5))):
-            x, y, w, h = int(rng.integers(0, 480)), int(rng.integers(0, 320)), int(rng.integers(32, 160)), \
-                int(rng.integers(32, 160))
-            image[y:y + h, x:x + w] = rng.integers(0, 256, 3)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            x, y, w, h = (
+                int(rng.integers(0, 480)),
+                int(rng.integers(0, 320)),
+                int(rng.integers(32, 160)),
+                int(rng.integers(32, 160)),
+            )
+            image[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         name = f"{image_id:012d}.jpg"
         cv2.imwrite(str(root / "train2017" / name), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         images.append({"id": image_id, "file_name": name, "height": 480, "width": 640})
-    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(
-        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    (root / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
+    )
     return root
 
 
@@ -65,8 +79,13 @@ def epoch(loader, device):
 def test_loader_coco_sized_cpu(benchmark, coco_sized_small, backend):
     benchmark.group = f"data loader, training augmentation, {CPU_IMAGES} COCO-sized JPEGs, batch 16, 2 workers [cpu]"
     loader = build_loader(coco_sized_small, "train", train=True, batch_size=16, num_workers=2, backend=backend)
-    count = run(benchmark, lambda: epoch(loader, "cpu"), role="baseline" if backend == "pytorch" else "candidate",
-                items=CPU_IMAGES, rounds=2)
+    count = run(
+        benchmark,
+        lambda: epoch(loader, "cpu"),
+        role="baseline" if backend == "pytorch" else "candidate",
+        items=CPU_IMAGES,
+        rounds=2,
+    )
     assert count == CPU_IMAGES
 
 
@@ -75,8 +94,9 @@ def test_loader_coco_sized_cpu(benchmark, coco_sized_small, backend):
 @pytest.mark.parametrize("backend", ["pytorch", "gpu"])
 def test_loader_coco_sized_cuda(benchmark, coco_sized_large, backend, workers):
     benchmark.group = f"data loader, training augmentation, {CUDA_IMAGES} COCO-sized JPEGs, batch 128 [cuda]"
-    loader = build_loader(coco_sized_large, "train", train=True, batch_size=128, num_workers=workers,
-                          backend=backend, device="cuda")
+    loader = build_loader(
+        coco_sized_large, "train", train=True, batch_size=128, num_workers=workers, backend=backend, device="cuda"
+    )
     role = "baseline" if (backend, workers) == ("pytorch", 14) else "candidate"
     count = run(benchmark, lambda: epoch(loader, "cuda"), role=role, items=CUDA_IMAGES, rounds=2, device="cuda")
     assert count == CUDA_IMAGES
@@ -94,8 +114,16 @@ def test_train_from_gpu_loader_cuda(benchmark, coco_sized_large, source):
     model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
     train_step = TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
-    loader = build_loader(coco_sized_large, "train", train=True, batch_size=batch, num_workers=4, device="cuda",
-                          backend="gpu", max_boxes=128)
+    loader = build_loader(
+        coco_sized_large,
+        "train",
+        train=True,
+        batch_size=batch,
+        num_workers=4,
+        device="cuda",
+        backend="gpu",
+        max_boxes=128,
+    )
     batches = len(loader)
     if source == "synthetic_tensors":
         first = next(iter(loader)).to("cuda", channels_last=True)
@@ -106,10 +134,19 @@ def test_train_from_gpu_loader_cuda(benchmark, coco_sized_large, source):
                 loss = train_step(*fixed)
             return loss
     else:
+
         def one_epoch():
             for data in loader:
                 data = data.to("cuda", channels_last=True)
                 loss = train_step(data.images, data.boxes, data.labels)
             return loss
-    run(benchmark, one_epoch, role="baseline" if source == "synthetic_tensors" else "candidate",
-        items=batch * batches, rounds=3, warmup=1, device="cuda")
+
+    run(
+        benchmark,
+        one_epoch,
+        role="baseline" if source == "synthetic_tensors" else "candidate",
+        items=batch * batches,
+        rounds=3,
+        warmup=1,
+        device="cuda",
+    )

@@ -1,12 +1,12 @@
 """End-to-end inference throughput: normalised batch in, fixed-size detections out."""
+
 import pytest
 import torch
+from conftest import CUDA, run
 
 from ssdfast import baselines
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
-
-from conftest import CUDA, run
 
 
 def make_infer(name, batch, device, post, channels_last=False, amp_dtype=None):
@@ -31,8 +31,13 @@ def make_infer(name, batch, device, post, channels_last=False, amp_dtype=None):
 @pytest.mark.parametrize("post", ["compiled", "seed_style_loop"])
 def test_inference_ssdlite_cpu(benchmark, post):
     benchmark.group = "inference ssdlite b8 [cpu]"
-    run(benchmark, make_infer("ssdlite", 8, "cpu", post, channels_last=True),
-        role="baseline" if post == "seed_style_loop" else "candidate", items=8, rounds=3)
+    run(
+        benchmark,
+        make_infer("ssdlite", 8, "cpu", post, channels_last=True),
+        role="baseline" if post == "seed_style_loop" else "candidate",
+        items=8,
+        rounds=3,
+    )
 
 
 @CUDA
@@ -40,6 +45,12 @@ def test_inference_ssdlite_cpu(benchmark, post):
 @pytest.mark.parametrize("post", ["compiled", "seed_style_loop"])
 def test_inference_ssd300_cuda(benchmark, batch, post):
     benchmark.group = f"inference ssd300 b{batch} fp16 channels_last [cuda]"
-    run(benchmark, make_infer("ssd", batch, "cuda", post, channels_last=True, amp_dtype=torch.float16),
-        role="baseline" if post == "seed_style_loop" else "candidate", items=batch,
-        rounds=3 if post == "seed_style_loop" else 10, warmup=1 if post == "seed_style_loop" else 3, device="cuda")
+    run(
+        benchmark,
+        make_infer("ssd", batch, "cuda", post, channels_last=True, amp_dtype=torch.float16),
+        role="baseline" if post == "seed_style_loop" else "candidate",
+        items=batch,
+        rounds=3 if post == "seed_style_loop" else 10,
+        warmup=1 if post == "seed_style_loop" else 3,
+        device="cuda",
+    )

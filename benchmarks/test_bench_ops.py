@@ -1,13 +1,13 @@
 """Op benchmarks on SSD-shaped work: compiled kernels vs their pure-PyTorch twins vs torchvision."""
+
 import pytest
 import torch
 import torchvision
+from conftest import DEVICES, run
+from workloads import coco_like_ground_truth, nms_candidates
 
 from ssdfast import ops, reference
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
-
-from conftest import DEVICES, run
-from workloads import coco_like_ground_truth, nms_candidates
 
 
 def torchvision_match_encode(boxes, labels, anchors, iou_threshold=0.5, center_variance=0.1, size_variance=0.2):
@@ -47,14 +47,26 @@ def test_match_encode(benchmark, device, max_boxes, impl):
     benchmark.group = f"match_encode 32x8732 G={max_boxes} [{device}]"
     boxes, labels = coco_like_ground_truth(max_boxes=max_boxes)
     valid = int((labels > 0).sum())
-    benchmark.extra_info["work"] = (f"{valid * 8732 / 1e6:.2f}M IoUs ({valid} valid boxes x 8732 anchors; "
-                                    f"{32 * max_boxes * 8732 / 1e6:.1f}M padded)")
+    benchmark.extra_info["work"] = (
+        f"{valid * 8732 / 1e6:.2f}M IoUs ({valid} valid boxes x 8732 anchors; "
+        f"{32 * max_boxes * 8732 / 1e6:.1f}M padded)"
+    )
     boxes, labels, anchors = boxes.to(device), labels.to(device), default_boxes(SSD300_RESNET50).to(device)
-    fn = {"compiled": ops.match_encode, "reference": reference.match_encode,
-          "torchvision_per_image": torchvision_match_encode}[impl]
+    fn = {
+        "compiled": ops.match_encode,
+        "reference": reference.match_encode,
+        "torchvision_per_image": torchvision_match_encode,
+    }[impl]
     baseline = impl == "torchvision_per_image"
-    out = run(benchmark, lambda: fn(boxes, labels, anchors), role="baseline" if baseline else "candidate", items=32,
-              rounds=5 if baseline else 15, warmup=1 if baseline else 3, device=device)  # a few ms: more rounds
+    out = run(
+        benchmark,
+        lambda: fn(boxes, labels, anchors),
+        role="baseline" if baseline else "candidate",
+        items=32,
+        rounds=5 if baseline else 15,
+        warmup=1 if baseline else 3,
+        device=device,
+    )  # a few ms: more rounds
     assert out[1].shape == (32, 8732)
 
 
@@ -68,22 +80,28 @@ def test_batched_nms(benchmark, device, impl):
     benchmark.group = f"batched_nms 32x80x200 [{device}]"
     boxes, scores, labels = (t.to(device) for t in nms_candidates())
     above = int((scores > 0.05).sum())
-    benchmark.extra_info["work"] = (f"{above / 1e3:.0f}k candidates above the score threshold "
-                                    f"(of {boxes.shape[0] * boxes.shape[1] / 1e3:.0f}k), sorted and compared per class")
+    benchmark.extra_info["work"] = (
+        f"{above / 1e3:.0f}k candidates above the score threshold "
+        f"(of {boxes.shape[0] * boxes.shape[1] / 1e3:.0f}k), sorted and compared per class"
+    )
     if impl == "compiled":
+
         def fn():
             return ops.batched_nms_padded(boxes, scores, labels, 0.45, 0.05, 200)
     elif impl == "compiled_no_early_stop":  # keeps everything NMS keeps: the cost of the full greedy pass
+
         def fn():
             return ops.batched_nms_padded(boxes, scores, labels, 0.45, 0.05, boxes.shape[1])
     elif impl == "torchvision_per_image":
+
         def fn():
             out = []
             for b in range(len(boxes)):
                 valid = scores[b] > 0.05
                 idx = torch.nonzero(valid).flatten()
-                out.append(idx[torchvision.ops.batched_nms(boxes[b][valid], scores[b][valid], labels[b][valid],
-                                                           0.45)][:200])
+                out.append(
+                    idx[torchvision.ops.batched_nms(boxes[b][valid], scores[b][valid], labels[b][valid], 0.45)][:200]
+                )
             return out
     else:
         if device == "cuda":
@@ -91,6 +109,7 @@ def test_batched_nms(benchmark, device, impl):
 
         def fn():
             return reference.batched_nms_padded(boxes, scores, labels, 0.45, 0.05, 200)
+
     role = "baseline" if impl == "torchvision_per_image" else "candidate"
     run(benchmark, fn, role=role, items=32, rounds=3 if impl == "reference" else 5, device=device)
 
@@ -106,8 +125,7 @@ def test_box_iou(benchmark, device, impl):
     boxes = torch.cat([xy, xy + 0.3 * torch.rand(1000, 2, generator=g)], 1).to(device)
     anchors = default_boxes(SSD300_RESNET50).to(device)
     fn = {"compiled": ops.box_iou, "torchvision": torchvision.ops.box_iou, "reference": reference.box_iou}[impl]
-    run(benchmark, lambda: fn(boxes, anchors), role="baseline" if impl == "torchvision" else "candidate",
-        device=device)
+    run(benchmark, lambda: fn(boxes, anchors), role="baseline" if impl == "torchvision" else "candidate", device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -119,5 +137,12 @@ def test_box_decode(benchmark, device, impl):
     offsets = torch.randn(32, 8732, 4, generator=torch.Generator().manual_seed(0)).to(device)
     anchors = default_boxes(SSD300_RESNET50).to(device)
     fn = ops.box_decode if impl == "compiled" else reference.box_decode
-    run(benchmark, lambda: fn(offsets, anchors), role="candidate" if impl == "compiled" else "baseline", items=32,
-        rounds=15, warmup=3, device=device)  # a few ms: more rounds
+    run(
+        benchmark,
+        lambda: fn(offsets, anchors),
+        role="candidate" if impl == "compiled" else "baseline",
+        items=32,
+        rounds=15,
+        warmup=3,
+        device=device,
+    )  # a few ms: more rounds

@@ -1,11 +1,11 @@
 """Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the seed-style loop."""
+
 import pytest
+from conftest import DEVICES, run
+from workloads import ssd300_outputs
 
 from ssdfast import baselines
 from ssdfast.postprocess import postprocess
-
-from conftest import DEVICES, run
-from workloads import ssd300_outputs
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -18,5 +18,12 @@ def test_postprocess(benchmark, device, impl):
         assert out.boxes.shape == (32, 200, 4)
     else:
         # One round on CUDA: the loop syncs with the host for every kept box (minutes per call there).
-        run(benchmark, lambda: baselines.postprocess_loop(locs, confs, anchors), role="baseline", items=32,
-            rounds=1 if device == "cuda" else 2, warmup=0, device=device)
+        run(
+            benchmark,
+            lambda: baselines.postprocess_loop(locs, confs, anchors),
+            role="baseline",
+            items=32,
+            rounds=1 if device == "cuda" else 2,
+            warmup=0,
+            device=device,
+        )

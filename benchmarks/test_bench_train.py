@@ -1,20 +1,20 @@
 """Training-step throughput on synthetic tensors (data loading excluded): memory formats, AMP,
 CUDA graphs, torch.compile, and loss targets from the compiled op vs the pure-PyTorch twin; then the
 same step fed by the real data path, to show whether loading keeps up."""
+
 import functools
 
 import pytest
 import torch
+from conftest import CUDA, run
 from torch.utils.flop_counter import FlopCounterMode
+from workloads import coco_like_ground_truth
 
 from ssdfast import ops, reference
-from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.data import build_loader
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.models import build_model
-
-from conftest import CUDA, run
-from workloads import coco_like_ground_truth
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 
 STEPS = 3  # optimisation steps per timed call
 
@@ -30,8 +30,9 @@ def train_flop_per_image(name: str) -> float:
     return float(counter.get_total_flops()) / 2
 
 
-def make_step(name, batch, device, *, channels_last=False, amp_dtype=None, cuda_graphs=False, targets="compiled",
-              compiled=False):
+def make_step(
+    name, batch, device, *, channels_last=False, amp_dtype=None, cuda_graphs=False, targets="compiled", compiled=False
+):
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device == "cuda"  # what the tools do on CUDA (ssdfast.runtime)
     model = build_model(name, num_classes=80).to(device)
@@ -41,8 +42,13 @@ def make_step(name, batch, device, *, channels_last=False, amp_dtype=None, cuda_
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=device == "cuda" or None)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     targets_fn = reference.match_encode if targets == "reference" else ops.match_encode
-    step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(torch.compile(model) if compiled else model, optimizer,
-                                                              amp_dtype=amp_dtype, scaler=scaler, targets_fn=targets_fn)
+    step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(
+        torch.compile(model) if compiled else model,
+        optimizer,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        targets_fn=targets_fn,
+    )
     images = torch.randn(batch, 3, 300, 300, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -77,8 +83,12 @@ GPU_CONFIGS = {
     "amp_fp16_channels_last": {"channels_last": True, "amp_dtype": torch.float16},
     "amp_bf16_channels_last": {"channels_last": True, "amp_dtype": torch.bfloat16},
     "amp_bf16_channels_last_cuda_graphs": {"channels_last": True, "amp_dtype": torch.bfloat16, "cuda_graphs": True},
-    "amp_bf16_channels_last_cuda_graphs_reference_targets": {"channels_last": True, "amp_dtype": torch.bfloat16,
-                                                             "cuda_graphs": True, "targets": "reference"},
+    "amp_bf16_channels_last_cuda_graphs_reference_targets": {
+        "channels_last": True,
+        "amp_dtype": torch.bfloat16,
+        "cuda_graphs": True,
+        "targets": "reference",
+    },
     # torch.compile fuses BatchNorm/ReLU/add (memory-bound in eager mode); compiling takes minutes.
     "amp_fp16_channels_last_compiled": {"channels_last": True, "amp_dtype": torch.float16, "compiled": True},
 }
@@ -92,8 +102,15 @@ def test_train_step_cuda(benchmark, config, name, batch):
     benchmark.group = f"train step {name} b{batch} [cuda]"
     steps = make_step(name, batch, "cuda", **GPU_CONFIGS[config])
     benchmark.extra_info["flop_per_item"] = train_flop_per_image(name)
-    run(benchmark, steps, role="baseline" if config == "fp32_nchw" else "candidate", items=batch * STEPS, rounds=5,
-        warmup=2, device="cuda")
+    run(
+        benchmark,
+        steps,
+        role="baseline" if config == "fp32_nchw" else "candidate",
+        items=batch * STEPS,
+        rounds=5,
+        warmup=2,
+        device="cuda",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +131,9 @@ def test_train_from_loader_cuda(benchmark, loader_coco, source):
     model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
     train_step = TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
-    loader = build_loader(loader_coco, "train", train=True, batch_size=batch, num_workers=16, device="cuda",
-                          max_boxes=128)
+    loader = build_loader(
+        loader_coco, "train", train=True, batch_size=batch, num_workers=16, device="cuda", max_boxes=128
+    )
     batches = len(loader)
     if source == "synthetic_tensors":
         fixed = next(iter(loader)).to("cuda", channels_last=True)
@@ -125,11 +143,20 @@ def test_train_from_loader_cuda(benchmark, loader_coco, source):
                 loss = train_step(fixed.images, fixed.boxes, fixed.labels)
             return loss
     else:
+
         def epoch():
             for data in loader:
                 data = data.to("cuda", channels_last=True)
                 loss = train_step(data.images, data.boxes, data.labels)
             return loss
+
     benchmark.extra_info["flop_per_item"] = train_flop_per_image("ssd")
-    run(benchmark, epoch, role="baseline" if source == "synthetic_tensors" else "candidate", items=batch * batches,
-        rounds=3, warmup=1, device="cuda")
+    run(
+        benchmark,
+        epoch,
+        role="baseline" if source == "synthetic_tensors" else "candidate",
+        items=batch * batches,
+        rounds=3,
+        warmup=1,
+        device="cuda",
+    )

@@ -1,4 +1,5 @@
 """SSD-shaped inputs for the benchmarks (deterministic)."""
+
 from __future__ import annotations
 
 import torch

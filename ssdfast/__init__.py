@@ -7,6 +7,7 @@
 load, Detector and Result (ssdfast.detector) are imported on first use, so that `import ssdfast` (and
 every tool's --help) does not wait for PyTorch.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -8,6 +8,7 @@ For each feature map k (size f_k, step s_k, scales S_k and S_k+1 in pixels of a 
   * the (cx, cy, w, h) boxes are clamped to [0, 1].
 The flattened order (map, shape, location) is the order of the heads' outputs (see models/ssd_base.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,6 @@ import torch
 from torch import Tensor
 
 from .defaults import SSD_DEFAULTS, SSDDefaults  # noqa: F401  (SSD's constants: their home is defaults.py)
-
-
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ SSDLITE300 = AnchorSpec(
 )  # 3000 anchors
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _anchors_xywh(spec: AnchorSpec) -> Tensor:
     boxes = []
     for k, size in enumerate(spec.feature_sizes):

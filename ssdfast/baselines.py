@@ -3,6 +3,7 @@
 Not part of ssdfast's own path: it is the oracle of ssdfast.postprocess in the tests and the speed
 baseline of the benchmarks, kept out of reference.py so a learner reading that file meets SSD's maths only.
 """
+
 from __future__ import annotations
 
 import torch

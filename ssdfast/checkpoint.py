@@ -11,6 +11,7 @@ Formats understood by load_model_weights:
   * a bare state dict.
 Loading never runs code from the file: torch.load(weights_only=True).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,6 +117,7 @@ def infer_num_classes(state: dict) -> int:
 
     The output layer is the last one with a bias inside the head (SSDLite heads are depthwise conv,
     BN, ReLU6, 1x1 conv; state dicts keep module order)."""
+
     def last_bias(prefix):
         biases = [v for k, v in state.items() if k.startswith(prefix) and k.endswith("bias")]
         if not biases:
@@ -138,6 +140,7 @@ def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<check
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
+
         def show(keys):
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
 
@@ -159,35 +162,71 @@ def check_categories(trained: list[str], dataset: list[str], weights, data, comp
         raise CheckpointError(f"{weights} predicts {len(trained)} classes but {data} has {len(dataset)} categories")
     if not compare_names or list(trained) == list(dataset):
         return
-    differ = [f"label {i + 1}: '{a}' in the weights, '{b}' in the data"
-              for i, (a, b) in enumerate(zip(trained, dataset)) if a != b]
-    raise CheckpointError(f"{weights} was trained on other categories than {data} has ({len(differ)} of "
-                          f"{len(dataset)} labels differ; {'; '.join(differ[:5])}{'; ...' if len(differ) > 5 else ''}). "
-                          "Labels follow sorted category ids; pass --ignore-category-names to use the weights anyway")
+    differ = [
+        f"label {i + 1}: '{a}' in the weights, '{b}' in the data"
+        for i, (a, b) in enumerate(zip(trained, dataset))
+        if a != b
+    ]
+    raise CheckpointError(
+        f"{weights} was trained on other categories than {data} has ({len(differ)} of "
+        f"{len(dataset)} labels differ; {'; '.join(differ[:5])}{'; ...' if len(differ) > 5 else ''}). "
+        "Labels follow sorted category ids; pass --ignore-category-names to use the weights anyway"
+    )
 
 
-def training_state(model: nn.Module, optimizer, scaler, *, model_name: str, epoch: int, category_ids, category_names,
-                   best_ap: float, args: dict, position: dict | None = None) -> dict:
+def training_state(
+    model: nn.Module,
+    optimizer,
+    scaler,
+    *,
+    model_name: str,
+    epoch: int,
+    category_ids,
+    category_names,
+    best_ap: float,
+    args: dict,
+    position: dict | None = None,
+) -> dict:
     """What train.py writes to last.pt/best.pt: weights, the category set they were trained on (checked
     by eval and at resume), and everything needed to continue (optimizer, scaler). `epoch`: the last
     finished epoch (-1: none yet); `position`: where the epoch in progress stands (training.epoch.EpochProgress's
     state_dict), None at an epoch end."""
-    return {"model": model.state_dict(), "model_name": model_name, "num_classes": len(category_ids),
-            "category_ids": list(category_ids), "category_names": list(category_names), "epoch": epoch,
-            "position": position, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "best_ap": best_ap, "args": args}
+    return {
+        "model": model.state_dict(),
+        "model_name": model_name,
+        "num_classes": len(category_ids),
+        "category_ids": list(category_ids),
+        "category_names": list(category_names),
+        "epoch": epoch,
+        "position": position,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "best_ap": best_ap,
+        "args": args,
+    }
 
 
-def resume_training(path: str | Path, model: nn.Module, optimizer, scaler, *, model_name: str, category_names,
-                    check_names: bool = True, data="the dataset") -> tuple[int, float, dict | None]:
+def resume_training(
+    path: str | Path,
+    model: nn.Module,
+    optimizer,
+    scaler,
+    *,
+    model_name: str,
+    category_names,
+    check_names: bool = True,
+    data="the dataset",
+) -> tuple[int, float, dict | None]:
     """Load a training_state into model, optimizer and scaler; (the epoch to continue at, best AP so far,
     the position inside that epoch or None to start it from its first batch).
     Refuses (CheckpointError) a checkpoint of another model, class count or category set."""
     device = next(model.parameters()).device
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt.get("model_name") != model_name or ckpt.get("num_classes") != len(category_names):
-        raise CheckpointError(f"{path} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
-                              f"{model_name} with {len(category_names)}: use another --save-folder or --no-resume")
+        raise CheckpointError(
+            f"{path} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
+            f"{model_name} with {len(category_names)}: use another --save-folder or --no-resume"
+        )
     check_categories(ckpt.get("category_names", []), category_names, path, data, compare_names=check_names)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -3,6 +3,7 @@
 Backends: pycocotools (the reference) or faster-coco-eval (same numbers, C++ accumulate, optional).
 In a distributed run every rank converts its shard's detections and rank 0 evaluates the union.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,31 +11,49 @@ import copy
 import io
 
 import numpy as np
-
 import torch
 import torch.distributed as dist
 
 from .postprocess import Detections, scale_to_image
 
-STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 BACKENDS = ("pycocotools", "faster-coco-eval")
 
 
-def detections_to_coco(dets: Detections, image_ids: torch.Tensor, sizes: torch.Tensor,
-                       category_ids: list[int]) -> list[dict]:
+def detections_to_coco(
+    dets: Detections, image_ids: torch.Tensor, sizes: torch.Tensor, category_ids: list[int]
+) -> list[dict]:
     """Fixed-size detections of a batch -> COCO result dicts (pixel xywh boxes, category ids).
     Host sync here (.cpu()): evaluation only."""
     boxes = scale_to_image(dets.boxes.float(), sizes.to(dets.boxes.device)).cpu()
     scores, labels, counts = dets.scores.cpu(), dets.labels.cpu(), dets.counts.cpu()
     results = []
     for i, image_id in enumerate(image_ids.tolist()):
-        for box, score, label in zip(boxes[i, : counts[i]].tolist(), scores[i, : counts[i]].tolist(),
-                                     labels[i, : counts[i]].tolist()):
+        for box, score, label in zip(
+            boxes[i, : counts[i]].tolist(), scores[i, : counts[i]].tolist(), labels[i, : counts[i]].tolist()
+        ):
             x1, y1, x2, y2 = box
-            results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(float(score), 5)})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label - 1]),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                }
+            )
     return results
 
 
@@ -47,8 +66,13 @@ def gather_to_rank0(items: list) -> list:
     return [x for part in gathered for x in part] if gathered is not None else []
 
 
-def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None,
-                  backend: str = "pycocotools", curves: dict | None = None) -> tuple[dict[str, float] | None, str]:
+def coco_evaluate(
+    coco_gt,
+    results: list[dict],
+    image_ids: list[int] | None = None,
+    backend: str = "pycocotools",
+    curves: dict | None = None,
+) -> tuple[dict[str, float] | None, str]:
     """COCO box AP/AR of `results` against `coco_gt` (a pycocotools COCO object).
 
     image_ids: restrict to these images (default: all of coco_gt). Returns ({name: value}, table text),
@@ -60,8 +84,10 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
     evaluated = set(coco_gt.getImgIds() if image_ids is None else image_ids)
     if not any(not ann.get("iscrowd", 0) for i in evaluated for ann in coco_gt.imgToAnns.get(i, [])):
         # COCOeval would print -1 for every metric; say why instead.
-        return None, (f"nothing to evaluate: the {len(evaluated)} evaluated image(s) have no ground-truth boxes "
-                      "(an annotation file without annotations?)")
+        return None, (
+            f"nothing to evaluate: the {len(evaluated)} evaluated image(s) have no ground-truth boxes "
+            "(an annotation file without annotations?)"
+        )
     if not results:
         zeros = {name: 0.0 for name in STAT_NAMES}
         return zeros, "no detections: every COCO metric is 0"
@@ -94,8 +120,11 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
         curves.update(precision_at_iou50(evaluator, coco_gt))
     stats.update({f"AP_class/{name}": ap for name, ap in per_class.items()})
     table = [line for line in text.getvalue().splitlines() if "Average" in line]
-    return stats, "\n".join(table + ["AP per class (IoU 0.50:0.95, all areas, 100 detections):"]
-                             + [f"  {name:>24s}  {ap:.3f}" for name, ap in per_class.items()])
+    return stats, "\n".join(
+        table
+        + ["AP per class (IoU 0.50:0.95, all areas, 100 detections):"]
+        + [f"  {name:>24s}  {ap:.3f}" for name, ap in per_class.items()]
+    )
 
 
 def precision_at_iou50(evaluator, coco_gt) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """SSD's constants and the tools' choices, in a module without PyTorch: the tools' argument parsers read
 their defaults from here, so `--help` answers at once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 class SSDDefaults:
     """SSD's constants in one place (docs/ssd.md sections 2-5), as NVIDIA's DefaultBoxes carries its
     scale_xy/scale_wh: every signature, the loss and the tools take their defaults from SSD_DEFAULTS."""
+
     center_variance: float = 0.1  # box coding: offsets of the centre are divided by this
     size_variance: float = 0.2  # ... and log-size ratios by this
     match_iou: float = 0.5  # a default box with IoU > this with its best ground truth is positive

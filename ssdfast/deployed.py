@@ -8,6 +8,7 @@ applied afterwards (NMS visits boxes by decreasing score, so dropping weaker one
 nothing above them), a lower one or another NMS threshold cannot (re-export). Without NMS, the
 post-processing after the graph (``ssdfast.postprocess.select``) takes any thresholds.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,21 +35,25 @@ def _onnx_session(path: Path, device: torch.device):
         import onnx  # noqa: F401  (ssdfast.onnx_digest checks the file with it)
         import onnxruntime as ort
     except ImportError as error:
-        raise CheckpointError(f"{path} is an ONNX model: running it needs onnx and onnxruntime "
-                              "(pip install -e .[export])") from error
+        raise CheckpointError(
+            f"{path} is an ONNX model: running it needs onnx and onnxruntime (pip install -e .[export])"
+        ) from error
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise CheckpointError(f"{path}: this onnxruntime has no CUDA execution provider (install "
-                                  "onnxruntime-gpu, or run with --device cpu)")
+            raise CheckpointError(
+                f"{path}: this onnxruntime has no CUDA execution provider (install "
+                "onnxruntime-gpu, or run with --device cpu)"
+            )
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     data = path.read_bytes()  # read once: the bytes checked are the bytes run
     text = verified_metadata(path, data)
     try:
         session = ort.InferenceSession(data, providers=providers)
     except Exception as error:
-        raise CheckpointError(f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} "
-                              "(truncated or corrupted file?)") from error
+        raise CheckpointError(
+            f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} (truncated or corrupted file?)"
+        ) from error
     return session, text
 
 
@@ -56,8 +61,9 @@ def _pt2_program(path: Path, device: torch.device):
     from . import ops  # registers torch.ops.ssdfast.*, which the program calls
 
     if ops.LOAD_ERROR is not None:
-        raise CheckpointError(f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C "
-                              f"({ops.LOAD_ERROR})")
+        raise CheckpointError(
+            f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C ({ops.LOAD_ERROR})"
+        )
     program, text = load_pt2(path, PT2_METADATA)  # refuses a file that could run code (pt2_guard)
     if device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
@@ -71,8 +77,13 @@ class Deployed:
     score_threshold, nms_threshold, max_det, ...). score_threshold / nms_threshold: what the caller
     wants (None: the file's); checked against a file with NMS inside (ValueError if impossible)."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", score_threshold: float | None = None,
-                 nms_threshold: float | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        score_threshold: float | None = None,
+        nms_threshold: float | None = None,
+    ):
         self.path, self.device = Path(path), torch.device(device)
         if not self.path.is_file():
             raise CheckpointError(f"exported model not found: {self.path}")
@@ -84,12 +95,16 @@ class Deployed:
         self.score_threshold = self.meta["score_threshold"] if score_threshold is None else score_threshold
         self.nms_threshold = self.meta["nms_threshold"] if nms_threshold is None else nms_threshold
         if self.meta["with_nms"] and self.nms_threshold != self.meta["nms_threshold"]:
-            raise ValueError(f"{self.path} was exported with NMS IoU threshold {self.meta['nms_threshold']} inside: "
-                             f"export it again with --nms-threshold {self.nms_threshold} (or --no-nms)")
+            raise ValueError(
+                f"{self.path} was exported with NMS IoU threshold {self.meta['nms_threshold']} inside: "
+                f"export it again with --nms-threshold {self.nms_threshold} (or --no-nms)"
+            )
         if self.meta["with_nms"] and self.score_threshold < self.meta["score_threshold"]:
-            raise ValueError(f"{self.path} was exported with score threshold {self.meta['score_threshold']}: it "
-                             f"cannot give detections down to {self.score_threshold}; export it again with "
-                             f"--score-threshold {self.score_threshold} (or --no-nms)")
+            raise ValueError(
+                f"{self.path} was exported with score threshold {self.meta['score_threshold']}: it "
+                f"cannot give detections down to {self.score_threshold}; export it again with "
+                f"--score-threshold {self.score_threshold} (or --no-nms)"
+            )
 
     def raw(self, images: Tensor) -> list[Tensor]:
         """The file's outputs as they are (see ssdfast.export), on self.device."""

@@ -7,6 +7,7 @@
 Every supported file (an ssdfast, older-implementation or NVIDIA checkpoint; a .onnx or .pt2 written by
 tools/export.py) gives the same Detector: which kind of file it is, is decided once, in ssdfast.inference.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,18 @@ from .runtime import pick_device
 from .visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-SOURCE_KINDS = ("a path, a folder, a list of these, a PIL image, an RGB uint8 numpy array [H, W, 3] or a tensor "
-                "[3, H, W]")
+SOURCE_KINDS = (
+    "a path, a folder, a list of these, a PIL image, an RGB uint8 numpy array [H, W, 3] or a tensor [3, H, W]"
+)
 
 
-def load(path: str | Path, device: str | None = None, score_threshold: float | None = None,
-         nms_threshold: float | None = None, max_det: int | None = None) -> Detector:
+def load(
+    path: str | Path,
+    device: str | None = None,
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    max_det: int | None = None,
+) -> Detector:
     """A Detector from any supported file: an ssdfast checkpoint (tools/train.py's best.pt or last.pt), the
     older implementation's or NVIDIA's, or a .onnx / .pt2 written by tools/export.py.
 
@@ -79,9 +86,9 @@ class Detector:
         items = _single_images(source)
         results = []
         for start in range(0, len(items), batch_size):
-            images, paths = zip(*(_rgb_and_path(item) for item in items[start:start + batch_size]))
+            images, paths = zip(*(_rgb_and_path(item) for item in items[start : start + batch_size]))
             for image, path, dets in zip(images, paths, run_detector(self.core, list(images))):
-                kept = {key: value[:self.max_det] for key, value in dets.items()}  # sorted by score: the best
+                kept = {key: value[: self.max_det] for key, value in dets.items()}  # sorted by score: the best
                 results.append(Result(**kept, image=image, path=path, categories=self.names))
         return results
 
@@ -131,8 +138,12 @@ class Result:
         """JSON-ready: {"path", "height", "width", "detections": records as in tools/detect.py's JSON}."""
         height, width = self.image.shape[:2]
         dets = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
-        return {"path": None if self.path is None else str(self.path), "height": height, "width": width,
-                "detections": to_records(dets, self.categories)}
+        return {
+            "path": None if self.path is None else str(self.path),
+            "height": height,
+            "width": width,
+            "detections": to_records(dets, self.categories),
+        }
 
     def _drawn_bgr(self) -> np.ndarray:
         bgr = cv2.cvtColor(self.image, cv2.COLOR_RGB2BGR)
@@ -192,13 +203,17 @@ def _rgb_and_path(item) -> tuple[np.ndarray, Path | None]:
 def _rgb_array(image: np.ndarray) -> np.ndarray:
     """A numpy image -> RGB uint8 [H, W, 3]; grayscale [H, W] or [H, W, 1] is repeated to 3 channels."""
     if image.dtype != np.uint8:
-        raise TypeError(f"a numpy image must be uint8 (0-255), got {image.dtype}: for floats in [0, 1] "
-                        "give (image * 255).round().astype(np.uint8)")
+        raise TypeError(
+            f"a numpy image must be uint8 (0-255), got {image.dtype}: for floats in [0, 1] "
+            "give (image * 255).round().astype(np.uint8)"
+        )
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise ValueError(f"a numpy image must be RGB [H, W, 3] or grayscale [H, W], got shape {image.shape}"
-                         f"{_shape_hint(image.shape)}")
+        raise ValueError(
+            f"a numpy image must be RGB [H, W, 3] or grayscale [H, W], got shape {image.shape}"
+            f"{_shape_hint(image.shape)}"
+        )
     return np.ascontiguousarray(image)
 
 
@@ -213,8 +228,9 @@ def _shape_hint(shape: tuple) -> str:
 def _rgb_tensor(image: Tensor) -> np.ndarray:
     """A tensor [3, H, W] or [1, H, W], uint8 0-255 or float 0-1 (torchvision's layouts) -> RGB uint8 [H, W, 3]."""
     if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"a tensor image must be [3, H, W] (channels first) or [B, 3, H, W], got shape "
-                         f"{list(image.shape)}")
+        raise ValueError(
+            f"a tensor image must be [3, H, W] (channels first) or [B, 3, H, W], got shape {list(image.shape)}"
+        )
     image = image.detach().cpu()
     if image.is_floating_point():
         if not ((image >= 0) & (image <= 1)).all():

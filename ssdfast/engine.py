@@ -3,6 +3,7 @@ predict (detections of one rank) -> evaluate (gathered to rank 0, COCO metrics).
 
 The training loop lives in ssdfast/training/.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,9 +16,19 @@ from .inference import as_detector
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_threshold=SSD_DEFAULTS.nms_threshold,
-            score_threshold=SSD_DEFAULTS.score_threshold,
-            category_ids, max_batches=None, is_main=True) -> tuple[list[dict], list[int], list[str]]:
+def predict(
+    model,
+    loader,
+    device,
+    *,
+    amp_dtype=None,
+    channels_last=False,
+    nms_threshold=SSD_DEFAULTS.nms_threshold,
+    score_threshold=SSD_DEFAULTS.score_threshold,
+    category_ids,
+    max_batches=None,
+    is_main=True,
+) -> tuple[list[dict], list[int], list[str]]:
     """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank.
     model: an SSD module (+ ssdfast.postprocess with the thresholds given) or any detector of
     ssdfast.inference.as_detector (an exported file: thresholds given when it was loaded)."""
@@ -36,8 +47,9 @@ def predict(model, loader, device, *, amp_dtype=None, channels_last=False, nms_t
     return results, image_ids, skipped
 
 
-def evaluate(model, loader, device, *, backend="pycocotools", curves: dict | None = None,
-             **kwargs) -> tuple[dict | None, str, list[dict], list]:
+def evaluate(
+    model, loader, device, *, backend="pycocotools", curves: dict | None = None, **kwargs
+) -> tuple[dict | None, str, list[dict], list]:
     """COCO evaluation over a (possibly sharded) loader. Rank 0 gets (stats, table, all results,
     evaluated image ids); other ranks get (None, "", [], []). curves: see coco_eval.coco_evaluate."""
     results, image_ids, skipped = predict(model, loader, device, category_ids=loader.info.category_ids, **kwargs)
@@ -48,4 +60,3 @@ def evaluate(model, loader, device, *, backend="pycocotools", curves: dict | Non
         print(f"warning: {len(skipped)} unreadable image(s) left out of evaluation, e.g. {skipped[0]}")
     stats, table = coco_evaluate(loader.info.coco, results, image_ids=image_ids, backend=backend, curves=curves)
     return stats, table, results, image_ids
-

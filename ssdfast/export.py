@@ -11,6 +11,7 @@ ssdfast ops themselves (their fake kernels trace them), so loading it needs the 
 The artifact carries its metadata (``ssdfast.export_metadata``): model, categories, thresholds; an
 .onnx also its content hash (``ssdfast.onnx_digest``).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,16 @@ class ExportedDetector(nn.Module):
     """model + post-processing as one module; see the module docstring for inputs and outputs.
     for_onnx: decode with plain tensor ops and NMS as ONNX's operator; else the ssdfast ops."""
 
-    def __init__(self, model: nn.Module, *, for_onnx: bool, with_nms: bool, score_threshold: float,
-                 nms_threshold: float, max_det: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        for_onnx: bool,
+        with_nms: bool,
+        score_threshold: float,
+        nms_threshold: float,
+        max_det: int,
+    ):
         super().__init__()
         self.model, self.for_onnx, self.with_nms = model, for_onnx, with_nms
         self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
@@ -51,22 +60,54 @@ class ExportedDetector(nn.Module):
         return tuple(post(locs, confs, anchors, self.score_threshold, self.nms_threshold, max_det=self.max_det))
 
 
-def export(model: nn.Module, meta: dict, fmt: str, path: str | Path, *, batch: int | None, with_nms: bool,
-           score_threshold: float, nms_threshold: float, max_det: int) -> dict:
+def export(
+    model: nn.Module,
+    meta: dict,
+    fmt: str,
+    path: str | Path,
+    *,
+    batch: int | None,
+    with_nms: bool,
+    score_threshold: float,
+    nms_threshold: float,
+    max_det: int,
+) -> dict:
     """Write `model` (eval mode, CPU) with its post-processing to `path` as `fmt` ('onnx' or 'torch-export');
     batch None: dynamic batch axis. Returns the metadata stored in the file."""
-    detector = ExportedDetector(model.eval(), for_onnx=fmt == "onnx", with_nms=with_nms,
-                                score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det).eval()
+    detector = ExportedDetector(
+        model.eval(),
+        for_onnx=fmt == "onnx",
+        with_nms=with_nms,
+        score_threshold=score_threshold,
+        nms_threshold=nms_threshold,
+        max_det=max_det,
+    ).eval()
     # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
     example = torch.randn(batch or 2, 3, 300, 300)
     dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
-    info = describe(meta, fmt, batch=batch, with_nms=with_nms, score_threshold=score_threshold,
-                    nms_threshold=nms_threshold, max_det=max_det)
+    info = describe(
+        meta,
+        fmt,
+        batch=batch,
+        with_nms=with_nms,
+        score_threshold=score_threshold,
+        nms_threshold=nms_threshold,
+        max_det=max_det,
+    )
     with torch.no_grad():
         if fmt == "onnx":
-            program = torch.onnx.export(detector, (example,), dynamo=True, opset_version=ONNX_OPSET, external_data=False,
-                                        custom_translation_table=_onnx_translation(), input_names=["images"],
-                                        output_names=output_names(with_nms), dynamic_shapes=dynamic, verbose=False)
+            program = torch.onnx.export(
+                detector,
+                (example,),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                external_data=False,
+                custom_translation_table=_onnx_translation(),
+                input_names=["images"],
+                output_names=output_names(with_nms),
+                dynamic_shapes=dynamic,
+                verbose=False,
+            )
             program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
             program.save(str(path))
             onnx_digest.stamp(Path(path))
@@ -84,14 +125,25 @@ def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4
     max_det-th); a detection without partner is such a near tie if the other side has one without
     partner whose score is within `tie`. -> {"ok", "images", "detections", "near_ties", "max_box_diff",
     "max_score_diff", "problem"} (problem: the first difference found, or None)."""
-    out = {"ok": True, "images": len(expected.counts), "detections": int(expected.counts.sum()), "near_ties": 0,
-           "max_box_diff": 0.0, "max_score_diff": 0.0, "problem": None}
+    out = {
+        "ok": True,
+        "images": len(expected.counts),
+        "detections": int(expected.counts.sum()),
+        "near_ties": 0,
+        "max_box_diff": 0.0,
+        "max_score_diff": 0.0,
+        "problem": None,
+    }
     for i, (n, m) in enumerate(zip(expected.counts.tolist(), got.counts.tolist())):
         if n != m:
             return {**out, "ok": False, "problem": f"image {i}: {m} detections instead of {n}"}
         if n == 0:
             continue
-        eb, es, el = expected.boxes[i, :n].float().cpu(), expected.scores[i, :n].float().cpu(), expected.labels[i, :n].cpu()
+        eb, es, el = (
+            expected.boxes[i, :n].float().cpu(),
+            expected.scores[i, :n].float().cpu(),
+            expected.labels[i, :n].cpu(),
+        )
         gb, gs, gl = got.boxes[i, :n].float().cpu(), got.scores[i, :n].float().cpu(), got.labels[i, :n].cpu()
         score_diff = (es[:, None] - gs[None, :]).abs()  # [n, n]: PyTorch's detection x the exported one's
         box_diff = (eb[:, None, :] - gb[None, :, :]).abs().amax(dim=-1)
@@ -102,18 +154,27 @@ def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4
         if bad.any():
             k = int(bad.nonzero()[0])
             side, labels, scores = ("PyTorch", el, es) if k < n else ("exported", gl, gs)
-            return {**out, "ok": False, "problem": f"image {i}: the {side} detection {k % n} (label {int(labels[k % n])}, "
-                    f"score {float(scores[k % n]):.5f}) has no partner with the same label, score and box within {atol}"}
+            return {
+                **out,
+                "ok": False,
+                "problem": f"image {i}: the {side} detection {k % n} (label {int(labels[k % n])}, "
+                f"score {float(scores[k % n]):.5f}) has no partner with the same label, score and box within {atol}",
+            }
         out["near_ties"] += int(lone_e.sum())
         inf = torch.full_like(box_diff, float("inf"))
         matched = ~lone_e
-        out["max_box_diff"] = max(out["max_box_diff"], float(torch.where(partner, box_diff, inf).amin(1)[matched].max()))
-        out["max_score_diff"] = max(out["max_score_diff"], float(torch.where(partner, score_diff, inf).amin(1)[matched].max()))
+        out["max_box_diff"] = max(
+            out["max_box_diff"], float(torch.where(partner, box_diff, inf).amin(1)[matched].max())
+        )
+        out["max_score_diff"] = max(
+            out["max_score_diff"], float(torch.where(partner, score_diff, inf).amin(1)[matched].max())
+        )
     return out
 
 
-def check_against_pytorch(path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0,
-                          tol: float = 1e-4) -> dict:
+def check_against_pytorch(
+    path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0, tol: float = 1e-4
+) -> dict:
     """Run the exported file (ssdfast.deployed) and the PyTorch model on the same random images (`batches`
     sizes). The file passes when, on every image, its detections are a correct post-processing of
     PyTorch's decoded boxes and scores for some order of tied scores (ssdfast.nms_check: a young model's
@@ -123,8 +184,17 @@ def check_against_pytorch(path: str | Path, model: nn.Module, info: dict, batche
     from .deployed import Deployed  # deployed imports this module's constants
 
     deployed, generator = Deployed(path), torch.Generator().manual_seed(seed)
-    out = {"ok": True, "problem": None, "images": 0, "detections": 0, "tie_choices": 0, "max_box_diff": 0.0,
-           "max_score_diff": 0.0, "batches": batches, "seconds": 0.0}
+    out = {
+        "ok": True,
+        "problem": None,
+        "images": 0,
+        "detections": 0,
+        "tie_choices": 0,
+        "max_box_diff": 0.0,
+        "max_score_diff": 0.0,
+        "batches": batches,
+        "seconds": 0.0,
+    }
     for size in batches:
         images = torch.randn(size, 3, 300, 300, generator=generator)
         with torch.no_grad():
@@ -150,14 +220,23 @@ def _raw_problem(raw: list[Tensor], boxes: Tensor, scores: Tensor, tol: float) -
     return None
 
 
-def _image_problem(boxes: Tensor, scores: Tensor, got: Detections, theirs: Detections, i: int, info: dict,
-                   tol: float, out: dict) -> str | None:
+def _image_problem(
+    boxes: Tensor, scores: Tensor, got: Detections, theirs: Detections, i: int, info: dict, tol: float, out: dict
+) -> str | None:
     """Image i: the file's detections `got` checked against PyTorch's boxes [A, 4] and scores [A, C]
     (nms_check); adds its counts and differences to `out`."""
     n = int(got.counts[i])
     mine = got.boxes[i, :n].float().cpu(), got.scores[i, :n].float().cpu(), got.labels[i, :n].cpu()
-    problem = nms_problem(boxes, scores, *mine, score_threshold=info["score_threshold"], nms_threshold=info["nms_threshold"],
-                          topk_per_class=SSD_DEFAULTS.topk_per_class, max_det=info["max_det"], tol=tol)
+    problem = nms_problem(
+        boxes,
+        scores,
+        *mine,
+        score_threshold=info["score_threshold"],
+        nms_threshold=info["nms_threshold"],
+        topk_per_class=SSD_DEFAULTS.topk_per_class,
+        max_det=info["max_det"],
+        tol=tol,
+    )
     if problem or n == 0:
         return problem
     anchors = match_candidates(boxes, scores, *mine, tol)

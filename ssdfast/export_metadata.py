@@ -4,6 +4,7 @@ The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the `
 key ``ssdfast``). Loading validates every key that is used (type and range), so an edited or foreign
 file fails with one ExportMetadataError naming the key, not a KeyError deep inside a tool.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,32 @@ def output_names(with_nms: bool) -> list[str]:
     return ["boxes", "scores", "labels", "counts"] if with_nms else ["boxes", "scores"]
 
 
-def describe(meta: dict, fmt: str, *, batch: int | None, with_nms: bool, score_threshold: float,
-             nms_threshold: float, max_det: int) -> dict:
+def describe(
+    meta: dict,
+    fmt: str,
+    *,
+    batch: int | None,
+    with_nms: bool,
+    score_threshold: float,
+    nms_threshold: float,
+    max_det: int,
+) -> dict:
     """The metadata stored in a file exported as `fmt` from a model with checkpoint metadata `meta`."""
-    return {"format": fmt, "model_name": meta["model_name"], "num_classes": meta["num_classes"],
-            "category_names": meta["category_names"], "category_ids": meta.get("category_ids"),
-            "with_nms": with_nms, "score_threshold": score_threshold, "nms_threshold": nms_threshold,
-            "max_det": max_det, "batch": batch or "dynamic", "outputs": output_names(with_nms),
-            "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
-                     "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"}
+    return {
+        "format": fmt,
+        "model_name": meta["model_name"],
+        "num_classes": meta["num_classes"],
+        "category_names": meta["category_names"],
+        "category_ids": meta.get("category_ids"),
+        "with_nms": with_nms,
+        "score_threshold": score_threshold,
+        "nms_threshold": nms_threshold,
+        "max_det": max_det,
+        "batch": batch or "dynamic",
+        "outputs": output_names(with_nms),
+        "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
+        "ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)",
+    }
 
 
 def _is_int(value, low: int = 1) -> bool:
@@ -48,13 +66,27 @@ def _problems(info: dict, suffix: str):
     """(key, what it must be) for each invalid key of `info`, in a fixed order."""
     n, score, iou = info.get("num_classes"), info.get("score_threshold"), info.get("nms_threshold")
     checks = {
-        "format": (info.get("format") in FORMATS and FORMATS[info.get("format")] == suffix, f"the format of a {suffix} file"),
+        "format": (
+            info.get("format") in FORMATS and FORMATS[info.get("format")] == suffix,
+            f"the format of a {suffix} file",
+        ),
         "model_name": (isinstance(info.get("model_name"), str) and info.get("model_name") != "", "a non-empty string"),
         "num_classes": (_is_int(n), "an integer >= 1"),
-        "category_names": (isinstance(info.get("category_names"), list) and len(info["category_names"]) == n
-                           and all(isinstance(x, str) for x in info["category_names"]), "num_classes strings"),
-        "category_ids": (info.get("category_ids") is None or (isinstance(info["category_ids"], list) and len(info["category_ids"]) == n
-                         and all(_is_int(x, 0) for x in info["category_ids"])), "null or num_classes integers >= 0"),
+        "category_names": (
+            isinstance(info.get("category_names"), list)
+            and len(info["category_names"]) == n
+            and all(isinstance(x, str) for x in info["category_names"]),
+            "num_classes strings",
+        ),
+        "category_ids": (
+            info.get("category_ids") is None
+            or (
+                isinstance(info["category_ids"], list)
+                and len(info["category_ids"]) == n
+                and all(_is_int(x, 0) for x in info["category_ids"])
+            ),
+            "null or num_classes integers >= 0",
+        ),
         "with_nms": (isinstance(info.get("with_nms"), bool), "true or false"),
         "score_threshold": (_number(score) and 0.0 <= score < 1.0, "a number in [0, 1)"),
         "nms_threshold": (_number(iou) and 0.0 < iou <= 1.0, "a number in (0, 1]"),
@@ -79,6 +111,8 @@ def validate(path: Path, text: str | None) -> dict:
     if problems:
         key, must = problems[0]
         found = repr(info[key])[:60] if key in info else "missing"
-        raise ExportMetadataError(f"{path}: its ssdfast metadata key {key!r} must be {must} (found: {found}); "
-                                  "export it again with tools/export.py")
+        raise ExportMetadataError(
+            f"{path}: its ssdfast metadata key {key!r} must be {must} (found: {found}); "
+            "export it again with tools/export.py"
+        )
     return info

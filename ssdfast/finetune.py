@@ -5,6 +5,7 @@ regression heads and the class heads' inner layers. The class heads' output laye
 per (category, box shape): rows of categories whose names the two sets share are kept, background's too,
 and the rows of new categories keep their fresh initialisation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,16 +32,19 @@ def class_output_layers(state: dict) -> set[str]:
     return {key for key in state if key.rsplit(".", 1)[0] in last.values()}
 
 
-def transfer_weights(model: nn.Module, source: dict[str, torch.Tensor], source_names: list[str],
-                     target_names: list[str]) -> str:
+def transfer_weights(
+    model: nn.Module, source: dict[str, torch.Tensor], source_names: list[str], target_names: list[str]
+) -> str:
     """Copy `source` (a state dict of the same architecture trained on `source_names`) into `model` (built
     for `target_names`); returns a one-line report of what was kept. CheckpointError when the weights are
     of another architecture."""
     own = model.state_dict()
     foreign = sorted(set(own) ^ set(source))
     if foreign:
-        raise CheckpointError(f"the weights are of another model (keys {', '.join(foreign[:4])}...): fine-tune from "
-                              f"a checkpoint of the same --model")
+        raise CheckpointError(
+            f"the weights are of another model (keys {', '.join(foreign[:4])}...): fine-tune from "
+            f"a checkpoint of the same --model"
+        )
     index = {name: i + 1 for i, name in enumerate(source_names)}
     shared = [(j + 1, index[name]) for j, name in enumerate(target_names) if name in index]
     outputs = class_output_layers(own)
@@ -52,12 +56,16 @@ def transfer_weights(model: nn.Module, source: dict[str, torch.Tensor], source_n
         elif source[key].shape == tensor.shape:
             tensor.copy_(source[key])
         else:
-            raise CheckpointError(f"{key}: shape {tuple(source[key].shape)} in the weights, {tuple(tensor.shape)} "
-                                  "in the model, outside the class heads' output layers")
+            raise CheckpointError(
+                f"{key}: shape {tuple(source[key].shape)} in the weights, {tuple(tensor.shape)} "
+                "in the model, outside the class heads' output layers"
+            )
     model.load_state_dict(own)
     names = ", ".join(target_names[j - 1] for j, _ in shared[:8]) + (", ..." if len(shared) > 8 else "")
-    return (f"fine-tuning: backbone, extra layers and box heads kept; class heads: {len(shared)} of "
-            f"{len(target_names)} categories matched by name ({names or 'none'}), the others start fresh")
+    return (
+        f"fine-tuning: backbone, extra layers and box heads kept; class heads: {len(shared)} of "
+        f"{len(target_names)} categories matched by name ({names or 'none'}), the others start fresh"
+    )
 
 
 def load_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -6,6 +6,7 @@ passes any check written as `if x < low: refuse`.
     p.add_argument("--max-boxes", type=integer(1, MAX_BOXES), default=128)
     p.add_argument("--nms-threshold", type=real(0, 1, low_open=True), default=0.5)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def real(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+def real(
+    low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
     """A finite number between low and high (each end included unless low_open / high_open)."""
     if math.isinf(high):
         shown = f"{'>' if low_open else '>='} {low:g}"

@@ -5,6 +5,7 @@ A detector is anything that maps normalised images [B, 3, 300, 300] to ssdfast D
 with ssdfast.postprocess (PostProcessed). `as_detector` turns what load_detector gave into one, so
 callers never ask which kind of file they hold.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 DISPLAY_SCORE_THRESHOLD = 0.3
 
 
-def load_detector(weights, device="cpu", *, score_threshold: float | None = None,
-                  nms_threshold: float | None = None) -> tuple[SSDBase | Deployed, dict]:
+def load_detector(
+    weights, device="cpu", *, score_threshold: float | None = None, nms_threshold: float | None = None
+) -> tuple[SSDBase | Deployed, dict]:
     """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
     "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint; or, for a .onnx/.pt2 written
     by tools/export.py, a ssdfast.deployed.Deployed, told the thresholds it will be used with (None: its own;
@@ -46,10 +48,16 @@ def load_detector(weights, device="cpu", *, score_threshold: float | None = None
     num_classes = ckpt.get("num_classes") or infer_num_classes(state)
     model = build_model(name, num_classes=num_classes)
     load_model_weights(model, state, weights)
-    names = ckpt.get("category_names") or (list(COCO_CLASSES) if num_classes == 80 else
-                                           [f"class {i}" for i in range(1, num_classes + 1)])
-    meta = {"model_name": name, "num_classes": num_classes, "category_names": list(names),
-            "category_ids": ckpt.get("category_ids"), "epoch": ckpt.get("epoch")}
+    names = ckpt.get("category_names") or (
+        list(COCO_CLASSES) if num_classes == 80 else [f"class {i}" for i in range(1, num_classes + 1)]
+    )
+    meta = {
+        "model_name": name,
+        "num_classes": num_classes,
+        "category_names": list(names),
+        "category_ids": ckpt.get("category_ids"),
+        "epoch": ckpt.get("epoch"),
+    }
     return model.to(device).eval(), meta
 
 
@@ -58,8 +66,15 @@ class PostProcessed:
     images [B, 3, 300, 300] -> Detections, with these thresholds; the network runs under autocast when
     amp_dtype is given. Puts the model in eval mode."""
 
-    def __init__(self, model: nn.Module, *, score_threshold: float, nms_threshold: float, max_det: int,
-                 amp_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        score_threshold: float,
+        nms_threshold: float,
+        max_det: int,
+        amp_dtype: torch.dtype | None = None,
+    ):
         self.model, self.amp_dtype = model.eval(), amp_dtype
         self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
 
@@ -71,22 +86,40 @@ class PostProcessed:
     def __call__(self, images: Tensor) -> Detections:
         with autocast(self.device, self.amp_dtype):
             locs, confs = self.model(images)
-        return postprocess(locs, confs, unwrap(self.model).anchors, score_threshold=self.score_threshold,
-                           nms_threshold=self.nms_threshold, max_det=self.max_det)
+        return postprocess(
+            locs,
+            confs,
+            unwrap(self.model).anchors,
+            score_threshold=self.score_threshold,
+            nms_threshold=self.nms_threshold,
+            max_det=self.max_det,
+        )
 
 
-def as_detector(model, *, score_threshold: float, nms_threshold: float,
-                max_det: int = SSD_DEFAULTS.max_detections, amp_dtype: torch.dtype | None = None):
+def as_detector(
+    model,
+    *,
+    score_threshold: float,
+    nms_threshold: float,
+    max_det: int = SSD_DEFAULTS.max_detections,
+    amp_dtype: torch.dtype | None = None,
+):
     """`model` as a detector (see the module docstring). A PyTorch SSD gets ssdfast.postprocess with these
     settings; anything else already is a detector (a Deployed applies the thresholds it was loaded with)."""
     if isinstance(model, nn.Module):
-        return PostProcessed(model, score_threshold=score_threshold, nms_threshold=nms_threshold,
-                             max_det=max_det, amp_dtype=amp_dtype)
+        return PostProcessed(
+            model, score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det, amp_dtype=amp_dtype
+        )
     return model
 
 
-def detect(model, images_rgb: list[np.ndarray], score_threshold: float = DISPLAY_SCORE_THRESHOLD,
-           nms_threshold: float = SSD_DEFAULTS.nms_threshold, max_det: int = SSD_DEFAULTS.max_detections) -> list[dict]:
+def detect(
+    model,
+    images_rgb: list[np.ndarray],
+    score_threshold: float = DISPLAY_SCORE_THRESHOLD,
+    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
+    max_det: int = SSD_DEFAULTS.max_detections,
+) -> list[dict]:
     """Detect objects in RGB uint8 images [H, W, 3] (any sizes) with a model from load_detector.
     A Deployed model applies the thresholds it was loaded with and its own max_det.
 
@@ -107,13 +140,25 @@ def run_detector(detector, images_rgb: list[np.ndarray]) -> list[dict]:
     boxes = scale_to_image(dets.boxes.clamp(0, 1), sizes).float().cpu().numpy()
     out = []
     for i, n in enumerate(dets.counts.tolist()):
-        out.append({"boxes": boxes[i, :n], "scores": dets.scores[i, :n].cpu().numpy(),
-                    "labels": dets.labels[i, :n].cpu().numpy()})
+        out.append(
+            {
+                "boxes": boxes[i, :n],
+                "scores": dets.scores[i, :n].cpu().numpy(),
+                "labels": dets.labels[i, :n].cpu().numpy(),
+            }
+        )
     return out
 
 
 def to_records(dets: dict, names: list[str]) -> list[dict]:
     """One image's detections (a dict of detect) as JSON records: {"box": pixel xyxy to 0.1 px, "score",
     "label" (1..C), "name"}. names: the category names (label i is names[i - 1])."""
-    return [{"box": [round(float(v), 1) for v in box], "score": round(float(s), 4), "label": int(l),
-             "name": names[int(l) - 1]} for box, s, l in zip(dets["boxes"], dets["scores"], dets["labels"])]
+    return [
+        {
+            "box": [round(float(v), 1) for v in box],
+            "score": round(float(s), 4),
+            "label": int(l),
+            "name": names[int(l) - 1],
+        }
+        for box, s, l in zip(dets["boxes"], dets["scores"], dets["labels"])
+    ]

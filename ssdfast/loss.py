@@ -4,6 +4,7 @@ Per image: smooth L1 (beta 1) on positive anchors, summed over the 4 offsets; cr
 positives plus the 3x-positives hardest negatives; divided by that image's positive count. Images
 without positives contribute 0. Mean over the batch. Computed in fp32 even under autocast.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

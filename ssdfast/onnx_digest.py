@@ -7,6 +7,7 @@ everything but its metadata_props) followed by ssdfast's metadata text, under th
 This detects corruption and careless edits, not a forger (who can recompute the hash).
 Cost at load: one parse and one serialisation of the model (about a second for SSD300's 90 MB).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,12 +56,18 @@ def verified_metadata(path: Path, data: bytes) -> str | None:
     try:
         model = onnx.load_from_string(data)
     except Exception as error:
-        raise CheckpointError(f"cannot read the ONNX model {path}: {str(error).splitlines()[0] if str(error) else error.__class__.__name__} "
-                              "(truncated or corrupted file?)") from error
+        raise CheckpointError(
+            f"cannot read the ONNX model {path}: {str(error).splitlines()[0] if str(error) else error.__class__.__name__} "
+            "(truncated or corrupted file?)"
+        ) from error
     props = _props(model)
     if DIGEST_KEY not in props:
-        raise ExportIntegrityError(f"{path} carries no content hash ({DIGEST_KEY}): export it again with tools/export.py")
+        raise ExportIntegrityError(
+            f"{path} carries no content hash ({DIGEST_KEY}): export it again with tools/export.py"
+        )
     if props[DIGEST_KEY] != _digest(model):
-        raise ExportIntegrityError(f"{path} is not the file that was exported: its content does not match the "
-                                   f"sha256 recorded at export (corrupted or edited); export it again")
+        raise ExportIntegrityError(
+            f"{path} is not the file that was exported: its content does not match the "
+            f"sha256 recorded at export (corrupted or edited); export it again"
+        )
     return props.get(ONNX_METADATA)

@@ -20,6 +20,7 @@ How ONNX NMS is made to match ssdfast's post-processing:
   * best ``max_det`` overall: NMS keeps up to k boxes per class; the kept entries are scattered into a
     [B, C, A] mask and the best max_det masked scores per image are taken with topk.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ from .postprocess import Detections
 
 
 @torch.library.custom_op("ssdfast_onnx::non_max_suppression", mutates_args=())
-def non_max_suppression(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
-                        score_threshold: float) -> Tensor:
+def non_max_suppression(
+    boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float, score_threshold: float
+) -> Tensor:
     """ONNX NonMaxSuppression (center_point_box = 0): boxes [B, N, 4] xyxy, scores [B, C, N] ->
     selected [M, 3] int64 rows (image, class, box); per image and class, boxes with score >
     score_threshold, greedy by decreasing score, suppressing IoU > iou_threshold, at most max_per_class."""
@@ -41,8 +43,9 @@ def non_max_suppression(boxes: Tensor, scores: Tensor, max_per_class: int, iou_t
     for b in range(scores.shape[0]):
         for c in range(scores.shape[1]):
             candidates = (scores[b, c] > score_threshold).nonzero()[:, 0]
-            keep = candidates[torchvision.ops.nms(boxes[b, candidates].float(), scores[b, c, candidates].float(),
-                                                  iou_threshold)][:max_per_class]
+            keep = candidates[
+                torchvision.ops.nms(boxes[b, candidates].float(), scores[b, c, candidates].float(), iou_threshold)
+            ][:max_per_class]
             selected.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1))
     return torch.cat(selected) if selected else boxes.new_zeros((0, 3), dtype=torch.long)
 
@@ -57,18 +60,27 @@ def _onnx_translation():
     from onnxscript import opset18 as op  # the exporter's dependency, imported only when exporting
 
     def onnx_non_max_suppression(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-        return op.NonMaxSuppression(boxes, scores, op.Constant(value_ints=[max_per_class]),
-                                    op.Constant(value_floats=[iou_threshold]),
-                                    op.Constant(value_floats=[score_threshold]), center_point_box=0)
+        return op.NonMaxSuppression(
+            boxes,
+            scores,
+            op.Constant(value_ints=[max_per_class]),
+            op.Constant(value_floats=[iou_threshold]),
+            op.Constant(value_floats=[score_threshold]),
+            center_point_box=0,
+        )
 
     return {torch.ops.ssdfast_onnx.non_max_suppression.default: onnx_non_max_suppression}
 
 
-def postprocess_onnx(locs: Tensor, confs: Tensor, anchors: Tensor,
-                     score_threshold: float = SSD_DEFAULTS.score_threshold,
-                     nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-                     topk_per_class: int = SSD_DEFAULTS.topk_per_class,
-                     max_det: int = SSD_DEFAULTS.max_detections) -> Detections:
+def postprocess_onnx(
+    locs: Tensor,
+    confs: Tensor,
+    anchors: Tensor,
+    score_threshold: float = SSD_DEFAULTS.score_threshold,
+    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
+    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
+    max_det: int = SSD_DEFAULTS.max_detections,
+) -> Detections:
     """``ssdfast.postprocess.postprocess`` with ONNX NMS: locs [B, A, 4], confs [B, A, C+1] -> Detections
     (boxes [B, K, 4], scores [B, K], labels [B, K], counts [B]; K = max_det). Needs score_threshold >= 0."""
     boxes = reference.box_decode(locs, anchors)  # [B, A, 4], plain tensor ops (no custom op to export)
@@ -86,8 +98,9 @@ def postprocess_onnx(locs: Tensor, confs: Tensor, anchors: Tensor,
     counts = kept.sum(dim=-1).long().clamp(max=max_det)  # [B]
     real = torch.arange(max_det, device=probs.device)[None, :] < counts[:, None]  # [B, K]
     box_index = (index % num_anchors)[..., None].expand(-1, -1, 4)
-    return Detections(boxes=boxes.gather(1, box_index) * real[..., None],
-                      scores=scores * real,
-                      labels=(index // num_anchors + 1) * real,
-                      counts=counts)
-
+    return Detections(
+        boxes=boxes.gather(1, box_index) * real[..., None],
+        scores=scores * real,
+        labels=(index // num_anchors + 1) * real,
+        counts=counts,
+    )

@@ -8,6 +8,7 @@ Conventions: boxes are xyxy (x1, y1, x2, y2); float outputs are float32 whatever
 type (fp16/bf16 inputs are computed in fp32); anchors are xyxy [A, 4]. Fake (meta) kernels are
 registered, so the ops trace under ``torch.compile(fullgraph=True)``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -63,8 +64,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return reference.box_iou(boxes1, boxes2)
 
 
-def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
-               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
+def box_encode(
+    boxes: Tensor,
+    anchors: Tensor,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
+) -> Tensor:
     """Encode xyxy boxes as SSD offsets relative to the anchors.
 
     Args:
@@ -78,8 +83,12 @@ def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFA
     return reference.box_encode(boxes, anchors, center_variance, size_variance)
 
 
-def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
-               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
+def box_decode(
+    offsets: Tensor,
+    anchors: Tensor,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
+) -> Tensor:
     """Inverse of :func:`box_encode`: offsets (Tensor[..., A, 4]) -> xyxy boxes (Tensor[..., A, 4] float32)."""
     if _use_compiled("box_decode", offsets):
         return torch.ops.ssdfast.box_decode(offsets, anchors, center_variance, size_variance)
@@ -124,7 +133,9 @@ def match_encode(
         labels (Tensor[B, A] int64): 0 for background anchors.
     """
     if _use_compiled("match_encode", gt_boxes):
-        return torch.ops.ssdfast.match_encode(gt_boxes, gt_labels, anchors, iou_threshold, center_variance, size_variance)
+        return torch.ops.ssdfast.match_encode(
+            gt_boxes, gt_labels, anchors, iou_threshold, center_variance, size_variance
+        )
     return reference.match_encode(gt_boxes, gt_labels, anchors, iou_threshold, center_variance, size_variance)
 
 

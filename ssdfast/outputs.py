@@ -5,6 +5,7 @@ before hours of training or evaluation are spent. Every file a tool writes goes 
 atomic_output: a temporary beside the target, renamed over it only once complete, so a kill or a
 full disk at any moment leaves the previous file or the new one, never a torn one.
 """
+
 from __future__ import annotations
 
 import errno
@@ -84,8 +85,12 @@ def _is_write_failure(error: BaseException) -> bool:
     """OSError, or torch.save's report of a failed write: its zip writer (inline_container.cc) turns the
     OS error into a RuntimeError ("PytorchStreamWriter failed writing file ...", "unexpected pos ...")."""
     text = str(error)
-    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and any(
-        key in text for key in ("PytorchStreamWriter", "inline_container", "failed writing", "file write failed")))
+    return isinstance(error, OSError) or (
+        isinstance(error, RuntimeError)
+        and any(
+            key in text for key in ("PytorchStreamWriter", "inline_container", "failed writing", "file write failed")
+        )
+    )
 
 
 def _fsync(path: str | Path) -> None:
@@ -112,8 +117,9 @@ def atomic_output(path: str | Path, what: str = "file", needed: int = 0, keep_su
     try:
         if needed and shutil.disk_usage(path.parent).free < needed:
             raise OSError(errno.ENOSPC, "no space left on device")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                   suffix=".tmp" + (path.suffix if keep_suffix else ""))
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else "")
+        )
         os.close(fd)
     except OSError as error:
         raise _write_error(path, what, error, needed) from error

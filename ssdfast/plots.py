@@ -2,6 +2,7 @@
 (results.png), a grid of augmented training images with their boxes (train_batch0.jpg: are the labels
 read right?), and precision-recall curves. Matplotlib's object API (no pyplot state, no display).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
     return save_figure(figure, out_path)
 
 
-def batch_grid(images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: list[str], columns: int = 4) -> np.ndarray:
+def batch_grid(
+    images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: list[str], columns: int = 4
+) -> np.ndarray:
     """A BGR uint8 grid of training images [B, H, W, 3] (RGB uint8) with their ground truth drawn: boxes
     [B, G, 4] normalised xyxy and labels [B, G] (0 = padding), class names for labels 1..C."""
     tiles = []
@@ -74,7 +77,7 @@ def batch_grid(images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names:
         pixels = image_boxes[keep] * np.array([w, h, w, h], dtype=np.float32)
         tiles.append(draw_detections(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), pixels, None, image_labels[keep], names))
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
-    rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
+    rows = [np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)]
     return np.concatenate(rows, axis=0)
 
 

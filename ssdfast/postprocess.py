@@ -5,6 +5,7 @@ ignores scores <= `score_threshold` and stops at `max_det` kept boxes (= the bes
 The seed's decode_batch did the same with a Python loop per image and per class
 (ssdfast.baselines.postprocess_loop, the test oracle).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -5,6 +5,7 @@ A cluster stops a job with SIGTERM (SLURM, Kubernetes, torchrun), often after SI
 current step, write last.pt with the position inside the epoch, exit with EXIT_STOPPED (exit_codes.py).
 A second Ctrl-C aborts at once (the previous checkpoint is intact: checkpoints are written atomically).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -13,6 +14,7 @@ import multiprocessing.util  # noqa: F401  (its exit hook must be registered bef
 import os
 import signal
 import threading
+import time
 from datetime import timedelta
 
 import torch
@@ -40,14 +42,17 @@ class StopRequest:
             self.requested = signal.Signals(signum).name
             # os.write, not print: a handler runs between any two bytecodes, and print can raise
             # (a closed pipe, `| tee` killed by the same Ctrl-C) where the main code cannot handle it.
-            note = (f"\n{self.requested} received: finishing the current step, then saving last.pt"
-                    + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else "") + "\n")
+            note = (
+                f"\n{self.requested} received: finishing the current step, then saving last.pt"
+                + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else "")
+                + "\n"
+            )
             try:
                 os.write(2, note.encode())
             except OSError:
                 pass
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -122,8 +127,9 @@ class StopAgreement:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # The default group already is gloo on CPU; with NCCL a CPU side group carries the flag
             # (with the same timeout: a hung rank must not hold the others longer than --dist-timeout).
-            self.group = (dist.group.WORLD if dist.get_backend() == "gloo" else
-                          dist.new_group(backend="gloo", timeout=timeout))
+            self.group = (
+                dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+            )
 
     def any(self, local: bool) -> bool:
         """True on every rank if `local` is True on any rank (a collective: every rank must call it)."""

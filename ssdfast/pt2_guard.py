@@ -17,6 +17,7 @@ check and load):
     can fall back to a full pickle, whatever torch's code does.
 Cost: the archive is held in memory once more while it loads, and the checks read it once more.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,10 +32,12 @@ import torch
 
 from .checkpoint import CheckpointError
 
-_ENTRY = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-                    r"|models/model\.json|data/sample_inputs/model\.pt"
-                    r"|data/weights/(model_weights_config\.json|weight_\d+)"
-                    r"|data/constants/(model_constants_config\.json|tensor_\d+)|extra/[A-Za-z0-9_.-]+)")
+_ENTRY = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/model\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/(model_weights_config\.json|weight_\d+)"
+    r"|data/constants/(model_constants_config\.json|tensor_\d+)|extra/[A-Za-z0-9_.-]+)"
+)
 _PAYLOAD_CONFIGS = ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json")
 _SYMBOLIC_TARGET = re.compile(r"(_operator|math)\.\w+|torch\.sym_\w+")
 _OP_TARGET = re.compile(r"torch\.ops\.(aten|ssdfast)\.\w+\.\w+")
@@ -54,8 +57,10 @@ def load_pt2(path: Path, extra_file: str) -> tuple[torch.export.ExportedProgram,
         with _weights_only_everywhere():
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as error:
-        raise CheckpointError(f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)") from error
+        raise CheckpointError(
+            f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)"
+        ) from error
     return program, extra[extra_file] or None
 
 
@@ -64,8 +69,9 @@ def _check_archive(path: Path, data: bytes) -> None:
         archive = zipfile.ZipFile(io.BytesIO(data))
         broken = archive.testzip()  # reads every entry: CRCs, and local headers that agree with the directory
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise CheckpointError(f"cannot read the torch.export program {path}: not a zip archive ({error}) "
-                              "(truncated or corrupted file?)") from error
+        raise CheckpointError(
+            f"cannot read the torch.export program {path}: not a zip archive ({error}) (truncated or corrupted file?)"
+        ) from error
     if broken is not None:
         raise CheckpointError(f"cannot read the torch.export program {path}: entry {broken} is corrupted")
     entries = _entries_under_one_root(path, archive.namelist())
@@ -85,10 +91,12 @@ def _entries_under_one_root(path: Path, names: list[str]) -> dict[str, str]:
     root = names[0].split("/")[0] + "/" if names else ""
     entries = {}
     for name in names:
-        inner = name[len(root):] if name.startswith(root) else None
+        inner = name[len(root) :] if name.startswith(root) else None
         if inner is None or not _ENTRY.fullmatch(inner):
-            raise UnsafePT2Error(f"{path} is refused: it holds {name!r}, which ssdfast's exporter does not write "
-                                 "and torch.export.load could unpickle or run as code")
+            raise UnsafePT2Error(
+                f"{path} is refused: it holds {name!r}, which ssdfast's exporter does not write "
+                "and torch.export.load could unpickle or run as code"
+            )
         entries[inner] = name
     return entries
 
@@ -99,8 +107,10 @@ def _check_raw_payloads(path: Path, config_name: str, config: bytes) -> None:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"cannot read the torch.export program {path}: {config_name} is malformed") from error
     if pickled:
-        raise UnsafePT2Error(f"{path} is refused: {config_name} stores {pickled[0]!r} as a pickle, which "
-                             "torch.export.load unpickles without restriction (ssdfast writes raw tensors)")
+        raise UnsafePT2Error(
+            f"{path} is refused: {config_name} stores {pickled[0]!r} as a pickle, which "
+            "torch.export.load unpickles without restriction (ssdfast writes raw tensors)"
+        )
 
 
 def _check_weights_only(path: Path, name: str, payload: bytes) -> None:
@@ -109,8 +119,10 @@ def _check_weights_only(path: Path, name: str, payload: bytes) -> None:
     except Exception as error:
         after = str(error).partition("WeightsUnpickler error:")[2].strip()  # torch's reason, if it gave one
         reason = after.splitlines()[0] if after else error.__class__.__name__
-        raise UnsafePT2Error(f"{path} is refused: {name} is not a plain tensor pickle ({reason}); "
-                             "torch.export.load would unpickle it without restriction") from error
+        raise UnsafePT2Error(
+            f"{path} is refused: {name} is not a plain tensor pickle ({reason}); "
+            "torch.export.load would unpickle it without restriction"
+        ) from error
 
 
 def _check_graph_targets(path: Path, program: object) -> None:
@@ -123,8 +135,10 @@ def _check_graph_targets(path: Path, program: object) -> None:
         elif isinstance(item, dict):
             target = item.get("target")
             if isinstance(target, str) and "inputs" in item and not _allowed_target(target):
-                raise UnsafePT2Error(f"{path} is refused: its graph calls {target}, which ssdfast's exporter "
-                                     "never writes (only aten and ssdfast ops that open no file)")
+                raise UnsafePT2Error(
+                    f"{path} is refused: its graph calls {target}, which ssdfast's exporter "
+                    "never writes (only aten and ssdfast ops that open no file)"
+                )
             stack.extend(item.values())
 
 
@@ -142,7 +156,9 @@ def _allowed_target(target: str) -> bool:
 def _weights_only_everywhere():
     """torch.load reads TORCH_FORCE_WEIGHTS_ONLY_LOAD on every call: while set, weights_only=False
     passed by torch's own loaders is overridden. Process-wide while it lasts (loading is not threaded)."""
-    saved = {key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    saved = {
+        key: os.environ.pop(key, None) for key in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         yield

@@ -8,6 +8,7 @@ and matching decisions agree exactly, ties included. The compiled ops check shap
 (csrc/checks.h); the twins check the two things whose answer would otherwise differ between backends:
 boxes must be floating point, and matching needs at least one anchor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ from .anchors import SSD_DEFAULTS
 
 def _check_float(t: Tensor, name: str) -> None:
     if not t.is_floating_point():
-        raise RuntimeError(f"ssdfast: {name} must be a floating point tensor (float32, float16, bfloat16 or "
-                           f"float64), got {t.dtype}")
+        raise RuntimeError(
+            f"ssdfast: {name} must be a floating point tensor (float32, float16, bfloat16 or float64), got {t.dtype}"
+        )
 
 
 def _check_anchors(anchors: Tensor) -> None:
@@ -51,8 +53,12 @@ def _center_size(b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (b[..., 0] + b[..., 2]) * 0.5, (b[..., 1] + b[..., 3]) * 0.5, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
 
 
-def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
-               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
+def box_encode(
+    boxes: Tensor,
+    anchors: Tensor,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
+) -> Tensor:
     """xyxy boxes [..., A, 4] relative to anchors [A, 4] (xyxy) -> SSD offsets [..., A, 4] float32."""
     _check_float(boxes, "boxes"), _check_float(anchors, "anchors")
     gcx, gcy, gw, gh = _center_size(boxes.float())
@@ -68,8 +74,12 @@ def box_encode(boxes: Tensor, anchors: Tensor, center_variance: float = SSD_DEFA
     )
 
 
-def box_decode(offsets: Tensor, anchors: Tensor, center_variance: float = SSD_DEFAULTS.center_variance,
-               size_variance: float = SSD_DEFAULTS.size_variance) -> Tensor:
+def box_decode(
+    offsets: Tensor,
+    anchors: Tensor,
+    center_variance: float = SSD_DEFAULTS.center_variance,
+    size_variance: float = SSD_DEFAULTS.size_variance,
+) -> Tensor:
     """SSD offsets [..., A, 4] relative to anchors [A, 4] (xyxy) -> xyxy boxes [..., A, 4] float32."""
     _check_float(offsets, "offsets"), _check_float(anchors, "anchors")
     t = offsets.float()
@@ -127,8 +137,7 @@ def match_encode(
     -> (offsets [B, A, 4] float32, zero for background; labels [B, A] int64, 0 for background)."""
     matched = match(gt_boxes, gt_labels > 0, anchors, iou_threshold)
     if gt_boxes.shape[1] == 0:  # no ground-truth slots: every anchor is background (nothing to gather from)
-        return (torch.zeros(*matched.shape, 4, device=matched.device),
-                torch.zeros_like(matched))
+        return (torch.zeros(*matched.shape, 4, device=matched.device), torch.zeros_like(matched))
     positive = matched >= 0
     index = matched.clamp(min=0)
     boxes = gt_boxes.float().gather(1, index[..., None].expand(-1, -1, 4))
@@ -138,8 +147,9 @@ def match_encode(
     return offsets, labels
 
 
-def _greedy_nms(boxes: Tensor, scores: Tensor, classes: Tensor, candidates: Tensor, iou_threshold: float,
-                max_output: int) -> list[int]:
+def _greedy_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, candidates: Tensor, iou_threshold: float, max_output: int
+) -> list[int]:
     """Greedy class-aware NMS over `candidates` (indices, already in visiting order)."""
     kept: list[int] = []
     remaining = candidates

@@ -8,6 +8,7 @@ run on this host is recognised and taken over. A lock naming another host (a sha
 where flock may not reach across machines) is never taken over: the message says how to override.
 Only rank 0 takes it; the other ranks of the run share the folder.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -54,11 +55,15 @@ class SaveFolderLock:
         holder, me = _read_holder(fd), _identity()
         if holder and holder.get("host") != me["host"]:
             os.close(fd)  # flock may not reach across hosts: that run may be alive
-            raise FolderInUseError(self._in_use(holder, "names a training on another host,") + ": if it has "
-                                   f"ended, delete {self.path} and start again")
+            raise FolderInUseError(
+                self._in_use(holder, "names a training on another host,") + ": if it has "
+                f"ended, delete {self.path} and start again"
+            )
         if holder:
-            say(f"taking over {self.path}: its training (pid {holder.get('pid')}, started {holder.get('since')}) "
-                "is no longer running")
+            say(
+                f"taking over {self.path}: its training (pid {holder.get('pid')}, started {holder.get('since')}) "
+                "is no longer running"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         os.fsync(fd)
@@ -72,9 +77,11 @@ class SaveFolderLock:
             return {}
 
     def _in_use(self, holder: dict, verb: str) -> str:
-        return (f"the save folder {self.path.parent} {verb} pid {holder.get('pid', '?')} on host "
-                f"{holder.get('host', '?')} (since {holder.get('since', '?')}): two trainings into one folder "
-                "would mix their checkpoints and logs; choose another --save-folder")
+        return (
+            f"the save folder {self.path.parent} {verb} pid {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')} (since {holder.get('since', '?')}): two trainings into one folder "
+            "would mix their checkpoints and logs; choose another --save-folder"
+        )
 
     def release(self) -> None:
         """Delete the lock file (if it is still ours) and drop the flock; safe to call twice."""

@@ -3,6 +3,7 @@ the autocast dtype and the memory format; the DDP wrapper and the loop's one del
 
 One home for these decisions, shared by tools/train.py, tools/eval.py and tools/detect.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ def configure_cudnn(device: torch.device, benchmark: bool = True) -> bool:
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def autocast_dtype(device: torch.device, enabled: bool, requested: str | None = None,
-                   cuda_graphs: bool = False) -> torch.dtype | None:
+def autocast_dtype(
+    device: torch.device, enabled: bool, requested: str | None = None, cuda_graphs: bool = False
+) -> torch.dtype | None:
     """The autocast dtype of every tool: None when AMP is off; else `requested` ('fp16'/'bf16'), or by
     default fp16 on CUDA (the fastest there, measured: 1414 vs 1253 images/s on an H100), bf16 with CUDA
     graphs (fp16 needs a GradScaler, whose step cannot be captured) and bf16 on CPU (CPU autocast's type).

@@ -1,4 +1,5 @@
 """Draw detections on an image (OpenCV)."""
+
 from __future__ import annotations
 
 import colorsys
@@ -13,8 +14,9 @@ def class_color(label: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
-                    names: list[str]) -> np.ndarray:
+def draw_detections(
+    image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, labels: np.ndarray, names: list[str]
+) -> np.ndarray:
     """Return a copy of `image_bgr` with boxes [n, 4] (pixel xyxy), class names and scores drawn
     (scores None: names only, e.g. ground truth)."""
     out = image_bgr.copy()
@@ -28,6 +30,7 @@ def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, thickness)
         ty = max(y1, th + base)
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), color, -1)
-        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (0, 0, 0), thickness,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (0, 0, 0), thickness, cv2.LINE_AA
+        )
     return out

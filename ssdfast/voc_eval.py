@@ -10,6 +10,7 @@ Boxes are continuous pixel coordinates (ssdfast.data.voc converts VOC's 1-based 
 so the plain IoU here equals the devkit's "+1" IoU on VOC's integer boxes. The mean is over the
 classes with at least one non-difficult box among the evaluated images.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -75,12 +76,18 @@ def voc_map(coco_gt, results: list[dict], image_ids=None) -> dict:
             detections[result["category_id"]].append(result)
     per_class = {}
     for category_id in sorted(coco_gt.cats):
-        by_image = {i: (np.asarray([b for b, _ in anns], float).reshape(-1, 4), np.asarray([d for _, d in anns]))
-                    for i, anns in truth[category_id].items()}
+        by_image = {
+            i: (np.asarray([b for b, _ in anns], float).reshape(-1, 4), np.asarray([d for _, d in anns]))
+            for i, anns in truth[category_id].items()
+        }
         curve = precision_recall(by_image, detections[category_id])
         if curve is not None:
-            per_class[coco_gt.cats[category_id]["name"]] = {"VOC07": voc_ap(*curve, use_07_metric=True),
-                                                            "VOC12": voc_ap(*curve, use_07_metric=False)}
-    mean = {k: float(np.mean([ap[k] for ap in per_class.values()])) if per_class else float("nan")
-            for k in ("VOC07", "VOC12")}
+            per_class[coco_gt.cats[category_id]["name"]] = {
+                "VOC07": voc_ap(*curve, use_07_metric=True),
+                "VOC12": voc_ap(*curve, use_07_metric=False),
+            }
+    mean = {
+        k: float(np.mean([ap[k] for ap in per_class.values()])) if per_class else float("nan")
+        for k in ("VOC07", "VOC12")
+    }
     return {**mean, "per_class": per_class}

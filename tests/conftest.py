@@ -22,6 +22,7 @@ Parallel runs (`make test` runs pytest-xdist, `-n 2`): each worker and each proc
 computes with one thread, so two workers share 2 cores without oversubscription; session fixtures
 that take more than a few seconds go through shared_once, so the workers build them once between them.
 """
+
 import fcntl
 import os
 import shutil
@@ -47,8 +48,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def random_boxes(n: int, generator: torch.Generator | None = None, max_size: float = 0.5,
-                 device="cpu") -> torch.Tensor:
+def random_boxes(n: int, generator: torch.Generator | None = None, max_size: float = 0.5, device="cpu") -> torch.Tensor:
     """n valid xyxy boxes inside [0, 1] (float32)."""
     xy = torch.rand(n, 2, generator=generator) * (1 - max_size)
     wh = torch.rand(n, 2, generator=generator) * max_size + 1e-3
@@ -73,8 +73,27 @@ def tool(name, *args, check=True, prefix=()):
 
 def train_args(data, folder, epochs, *extra):
     """tools/train.py's arguments for a small CPU run: SSDLite from scratch, batch 4, no loader workers."""
-    return ["--data-path", data, "--save-folder", folder, "--model", "ssdlite", "--backbone-weights", "none",
-            "--epochs", epochs, "--batch-size", 4, "--num-workers", 0, "--lr", 0.05, "--log-every", 2, *extra]
+    return [
+        "--data-path",
+        data,
+        "--save-folder",
+        folder,
+        "--model",
+        "ssdlite",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--lr",
+        0.05,
+        "--log-every",
+        2,
+        *extra,
+    ]
 
 
 def free_port() -> int:
@@ -113,28 +132,35 @@ def shared_once(tmp_path_factory, name: str, build):
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory):
     """A small COCO-layout dataset (24 train, 8 val images) written once per session."""
-    return shared_once(tmp_path_factory, "synthetic_coco",
-                       lambda folder: write_synthetic_coco(folder, num_train=24, num_val=8, seed=1))
+    return shared_once(
+        tmp_path_factory, "synthetic_coco", lambda folder: write_synthetic_coco(folder, num_train=24, num_val=8, seed=1)
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_run(synthetic_coco, tmp_path_factory):
     """tools/train.py, 2 epochs with evaluation: (folder, its CompletedProcess: stdout and stderr)."""
+
     def build(folder):
         result = tool("train", *train_args(synthetic_coco, folder, 2))
         (folder / "stdout.txt").write_text(result.stdout)
         (folder / "stderr.txt").write_text(result.stderr)
 
     folder = shared_once(tmp_path_factory, "trained_run", build)
-    result = subprocess.CompletedProcess([], 0, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text())
+    result = subprocess.CompletedProcess(
+        [], 0, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text()
+    )
     return folder, result
 
 
 @pytest.fixture(scope="session")
 def straight_run(synthetic_coco, tmp_path_factory):
     """The uninterrupted run (2 epochs, one epoch checkpoint kept): its folder."""
-    return shared_once(tmp_path_factory, "straight_run", lambda folder: tool(
-        "train", *resume_args(synthetic_coco, folder, "--keep-checkpoints", 1)))
+    return shared_once(
+        tmp_path_factory,
+        "straight_run",
+        lambda folder: tool("train", *resume_args(synthetic_coco, folder, "--keep-checkpoints", 1)),
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Default boxes: count, hand-computed values at several indices of each map, clamping."""
+
 import math
 
 import pytest
@@ -18,7 +19,13 @@ SSD300_CASES = [
     (1, 1.5 / 37.5, 0.5 / 37.5, 0.07, 0.07),  # location (0, 1): j moves cx
     (38, 0.5 / 37.5, 1.5 / 37.5, 0.07, 0.07),  # location (1, 0): i moves cy
     (1444, 0.5 / 37.5, 0.5 / 37.5, math.sqrt(21 * 45) / 300, math.sqrt(21 * 45) / 300),  # shape (s', s')
-    (2 * 1444 + 37, 37.5 / 37.5, 0.5 / 37.5, 0.07 * math.sqrt(2), 0.07 / math.sqrt(2)),  # ratio 2, (w, h); cx clamps to 1
+    (
+        2 * 1444 + 37,
+        37.5 / 37.5,
+        0.5 / 37.5,
+        0.07 * math.sqrt(2),
+        0.07 / math.sqrt(2),
+    ),  # ratio 2, (w, h); cx clamps to 1
     (3 * 1444, 0.5 / 37.5, 0.5 / 37.5, 0.07 / math.sqrt(2), 0.07 * math.sqrt(2)),  # its transpose
     (5776, 0.5 / 18.75, 0.5 / 18.75, 0.15, 0.15),  # map 1 starts
     (5776 + 5 * 361 + 18, 18.5 / 18.75, 0.5 / 18.75, 0.15 / math.sqrt(3), 0.15 * math.sqrt(3)),  # ratio 3 transposed

@@ -7,6 +7,7 @@ The detector is an SSDLite with random weights whose BatchNorm statistics were m
 initial statistics every box scores the same), so comparisons are not decided by ties; a higher
 background bias leaves tens of boxes per image above the default 0.3, some reaching past the border.
 """
+
 import json
 import os
 import re
@@ -33,8 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The README's "Predict from Python" example, run verbatim by test_readme_example_runs_as_written.
 # README's first Python example, run verbatim below.
-README_EXAMPLE = re.search(r"```python\n(.*?)```", (Path(__file__).resolve().parent.parent / "README.md").read_text(),
-                           flags=re.S).group(1)
+README_EXAMPLE = re.search(
+    r"```python\n(.*?)```", (Path(__file__).resolve().parent.parent / "README.md").read_text(), flags=re.S
+).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,17 @@ def checkpoint(synthetic_coco, tmp_path_factory):
             head[-1].bias[:boxes_per_location] += 3  # background logits: 10-70 boxes above 0.3, not 200
     path = tmp_path_factory.mktemp("api") / "best.pt"
     info = loader.info
-    save_checkpoint(path, {"model": model.state_dict(), "model_name": "ssdlite300_mobilenetv2", "num_classes": 3,
-                           "category_ids": info.category_ids, "category_names": info.category_names, "epoch": 0})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "model_name": "ssdlite300_mobilenetv2",
+            "num_classes": 3,
+            "category_ids": info.category_ids,
+            "category_names": info.category_names,
+            "epoch": 0,
+        },
+    )
     return path
 
 
@@ -99,16 +110,26 @@ def test_every_input_kind_finds_what_inference_detect_finds(checkpoint, folder, 
     files = [folder / f"{name}.png" for name in "abc"]
     expected = detect_arrays(pil_arrays)  # the three images in one batch, as predict batches them
     as_tensor = [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in pil_arrays]
-    many = {"folder": (folder, files), "str paths": ([str(f) for f in files], files),
-            "PIL images": ([Image.open(f) for f in files], [None] * 3),
-            "numpy arrays": (pil_arrays, [None] * 3), "uint8 tensors": (as_tensor, [None] * 3),
-            "float tensors": ([t / 255 for t in as_tensor], [None] * 3)}
+    many = {
+        "folder": (folder, files),
+        "str paths": ([str(f) for f in files], files),
+        "PIL images": ([Image.open(f) for f in files], [None] * 3),
+        "numpy arrays": (pil_arrays, [None] * 3),
+        "uint8 tensors": (as_tensor, [None] * 3),
+        "float tensors": ([t / 255 for t in as_tensor], [None] * 3),
+    }
     for kind, (source, paths) in many.items():
         print(kind)
         assert_same(detector.predict(source), expected, pil_arrays, names, paths)
     one = detect_arrays(pil_arrays[:1])
-    for source, path in ((files[0], files[0]), (str(files[0]), files[0]), (Image.open(files[0]), None),
-                         (pil_arrays[0], None), (as_tensor[0], None), (as_tensor[0][None], None)):
+    for source, path in (
+        (files[0], files[0]),
+        (str(files[0]), files[0]),
+        (Image.open(files[0]), None),
+        (pil_arrays[0], None),
+        (as_tensor[0], None),
+        (as_tensor[0][None], None),
+    ):
         assert_same(detector.predict(source), one, pil_arrays[:1], names, [path])
 
 
@@ -123,16 +144,19 @@ def test_batches_and_grayscale(checkpoint, folder, pil_arrays, oracle):
         assert_same(detector.predict(source), detect_arrays([as_rgb]), [as_rgb], names, [None])
 
 
-@pytest.mark.parametrize("source, error, words", [
-    (np.zeros((40, 50, 4), np.uint8), ValueError, ["(40, 50, 4)", "alpha"]),
-    (np.zeros((3, 40, 50), np.uint8), ValueError, ["(3, 40, 50)", "channels first"]),
-    (np.zeros((40, 50, 3), np.float64), TypeError, ["uint8", "float64"]),
-    (np.zeros((0, 50, 3), np.uint8), ValueError, ["(0, 50, 3)"]),
-    (torch.zeros(40, 50, 3, dtype=torch.uint8), ValueError, ["[3, H, W]", "[40, 50, 3]"]),
-    (torch.full((3, 40, 50), 2.0), ValueError, ["[0, 1]"]),
-    (torch.zeros(3, 40, 50, dtype=torch.int32), TypeError, ["torch.int32"]),
-    ({"image": 1}, TypeError, ["builtins.dict", "RGB uint8 numpy array [H, W, 3]"]),
-])
+@pytest.mark.parametrize(
+    "source, error, words",
+    [
+        (np.zeros((40, 50, 4), np.uint8), ValueError, ["(40, 50, 4)", "alpha"]),
+        (np.zeros((3, 40, 50), np.uint8), ValueError, ["(3, 40, 50)", "channels first"]),
+        (np.zeros((40, 50, 3), np.float64), TypeError, ["uint8", "float64"]),
+        (np.zeros((0, 50, 3), np.uint8), ValueError, ["(0, 50, 3)"]),
+        (torch.zeros(40, 50, 3, dtype=torch.uint8), ValueError, ["[3, H, W]", "[40, 50, 3]"]),
+        (torch.full((3, 40, 50), 2.0), ValueError, ["[0, 1]"]),
+        (torch.zeros(3, 40, 50, dtype=torch.int32), TypeError, ["torch.int32"]),
+        ({"image": 1}, TypeError, ["builtins.dict", "RGB uint8 numpy array [H, W, 3]"]),
+    ],
+)
 def test_bad_inputs_get_a_clear_error_naming_what_was_given(checkpoint, source, error, words):
     detector = ssdfast.load(checkpoint, device="cpu")
     with pytest.raises(error) as caught:
@@ -207,9 +231,24 @@ def test_to_dict_matches_detect_tool_json_which_is_clipped(checkpoint, folder, t
     """tools/detect.py's JSON and Result.to_dict() give the same records, inside the image."""
     result = ssdfast.load(checkpoint, device="cpu").predict(folder / "b.png")[0]
     out = tmp_path / "b_out.png"
-    run = subprocess.run([sys.executable, str(ROOT / "tools" / "detect.py"), "--weights", str(checkpoint), "--input",
-                          str(folder / "b.png"), "--output", str(out), "--device", "cpu"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "detect.py"),
+            "--weights",
+            str(checkpoint),
+            "--input",
+            str(folder / "b.png"),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr
     records = json.loads(out.with_suffix(".json").read_text())[str(folder / "b.png")]
     assert records == result.to_dict()["detections"]
@@ -231,8 +270,11 @@ def test_evaluation_loop_takes_a_detector_as_it_takes_the_model(checkpoint, synt
 def match_order_free(a, b, box_atol, score_atol):
     """Every detection of `a` has a partner in `b` (same label, score and box within tolerances), and back."""
     assert len(a.scores) == len(b.scores) > 0
-    same = ((a.labels[:, None] == b.labels[None]) & (np.abs(a.scores[:, None] - b.scores[None]) <= score_atol)
-            & (np.abs(a.boxes[:, None] - b.boxes[None]).max(-1) <= box_atol))
+    same = (
+        (a.labels[:, None] == b.labels[None])
+        & (np.abs(a.scores[:, None] - b.scores[None]) <= score_atol)
+        & (np.abs(a.boxes[:, None] - b.boxes[None]).max(-1) <= box_atol)
+    )
     assert same.any(1).all() and same.any(0).all()
 
 
@@ -243,8 +285,17 @@ def test_exported_onnx_predicts_what_its_checkpoint_predicts(checkpoint, folder,
     from ssdfast.export import export
 
     model, meta = load_detector(checkpoint)
-    export(model, meta, "onnx", tmp_path / "m.onnx", batch=None, with_nms=True, score_threshold=0.05,
-           nms_threshold=0.45, max_det=200)
+    export(
+        model,
+        meta,
+        "onnx",
+        tmp_path / "m.onnx",
+        batch=None,
+        with_nms=True,
+        score_threshold=0.05,
+        nms_threshold=0.45,
+        max_det=200,
+    )
     # A high threshold keeps the counts well under max_det: no detection cut off by rounding at the end.
     from_pt = ssdfast.load(checkpoint, device="cpu", score_threshold=0.5).predict(folder)
     from_onnx = ssdfast.load(tmp_path / "m.onnx", device="cpu", score_threshold=0.5).predict(folder)
@@ -259,8 +310,9 @@ def test_readme_example_runs_as_written(checkpoint, folder, pil_arrays, oracle, 
     (tmp_path / "trained_models" / "best.pt").write_bytes(checkpoint.read_bytes())
     Image.open(folder / "c.png").save(tmp_path / "street.jpg", quality=95)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, "-c", README_EXAMPLE], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", README_EXAMPLE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr
     street = np.asarray(Image.open(tmp_path / "street.jpg").convert("RGB"))
     want = detect_arrays([street])[0]
@@ -274,7 +326,12 @@ def test_readme_example_runs_as_written(checkpoint, folder, pil_arrays, oracle, 
 
 def test_import_ssdfast_stays_light():
     code = "import sys, ssdfast; light = 'torch' not in sys.modules; ssdfast.load; print(light)"
-    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True"

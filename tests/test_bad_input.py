@@ -1,4 +1,5 @@
 """Bad input never gives a wrong result, a raw traceback, or lost output (every file written here)."""
+
 import json
 import os
 import shutil
@@ -8,13 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import tool, train_args
 
 from ssdfast import ops, reference
 from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import CocoDetection
 from ssdfast.models import build_model
-
-from conftest import tool, train_args
 
 
 def copy_dataset(src, dst, edit=None):
@@ -32,9 +32,17 @@ def copy_dataset(src, dst, edit=None):
 def fake_weights(path, category_names, model="ssdlite300_mobilenetv2"):
     """An ssdfast checkpoint trained on `category_names` (random weights: only the metadata matters)."""
     net = build_model(model, num_classes=len(category_names), backbone_weights="none")
-    save_checkpoint(path, {"model": net.state_dict(), "model_name": model, "num_classes": len(category_names),
-                           "category_names": list(category_names), "category_ids": list(range(1, 1 + len(category_names))),
-                           "epoch": 0})
+    save_checkpoint(
+        path,
+        {
+            "model": net.state_dict(),
+            "model_name": model,
+            "num_classes": len(category_names),
+            "category_names": list(category_names),
+            "category_ids": list(range(1, 1 + len(category_names))),
+            "epoch": 0,
+        },
+    )
     return path
 
 
@@ -73,9 +81,14 @@ def test_detect_never_overwrites_one_drawing_with_another(synthetic_coco, tmp_pa
 
 # ---------------------------------------------------------------- 2: no usable training data
 @pytest.mark.slow
-@pytest.mark.parametrize("breakage,reason", [("missing_images", "missing image files"),
-                                             ("all_crowd", "crowd boxes"),
-                                             ("unknown_category", "category_id not in categories")])
+@pytest.mark.parametrize(
+    "breakage,reason",
+    [
+        ("missing_images", "missing image files"),
+        ("all_crowd", "crowd boxes"),
+        ("unknown_category", "category_id not in categories"),
+    ],
+)
 def test_training_without_usable_images_is_an_error_with_counts(synthetic_coco, tmp_path, breakage, reason):
     def edit(split, data):
         if split != "train":
@@ -85,6 +98,7 @@ def test_training_without_usable_images_is_an_error_with_counts(synthetic_coco, 
                 ann["iscrowd"] = 1
             if breakage == "unknown_category":
                 ann["category_id"] = 999
+
     root = copy_dataset(synthetic_coco, tmp_path / "data", edit)
     if breakage == "missing_images":
         for p in (root / "train2017").iterdir():
@@ -134,28 +148,37 @@ def outcome(fn):
 
 
 DEGENERATE = {
-    "zero anchors": lambda m: m.match_encode(torch.rand(2, 3, 4), torch.ones(2, 3, dtype=torch.long), torch.zeros(0, 4)),
-    "zero anchors (match)": lambda m: m.match(torch.rand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool),
-                                              torch.zeros(0, 4)),
-    "zero ground truth": lambda m: m.match_encode(torch.rand(2, 0, 4), torch.ones(2, 0, dtype=torch.long),
-                                                  torch.rand(5, 4)),
+    "zero anchors": lambda m: m.match_encode(
+        torch.rand(2, 3, 4), torch.ones(2, 3, dtype=torch.long), torch.zeros(0, 4)
+    ),
+    "zero anchors (match)": lambda m: m.match(
+        torch.rand(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), torch.zeros(0, 4)
+    ),
+    "zero ground truth": lambda m: m.match_encode(
+        torch.rand(2, 0, 4), torch.ones(2, 0, dtype=torch.long), torch.rand(5, 4)
+    ),
     "zero images": lambda m: m.match_encode(torch.rand(0, 3, 4), torch.ones(0, 3, dtype=torch.long), torch.rand(5, 4)),
     "decode zero anchors": lambda m: m.box_decode(torch.rand(2, 0, 4), torch.zeros(0, 4)),
     "iou zero boxes": lambda m: m.box_iou(torch.zeros(0, 4), torch.rand(3, 4)),
-    "nms K = 0": lambda m: m.batched_nms_padded(torch.rand(2, 5, 4), torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.long),
-                                                0.5, 0.0, 0),
-    "nms zero images": lambda m: m.batched_nms_padded(torch.rand(0, 5, 4), torch.rand(0, 5),
-                                                      torch.zeros(0, 5, dtype=torch.long), 0.5, 0.0, 3),
+    "nms K = 0": lambda m: m.batched_nms_padded(
+        torch.rand(2, 5, 4), torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.long), 0.5, 0.0, 0
+    ),
+    "nms zero images": lambda m: m.batched_nms_padded(
+        torch.rand(0, 5, 4), torch.rand(0, 5), torch.zeros(0, 5, dtype=torch.long), 0.5, 0.0, 3
+    ),
     "nms zero candidates": lambda m: m.nms(torch.zeros(0, 4), torch.zeros(0), 0.5),
     "integer boxes (iou)": lambda m: m.box_iou(torch.ones(3, 4, dtype=torch.long), torch.rand(3, 4)),
     "integer boxes (nms)": lambda m: m.nms(torch.ones(3, 4, dtype=torch.long), torch.rand(3), 0.5),
-    "integer ground truth": lambda m: m.match_encode(torch.ones(1, 2, 4, dtype=torch.long),
-                                                     torch.ones(1, 2, dtype=torch.long), torch.rand(5, 4)),
+    "integer ground truth": lambda m: m.match_encode(
+        torch.ones(1, 2, 4, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), torch.rand(5, 4)
+    ),
 }
 
 
-@pytest.mark.skipif(ops.backend("cpu") != "compiled",
-                    reason="compares ssdfast._C with the twins: only without the extension (CI always builds it)")
+@pytest.mark.skipif(
+    ops.backend("cpu") != "compiled",
+    reason="compares ssdfast._C with the twins: only without the extension (CI always builds it)",
+)
 @pytest.mark.parametrize("case", list(DEGENERATE))
 def test_degenerate_sizes_and_dtypes_same_on_compiled_and_reference(case):
     """Each op, each degenerate size: the same error, or the same well-formed (empty) output, from the
@@ -171,15 +194,29 @@ def test_degenerate_sizes_and_dtypes_same_on_compiled_and_reference(case):
 
 # ---------------------------------------------------------------- 5: annotation files, field by field
 def valid_file():
-    return {"images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48},
-                       {"id": 2, "file_name": "2.jpg", "width": 64, "height": 48}],
-            "annotations": [{"id": 10, "image_id": 1, "category_id": 3, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0},
-                            {"id": 11, "image_id": 2, "category_id": 3, "bbox": [8, 8, 20, 10], "area": 200, "iscrowd": 0}],
-            "categories": [{"id": 3, "name": "thing"}]}
+    return {
+        "images": [
+            {"id": 1, "file_name": "1.jpg", "width": 64, "height": 48},
+            {"id": 2, "file_name": "2.jpg", "width": 64, "height": 48},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 11, "image_id": 2, "category_id": 3, "bbox": [8, 8, 20, 10], "area": 200, "iscrowd": 0},
+        ],
+        "categories": [{"id": 3, "name": "thing"}],
+    }
 
 
-BAD_VALUES = {"missing": ..., "string": "x", "null": None, "negative": -5, "zero": 0, "list": [1], "bool": True,
-              "nan": float("nan")}
+BAD_VALUES = {
+    "missing": ...,
+    "string": "x",
+    "null": None,
+    "negative": -5,
+    "zero": 0,
+    "list": [1],
+    "bool": True,
+    "nan": float("nan"),
+}
 
 
 def broken_files():
@@ -250,6 +287,7 @@ def test_val_set_without_annotations_says_so_and_claims_no_best_checkpoint(synth
     def no_val_annotations(split, data):
         if split == "val":
             data["annotations"] = []
+
     root = copy_dataset(synthetic_coco, tmp_path / "data", no_val_annotations)
     result = tool("train", *train_args(root, tmp_path / "run", 1, "--iters-per-epoch", 1))
     assert "nothing to evaluate" in result.stdout and "-1.000" not in result.stdout

@@ -1,4 +1,5 @@
 """Checkpoints: round trip, corruption, and the seed's / NVIDIA's layouts giving the same detections."""
+
 import math
 
 import pytest
@@ -8,8 +9,7 @@ from torchvision.models import mobilenet_v2, resnet50
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 from ssdfast.anchors import SSD300_RESNET50, SSDLITE300, default_boxes
-from ssdfast.checkpoint import (CheckpointError, load_checkpoint, load_model_weights, model_state_dict,
-                                save_checkpoint)
+from ssdfast.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_dict, save_checkpoint
 from ssdfast.inference import load_detector
 from ssdfast.models import build_model
 
@@ -48,14 +48,21 @@ class SeedSSD(nn.Module):
         channels = self.feature_extractor.out_channels
         blocks = []
         for i, (cin, cout, mid) in enumerate(zip(channels[:-1], channels[1:], [256, 256, 128, 128, 128])):
-            blocks.append(nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, cout, 3, padding=1 if i < 3 else 0, stride=2 if i < 3 else 1, bias=False),
-                nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, mid, 1, bias=False),
+                    nn.BatchNorm2d(mid),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(mid, cout, 3, padding=1 if i < 3 else 0, stride=2 if i < 3 else 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True),
+                )
+            )
         self.additional_blocks = nn.ModuleList(blocks)
         self.loc = nn.ModuleList(nn.Conv2d(c, nd * 4, 3, padding=1) for nd, c in zip([4, 6, 6, 6, 4, 4], channels))
-        self.conf = nn.ModuleList(nn.Conv2d(c, nd * num_classes, 3, padding=1) for nd, c in zip([4, 6, 6, 6, 4, 4],
-                                                                                                  channels))
+        self.conf = nn.ModuleList(
+            nn.Conv2d(c, nd * num_classes, 3, padding=1) for nd, c in zip([4, 6, 6, 6, 4, 4], channels)
+        )
 
     def forward(self, x):
         x = self.feature_extractor(x)
@@ -72,13 +79,24 @@ class SeedSSDLite(nn.Module):
         self.feature_extractor.feature_extractor = mobilenet_v2(weights=None).features
         self._tap = {}
         self.feature_extractor.feature_extractor[14].conv[0][2].register_forward_hook(
-            lambda m, i, o: self._tap.__setitem__(0, o))
-        self.additional_blocks = nn.ModuleList([InvertedResidual(1280, 512, 2, 0.2), InvertedResidual(512, 256, 2, 0.25),
-                                                InvertedResidual(256, 256, 2, 0.5), InvertedResidual(256, 64, 2, 0.25)])
+            lambda m, i, o: self._tap.__setitem__(0, o)
+        )
+        self.additional_blocks = nn.ModuleList(
+            [
+                InvertedResidual(1280, 512, 2, 0.2),
+                InvertedResidual(512, 256, 2, 0.25),
+                InvertedResidual(256, 256, 2, 0.5),
+                InvertedResidual(256, 64, 2, 0.25),
+            ]
+        )
 
         def heads(out):
-            layers = [nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.ReLU6(),
-                                    nn.Conv2d(c, 6 * out, 1)) for c in [576, 1280, 512, 256, 256, 64]]
+            layers = [
+                nn.Sequential(
+                    nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.ReLU6(), nn.Conv2d(c, 6 * out, 1)
+                )
+                for c in [576, 1280, 512, 256, 256, 64]
+            ]
             return nn.ModuleList(layers + [nn.Conv2d(64, 6 * out, 1)])
 
         self.loc, self.conf = heads(4), heads(num_classes)
@@ -112,8 +130,12 @@ def test_foreign_checkpoints_give_the_same_detections(tmp_path, kind):
     randomise_batchnorm(seed_model)
     state = seed_model.state_dict()
     if kind == "nvidia_ssd":
-        ckpt = {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 64, "iteration": 1000,
-                "label_map": {i: i for i in range(80)}}
+        ckpt = {
+            "model": {f"module.{k}": v for k, v in state.items()},
+            "epoch": 64,
+            "iteration": 1000,
+            "label_map": {i: i for i in range(80)},
+        }
     else:
         ckpt = {"epoch": 53, "model_state_dict": state, "optimizer": {}, "scheduler": {}}
     path = tmp_path / "foreign.pt"
@@ -138,8 +160,9 @@ def test_round_trip_and_atomic_save(tmp_path):
     with pytest.raises(CheckpointError, match=f"cannot write checkpoint last.pt to {path.parent}: the folder does not"):
         save_checkpoint(path, {"x": torch.ones(1)})  # a missing (e.g. deleted) folder is an error, not recreated
     path.parent.mkdir()
-    save_checkpoint(path, {"model": model.state_dict(), "model_name": "ssdlite300_mobilenetv2", "num_classes": 3,
-                           "epoch": 4})
+    save_checkpoint(
+        path, {"model": model.state_dict(), "model_name": "ssdlite300_mobilenetv2", "num_classes": 3, "epoch": 4}
+    )
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
     other = build_model("ssdlite", num_classes=3)
     load_model_weights(other, model_state_dict(load_checkpoint(path)), path)
@@ -163,7 +186,9 @@ def test_corrupt_and_wrong_checkpoints_give_clear_errors(tmp_path):
         load_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match=r"do not fit SSDLite300MobileNetV2 \(num_classes=5\).*wrong shapes: conf"):
+    with pytest.raises(
+        CheckpointError, match=r"do not fit SSDLite300MobileNetV2 \(num_classes=5\).*wrong shapes: conf"
+    ):
         load_model_weights(build_model("ssdlite", num_classes=5), model_state_dict(load_checkpoint(good)), good)
     with pytest.raises(CheckpointError, match="no model weights found"):
         model_state_dict({"epoch": 3, "optimizer": {}}, "x.pt")

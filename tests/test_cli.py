@@ -1,5 +1,6 @@
 """The tools' command lines answer at once: --help and usage errors come before PyTorch is imported,
 and --help shows every flag's default and the choices where there are choices."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +17,34 @@ print(sorted(m for m in ("torch", "torchvision", "cv2", "pycocotools") if m in s
 """
 
 
-@pytest.mark.parametrize("tool,argv", [("train", ["--data-path", "d"]), ("eval", ["--data-path", "d", "--weights", "w"])])
+@pytest.mark.parametrize(
+    "tool,argv", [("train", ["--data-path", "d"]), ("eval", ["--data-path", "d", "--weights", "w"])]
+)
 def test_parsing_the_command_line_imports_no_heavy_library(tool, argv):
-    done = subprocess.run([sys.executable, "-c", PARSE.format(tool=tool, argv=argv)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE.format(tool=tool, argv=argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_help_shows_defaults_and_choices():
-    done = subprocess.run([sys.executable, "tools/train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "tools/train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     text = " ".join(done.stdout.split())  # argparse wraps lines
     assert done.returncode == 0
     assert "number of epochs (default: 65)" in text
     assert "{ssd,ssdlite,ssd300_resnet50,ssdlite300_mobilenetv2}" in text
-    bad = subprocess.run([sys.executable, "tools/train.py", "--data-path", "d", "--model", "yolo"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "tools/train.py", "--data-path", "d", "--model", "yolo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "invalid choice: 'yolo'" in bad.stderr

@@ -1,5 +1,6 @@
 """Per-class AP beside pycocotools' 12 numbers: the overall AP is the mean of the per-class APs, and a
 hand-made case gives 1 for a class found exactly and 0 for one never detected."""
+
 import contextlib
 import io
 
@@ -16,8 +17,16 @@ def ground_truth(rng, images=6):
     for image in imgs:
         for cat in cats:
             x, y = rng.uniform(0, 120), rng.uniform(0, 50)
-            anns.append({"id": len(anns) + 1, "image_id": image["id"], "category_id": cat["id"], "iscrowd": 0,
-                         "bbox": [x, y, 60.0, 40.0], "area": 2400.0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image["id"],
+                    "category_id": cat["id"],
+                    "iscrowd": 0,
+                    "bbox": [x, y, 60.0, 40.0],
+                    "area": 2400.0,
+                }
+            )
     coco = COCO()
     coco.dataset = {"images": imgs, "annotations": anns, "categories": cats}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -31,10 +40,22 @@ def test_overall_ap_is_the_mean_of_the_per_class_aps():
     results = []
     for ann in coco.dataset["annotations"]:  # each box found, jittered by a few pixels, plus a false alarm
         x, y, w, h = ann["bbox"]
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": float(rng.uniform()),
-                        "bbox": [x + rng.normal(0, 4), y + rng.normal(0, 4), w + rng.normal(0, 4), h]})
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": float(rng.uniform()),
-                        "bbox": [float(rng.uniform(0, 150)), float(rng.uniform(0, 60)), 30.0, 30.0]})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "score": float(rng.uniform()),
+                "bbox": [x + rng.normal(0, 4), y + rng.normal(0, 4), w + rng.normal(0, 4), h],
+            }
+        )
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "score": float(rng.uniform()),
+                "bbox": [float(rng.uniform(0, 150)), float(rng.uniform(0, 60)), 30.0, 30.0],
+            }
+        )
     stats, table = coco_evaluate(coco, results)
     per_class = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("AP_class/")}
     assert sorted(per_class) == ["circle", "square", "triangle"]

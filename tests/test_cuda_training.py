@@ -1,17 +1,17 @@
 """The GPU training paths: CUDA-graph steps equal eager steps, one graph for targets + loss +
 post-processing, no host sync between log points. (CUDA only: they skip without a GPU.)"""
+
 import pytest
 import torch
+from conftest import CUDA
 
 from ssdfast import ops
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
-from ssdfast.training.epoch import train_one_epoch
-from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
-
-from conftest import CUDA
+from ssdfast.training.epoch import train_one_epoch
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 
 pytestmark = [CUDA, pytest.mark.cuda]
 
@@ -21,7 +21,7 @@ def ground_truth(batch, max_boxes=8, seed=0, device="cuda"):
     xy = torch.rand(batch, max_boxes, 2, generator=g) * 0.6
     wh = torch.rand(batch, max_boxes, 2, generator=g) * 0.35 + 0.05
     labels = torch.randint(1, 5, (batch, max_boxes), generator=g)
-    labels[:, max_boxes // 2:] = 0  # padding
+    labels[:, max_boxes // 2 :] = 0  # padding
     return torch.cat([xy, xy + wh], -1).to(device), labels.to(device)
 
 
@@ -29,8 +29,14 @@ def train(step_cls, amp_dtype, steps=4, batch=4):
     """Weights after `steps` SGD steps of SSDLite on fixed random data (different data each step)."""
     torch.manual_seed(0)
     model = build_model("ssdlite", num_classes=4, backbone_weights="none").cuda()
-    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.01, device="cuda"), momentum=0.9,
-                                nesterov=True, weight_decay=5e-4, fused=True)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=torch.tensor(0.01, device="cuda"),
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        fused=True,
+    )
     step = step_cls(model, optimizer, amp_dtype=amp_dtype)
     losses = []
     for i in range(steps):
@@ -72,8 +78,12 @@ def test_one_graph_for_targets_loss_and_postprocess():
     def inputs(seed):
         g = torch.Generator().manual_seed(seed)
         boxes, labels = ground_truth(batch, seed=seed)
-        return (boxes, labels, (0.5 * torch.randn(batch, num_anchors, 4, generator=g)).cuda(),
-                (3 * torch.randn(batch, num_anchors, classes + 1, generator=g)).cuda())
+        return (
+            boxes,
+            labels,
+            (0.5 * torch.randn(batch, num_anchors, 4, generator=g)).cuda(),
+            (3 * torch.randn(batch, num_anchors, classes + 1, generator=g)).cuda(),
+        )
 
     static = [t.clone() for t in inputs(0)]
     side = torch.cuda.Stream()
@@ -124,13 +134,20 @@ def test_no_host_sync_between_log_points(amp_dtype):
     batches = []
     for i in range(6):
         boxes, labels = ground_truth(2, seed=i, device="cpu")
-        batches.append(Batch(torch.randn(2, 3, 300, 300).pin_memory(), boxes.pin_memory(), labels.pin_memory(),
-                             torch.arange(2), torch.full((2, 2), 300), ()))
+        batches.append(
+            Batch(
+                torch.randn(2, 3, 300, 300).pin_memory(),
+                boxes.pin_memory(),
+                labels.pin_memory(),
+                torch.arange(2),
+                torch.full((2, 2), 300),
+                (),
+            )
+        )
     train_one_epoch(step, FixedLoader(batches[:2]), torch.device("cuda"), 0, lr_fn=lambda *a: 0.01)  # warm-up
     torch.cuda.set_sync_debug_mode("error")
     try:
-        stats = train_one_epoch(step, FixedLoader(batches), torch.device("cuda"), 1, lr_fn=lambda *a: 0.01,
-                                log_every=3)
+        stats = train_one_epoch(step, FixedLoader(batches), torch.device("cuda"), 1, lr_fn=lambda *a: 0.01, log_every=3)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(torch.tensor(stats["loss"]))

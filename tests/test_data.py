@@ -1,4 +1,5 @@
 """Data: augmentation invariants, label mapping, both data paths, DDP sharding, bad data."""
+
 import json
 
 import cv2
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdfast.data import Collate, CocoDetection, build_loader, read_image
+from ssdfast.data import CocoDetection, Collate, build_loader, read_image
 from ssdfast.data.batch import pad_targets
 from ssdfast.data.transforms import SSDTransform, hflip, normalise, random_crop
 
@@ -28,7 +29,7 @@ def test_random_crop_keeps_exactly_the_boxes_centred_inside():
     image = coordinate_image()
     H, W = image.shape[:2]
     cropped_some = False
-    for trial in range(300):
+    for _ in range(300):
         boxes = random_boxes_np(rng, 6)
         labels = np.arange(1, 7)
         crop, kept, kept_labels = random_crop(image, boxes.copy(), labels, rng)
@@ -41,8 +42,12 @@ def test_random_crop_keeps_exactly_the_boxes_centred_inside():
         window = np.array([left / W, top / H, (left + w) / W, (top + h) / H])
         slack = 1.5 / min(H, W)
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        surely_in = (cx > window[0] + slack) & (cx < window[2] - slack) & (cy > window[1] + slack) & (cy < window[3] - slack)
-        surely_out = (cx < window[0] - slack) | (cx > window[2] + slack) | (cy < window[1] - slack) | (cy > window[3] + slack)
+        surely_in = (
+            (cx > window[0] + slack) & (cx < window[2] - slack) & (cy > window[1] + slack) & (cy < window[3] - slack)
+        )
+        surely_out = (
+            (cx < window[0] - slack) | (cx > window[2] + slack) | (cy < window[1] - slack) | (cy > window[3] + slack)
+        )
         assert set(labels[surely_in]) <= set(kept_labels) and not set(labels[surely_out]) & set(kept_labels)
         for box, label in zip(kept, kept_labels):  # clipped to the window, re-normalised
             orig = np.clip(boxes[label - 1], window[[0, 1, 0, 1]], window[[2, 3, 2, 3]])
@@ -91,15 +96,20 @@ def write_annotations(root, split, images, annotations, categories):
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / f"instances_{split}2017.json").write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     for img in images:
-        cv2.imwrite(str(root / f"{split}2017" / img["file_name"]), np.full((img["height"], img["width"], 3), 128, np.uint8))
+        cv2.imwrite(
+            str(root / f"{split}2017" / img["file_name"]), np.full((img["height"], img["width"], 3), 128, np.uint8)
+        )
 
 
 def test_label_mapping_crowd_degenerate_and_empty_images(tmp_path):
     cats = [{"id": 90, "name": "z"}, {"id": 2, "name": "a"}, {"id": 17, "name": "m"}]  # gaps, unsorted
-    images = [{"id": 7, "file_name": "7.jpg", "height": 100, "width": 200},
-              {"id": 3, "file_name": "3.jpg", "height": 50, "width": 50}]
+    images = [
+        {"id": 7, "file_name": "7.jpg", "height": 100, "width": 200},
+        {"id": 3, "file_name": "3.jpg", "height": 50, "width": 50},
+    ]
     anns = [
         {"id": 1, "image_id": 7, "category_id": 17, "bbox": [10, 20, 30, 40], "iscrowd": 0},
         {"id": 2, "image_id": 7, "category_id": 90, "bbox": [150, 50, 100, 100], "iscrowd": 0},  # clipped
@@ -192,8 +202,16 @@ def test_too_many_boxes_are_truncated_with_a_warning():
 
 def test_ddp_shards_are_disjoint_and_cover_the_set(synthetic_coco):
     def ids(rank, train):
-        loader = build_loader(synthetic_coco, "train" if train else "val", train=train, batch_size=2, num_workers=0,
-                              rank=rank, world_size=2, seed=0)
+        loader = build_loader(
+            synthetic_coco,
+            "train" if train else "val",
+            train=train,
+            batch_size=2,
+            num_workers=0,
+            rank=rank,
+            world_size=2,
+            seed=0,
+        )
         loader.set_epoch(0)
         return [i for batch in loader for i in batch.image_ids.tolist()], loader.info.num_images
 
@@ -259,8 +277,9 @@ def test_both_paths_describe_the_dataset_the_same_way(synthetic_coco, tmp_path):
 
 @needs_dali
 def test_dali_training_batches_are_valid(synthetic_coco):
-    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True,
-                          channels_last=True)
+    loader = build_loader(
+        synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True, channels_last=True
+    )
     batches = list(loader)
     assert len(batches) == 24 // 4
     for batch in batches:
@@ -276,6 +295,7 @@ def test_persistent_workers_still_change_the_augmentation_every_epoch(synthetic_
     """Workers start once (persistent_workers) and keep their own copy of the dataset, which never sees
     set_epoch: the epoch reaches them with every index. Each epoch's batches must equal those of a
     loader without workers (the same keys), and differ from the previous epoch's."""
+
     def epochs(num_workers):
         loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=num_workers, seed=3)
         out = []

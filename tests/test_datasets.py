@@ -5,6 +5,7 @@ YOLO txt (each format's own convention), and every box, label and image must arr
 gives them. Hand-built small sets cover the bad input each format has; voc_eval is checked against a
 hand-computed case.
 """
+
 import json
 import shutil
 import subprocess
@@ -33,8 +34,11 @@ def coco_split(root: Path, split: str) -> dict:
 def voc_xml(file_name, width, height, objects) -> str:
     """objects: (name, xmin, ymin, xmax, ymax, difficult) in VOC's 1-based inclusive pixel indices."""
     size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>" if width else ""
-    body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-                   f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for n, x1, y1, x2, y2, d in objects)
+    body = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for n, x1, y1, x2, y2, d in objects
+    )
     return f"<annotation><filename>{file_name}</filename>{size}{body}</annotation>"
 
 
@@ -49,10 +53,21 @@ def write_voc_from_coco(coco_root: Path, voc_root: Path) -> Path:
         for img in data["images"]:
             stem = Path(img["file_name"]).stem
             shutil.copy(coco_root / f"{split}2017" / img["file_name"], voc_root / "JPEGImages" / img["file_name"])
-            objects = [(name_of[a["category_id"]], a["bbox"][0] + 1, a["bbox"][1] + 1, a["bbox"][0] + a["bbox"][2],
-                        a["bbox"][1] + a["bbox"][3], 0) for a in data["annotations"] if a["image_id"] == img["id"]]
-            (voc_root / "Annotations" / f"{stem}.xml").write_text(voc_xml(img["file_name"], img["width"],
-                                                                           img["height"], objects))
+            objects = [
+                (
+                    name_of[a["category_id"]],
+                    a["bbox"][0] + 1,
+                    a["bbox"][1] + 1,
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                    0,
+                )
+                for a in data["annotations"]
+                if a["image_id"] == img["id"]
+            ]
+            (voc_root / "Annotations" / f"{stem}.xml").write_text(
+                voc_xml(img["file_name"], img["width"], img["height"], objects)
+            )
             stems.append(stem)
         (voc_root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
     return voc_root
@@ -67,13 +82,18 @@ def write_yolo_from_coco(coco_root: Path, yolo_root: Path, dict_names: bool = Fa
         (yolo_root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for img in data["images"]:
             shutil.copy(coco_root / f"{split}2017" / img["file_name"], yolo_root / "images" / split / img["file_name"])
-            lines = [f"{index_of[a['category_id']]} {(a['bbox'][0] + a['bbox'][2] / 2) / img['width']!r} "
-                     f"{(a['bbox'][1] + a['bbox'][3] / 2) / img['height']!r} {a['bbox'][2] / img['width']!r} "
-                     f"{a['bbox'][3] / img['height']!r}" for a in data["annotations"] if a["image_id"] == img["id"]]
+            lines = [
+                f"{index_of[a['category_id']]} {(a['bbox'][0] + a['bbox'][2] / 2) / img['width']!r} "
+                f"{(a['bbox'][1] + a['bbox'][3] / 2) / img['height']!r} {a['bbox'][2] / img['width']!r} "
+                f"{a['bbox'][3] / img['height']!r}"
+                for a in data["annotations"]
+                if a["image_id"] == img["id"]
+            ]
             (yolo_root / "labels" / split / f"{Path(img['file_name']).stem}.txt").write_text("\n".join(lines))
     names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    names_yaml = ("\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)) if dict_names
-                  else f"[{', '.join(names)}]\n")
+    names_yaml = (
+        "\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)) if dict_names else f"[{', '.join(names)}]\n"
+    )
     (yolo_root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {names_yaml}")
     return yolo_root
 
@@ -120,8 +140,12 @@ def test_yolo_gives_the_boxes_of_the_equivalent_coco_file(synthetic_coco, tmp_pa
 
 
 def test_explicit_coco_paths_read_what_the_layout_reads(synthetic_coco):
-    source = resolve_source(None, "val", ann_file=synthetic_coco / "annotations" / "instances_val2017.json",
-                            image_dir=synthetic_coco / "val2017")
+    source = resolve_source(
+        None,
+        "val",
+        ann_file=synthetic_coco / "annotations" / "instances_val2017.json",
+        image_dir=synthetic_coco / "val2017",
+    )
     assert_same_records(CocoDetection(synthetic_coco, "val"), CocoDetection(split="val", source=source))
     with pytest.raises(ValueError, match="explicit annotation file needs its image folder"):
         resolve_source(synthetic_coco, "val", ann_file=synthetic_coco / "annotations" / "instances_val2017.json")
@@ -172,8 +196,14 @@ def small_voc(root: Path, annotations: dict[str, str], split_ids: list[str]) -> 
 
 
 def test_voc_pixel_convention_difficult_and_size_from_the_image(tmp_path):
-    voc = small_voc(tmp_path, {"a": voc_xml("a.jpg", 100, 50, [("dog", 1, 1, 10, 20, 0), ("cat", 11, 5, 30, 40, 1)]),
-                               "b": voc_xml("b.jpg", 0, 0, [("dog", 51, 26, 100, 50, 0)])}, ["a", "b"])
+    voc = small_voc(
+        tmp_path,
+        {
+            "a": voc_xml("a.jpg", 100, 50, [("dog", 1, 1, 10, 20, 0), ("cat", 11, 5, 30, 40, 1)]),
+            "b": voc_xml("b.jpg", 0, 0, [("dog", 51, 26, 100, 50, 0)]),
+        },
+        ["a", "b"],
+    )
     source = read_voc(voc, "train")
     assert [c["name"] for c in source.annotations["categories"]] == list(VOC_CLASSES)  # all VOC names: VOC's 20
     boxes = {(a["image_id"], a["category_id"]): (a["bbox"], a["iscrowd"]) for a in source.annotations["annotations"]}
@@ -188,11 +218,16 @@ def test_voc_pixel_convention_difficult_and_size_from_the_image(tmp_path):
 
 
 def test_voc_bad_xml_missing_files_and_unknown_names_are_dropped_and_counted(tmp_path):
-    voc = small_voc(tmp_path, {"good": voc_xml("good.jpg", 100, 50, [("widget", 1, 1, 50, 40, 0),
-                                                                      ("dog", 2, 2, 20, 20, 0)]),
-                               "broken": "<annotation><object>", "other": "<html></html>",
-                               "nobox": voc_xml("nobox.jpg", 100, 50, [("dog", 1, 1, "x", 9, 0)])},
-                    ["good", "broken", "other", "nobox", "gone"])
+    voc = small_voc(
+        tmp_path,
+        {
+            "good": voc_xml("good.jpg", 100, 50, [("widget", 1, 1, 50, 40, 0), ("dog", 2, 2, 20, 20, 0)]),
+            "broken": "<annotation><object>",
+            "other": "<html></html>",
+            "nobox": voc_xml("nobox.jpg", 100, 50, [("dog", 1, 1, "x", 9, 0)]),
+        },
+        ["good", "broken", "other", "nobox", "gone"],
+    )
     with pytest.warns(UserWarning) as warned:
         data = CocoDetection(split="train", source=read_voc(voc, "train"))
     assert data.category_names == ["dog", "widget"]  # a name outside VOC's 20: the sorted names found
@@ -215,10 +250,16 @@ def small_yolo(root: Path, labels: dict[str, str | None], yaml_text: str) -> Pat
 
 
 def test_yolo_bad_lines_missing_labels_and_boxes_outside_are_dropped_and_counted(tmp_path):
-    yolo = small_yolo(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n1 0.25 0.5 0.1 0.2\n\n0 0.5 0.5\nx 0.5 0.5 0.1 0.1\n"
-                                      "5 0.5 0.5 0.1 0.1\n0.5 0.5 0.5 0.1 0.1\n",
-                                 "b": "0 1.5 1.5 0.2 0.2\n", "c": None},
-                      "train: images/train\nval: images/train\nnames: {0: person, 1: car}\n")
+    yolo = small_yolo(
+        tmp_path,
+        {
+            "a": "0 0.5 0.5 0.5 0.5\n1 0.25 0.5 0.1 0.2\n\n0 0.5 0.5\nx 0.5 0.5 0.1 0.1\n"
+            "5 0.5 0.5 0.1 0.1\n0.5 0.5 0.5 0.1 0.1\n",
+            "b": "0 1.5 1.5 0.2 0.2\n",
+            "c": None,
+        },
+        "train: images/train\nval: images/train\nnames: {0: person, 1: car}\n",
+    )
     with pytest.warns(UserWarning) as warned:
         source = read_yolo(yolo, "train")
         evaluation = CocoDetection(split="train", train=False, source=source)
@@ -228,8 +269,9 @@ def test_yolo_bad_lines_missing_labels_and_boxes_outside_are_dropped_and_counted
     assert evaluation.category_names == ["person", "car"]
     by_name = {r.file_name: r for r in evaluation.records}
     assert sorted(by_name) == ["images/train/a.jpg", "images/train/b.jpg", "images/train/c.jpg"]  # c: no label file
-    np.testing.assert_allclose(by_name["images/train/a.jpg"].boxes, [[0.25, 0.25, 0.75, 0.75], [0.2, 0.4, 0.3, 0.6]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        by_name["images/train/a.jpg"].boxes, [[0.25, 0.25, 0.75, 0.75], [0.2, 0.4, 0.3, 0.6]], atol=1e-6
+    )
     assert by_name["images/train/a.jpg"].labels.tolist() == [1, 2]
     assert len(by_name["images/train/b.jpg"].boxes) == 0 and len(by_name["images/train/c.jpg"].boxes) == 0
     assert evaluation.dropped["degenerate boxes (no area inside the image)"] == 1  # b's box lies outside
@@ -241,8 +283,11 @@ def test_yolo_bad_lines_missing_labels_and_boxes_outside_are_dropped_and_counted
 def test_yolo_paths_stay_inside_the_dataset_folder(tmp_path):
     outside = tmp_path / "elsewhere" / "images"
     write_image(outside / "x.jpg", 20, 20)
-    yolo = small_yolo(tmp_path / "set", {"a": "0 0.5 0.5 0.2 0.2\n"},
-                      "train: ../elsewhere/images\nval: ../images/train\nnames: [thing]\n")
+    yolo = small_yolo(
+        tmp_path / "set",
+        {"a": "0 0.5 0.5 0.2 0.2\n"},
+        "train: ../elsewhere/images\nval: ../images/train\nnames: [thing]\n",
+    )
     with pytest.raises(ValueError, match="lies outside"):
         read_yolo(yolo, "train")
     assert len(read_yolo(yolo, "val").annotations["images"]) == 1  # Roboflow's "../x" read as "x", as Ultralytics
@@ -268,6 +313,7 @@ def test_yolo_image_size_follows_exif_rotation_as_the_decoder_does(tmp_path):
 # ------------------------------------------------------------------ VOC mAP, by hand
 class Truth:
     """Just what voc_map reads of a pycocotools COCO object."""
+
     def __init__(self, anns, cats):
         self.cats = {c["id"]: c for c in cats}
         self.imgToAnns = {}
@@ -284,17 +330,21 @@ def test_voc_ap_of_a_hand_computed_case():
     VOC12 (envelope 1 up to recall .5, then .667): .5 * 1 + .5 * 2/3 = 0.8333.
     VOC07: recall >= 0..0.5 (6 points) best 1; 0.6..1.0 (5 points) best 2/3: (6 + 10/3) / 11 = 0.8485.
     Class B: its only box found by the second of two detections: precision .5 at recall 1 -> 0.5 both."""
-    anns = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0},
-            {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "iscrowd": 0},
-            {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10], "iscrowd": 1},
-            {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "iscrowd": 0}]
-    results = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.9},  # IoU .9: TP
-               {"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.8},  # the same box again: FP
-               {"image_id": 1, "category_id": 1, "bbox": [21, 21, 10, 10], "score": 0.7},  # IoU .68: TP
-               {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10], "score": 0.6},  # difficult: ignored
-               {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5},  # no A there: FP
-               {"image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "score": 0.9},  # IoU 1/7: FP
-               {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.4}]  # TP
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+        {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "iscrowd": 0},
+        {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10], "iscrowd": 1},
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+    ]
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.9},  # IoU .9: TP
+        {"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.8},  # the same box again: FP
+        {"image_id": 1, "category_id": 1, "bbox": [21, 21, 10, 10], "score": 0.7},  # IoU .68: TP
+        {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10], "score": 0.6},  # difficult: ignored
+        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5},  # no A there: FP
+        {"image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "score": 0.9},  # IoU 1/7: FP
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.4},
+    ]  # TP
     out = voc_map(Truth(anns, [{"id": 1, "name": "A"}, {"id": 2, "name": "B"}, {"id": 3, "name": "C"}]), results)
     assert out["per_class"]["A"]["VOC12"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert out["per_class"]["A"]["VOC07"] == pytest.approx((6 + 5 * 2 / 3) / 11)
@@ -305,8 +355,13 @@ def test_voc_ap_of_a_hand_computed_case():
 
 # ------------------------------------------------------------------ end to end, through the tools
 def tool(name, *args):
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result
 
@@ -314,8 +369,10 @@ def tool(name, *args):
 def detections_and_ap(detections_file: Path, categories: list[dict]) -> tuple[list, float]:
     """The detections by category name without image ids (the formats number both their own way), and the AP."""
     name_of = {c["id"]: c["name"] for c in categories}
-    found = sorted((name_of[d["category_id"]], *np.round(d["bbox"], 3).tolist(), round(d["score"], 5))
-                   for d in json.loads(detections_file.read_text()))
+    found = sorted(
+        (name_of[d["category_id"]], *np.round(d["bbox"], 3).tolist(), round(d["score"], 5))
+        for d in json.loads(detections_file.read_text())
+    )
     return found, json.loads(detections_file.with_name(detections_file.stem + ".metrics.json").read_text())["AP"]
 
 
@@ -323,16 +380,57 @@ def detections_and_ap(detections_file: Path, categories: list[dict]) -> tuple[li
 @pytest.mark.parametrize("data_format", ["voc", "yolo"])
 def test_train_and_evaluate_on_voc_and_yolo_sets(synthetic_coco, voc_set, yolo_set, tmp_path, data_format):
     data = voc_set if data_format == "voc" else yolo_set / "data.yaml"
-    tool("train", "--data-path", data, "--save-folder", tmp_path, "--iters-per-epoch", 2, "--eval-batches", 1,
-         "--epochs", 1, "--backbone-weights", "none", "--model", "ssdlite", "--batch-size", 4, "--num-workers", 0)
-    evaluate = ("--weights", tmp_path / "last.pt", "--max-batches", 1, "--batch-size", 4, "--num-workers", 0,
-                "--device", "cpu", "--score-threshold", 0.01)
+    tool(
+        "train",
+        "--data-path",
+        data,
+        "--save-folder",
+        tmp_path,
+        "--iters-per-epoch",
+        2,
+        "--eval-batches",
+        1,
+        "--epochs",
+        1,
+        "--backbone-weights",
+        "none",
+        "--model",
+        "ssdlite",
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+    )
+    evaluate = (
+        "--weights",
+        tmp_path / "last.pt",
+        "--max-batches",
+        1,
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--device",
+        "cpu",
+        "--score-threshold",
+        0.01,
+    )
     printed = tool("eval", "--data-path", data, *evaluate, "--output", tmp_path / "dets.json").stdout
     assert ("VOC07 (11-point)" in printed and "VOC12 (all-point)" in printed) == (data_format == "voc")
     assert ("voc_map50" in json.loads((tmp_path / "dets.metrics.json").read_text())) == (data_format == "voc")
     # The same model on the same images through the COCO file (explicit paths): the same detections and AP.
-    tool("eval", "--ann", synthetic_coco / "annotations" / "instances_val2017.json", "--images",
-         synthetic_coco / "val2017", *evaluate, "--output", tmp_path / "coco.json")
-    coco_detections, coco_ap = detections_and_ap(tmp_path / "coco.json", coco_split(synthetic_coco, "val")["categories"])
+    tool(
+        "eval",
+        "--ann",
+        synthetic_coco / "annotations" / "instances_val2017.json",
+        "--images",
+        synthetic_coco / "val2017",
+        *evaluate,
+        "--output",
+        tmp_path / "coco.json",
+    )
+    coco_detections, coco_ap = detections_and_ap(
+        tmp_path / "coco.json", coco_split(synthetic_coco, "val")["categories"]
+    )
     detections, ap = detections_and_ap(tmp_path / "dets.json", resolve_source(data, "val").annotations["categories"])
     assert detections == coco_detections and len(detections) > 0 and ap == pytest.approx(coco_ap, abs=1e-9)

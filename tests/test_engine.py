@@ -1,12 +1,13 @@
 """The training step's CPU-testable parts: the CUDA-graph warm-up is undone exactly; where an epoch
 stands and when to checkpoint it."""
+
 import pytest
 import torch
 
-from ssdfast.training.epoch import EpochProgress, NonFiniteLossError
-from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 from ssdfast.models import build_model
 from ssdfast.training.checkpoint_schedule import CheckpointSchedule
+from ssdfast.training.epoch import EpochProgress, NonFiniteLossError
+from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 
 
 def batch(seed, n=2, g_count=3):

@@ -5,6 +5,7 @@ everywhere: ties, not a test). SSDLite (conftest's trained_run) goes through the
 (export, eval's COCO AP of the .pt, .onnx and .pt2); SSD300-ResNet50 is exported in-process and
 compared on the same images.
 """
+
 import json
 import os
 import subprocess
@@ -12,19 +13,18 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, shared_once, tool
 
 from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
 from ssdfast.data.coco import read_image
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.deployed import Deployed
-from ssdfast.training.step import TrainStep
 from ssdfast.export import check_against_pytorch, compare_detections, export
 from ssdfast.inference import detect, load_detector
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
-
-from conftest import ROOT, shared_once, tool
+from ssdfast.training.step import TrainStep
 
 sys.path.insert(0, str(ROOT / "tools"))
 from detect import to_records  # noqa: E402  (tools/detect.py: how the tool writes a detection)
@@ -38,8 +38,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     """24 train and 16 val images (synthetic_coco's 24 and 8, and 8 more): the comparisons run on 16 real images."""
-    return shared_once(tmp_path_factory, "export_coco",
-                       lambda folder: write_synthetic_coco(folder, num_train=24, num_val=16, seed=1))
+    return shared_once(
+        tmp_path_factory, "export_coco", lambda folder: write_synthetic_coco(folder, num_train=24, num_val=16, seed=1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ EXPORTS = (("onnx", ".onnx"), ("torch-export", ".pt2"))
 def lite(trained_run, tmp_path_factory):
     """SSDLite trained 2 epochs (12 steps) by tools/train.py (conftest's trained_run), exported by
     tools/export.py to .onnx and .pt2: (folder, {format: the export tool's CompletedProcess})."""
+
     def build(folder):
         (folder / "last.pt").write_bytes((trained_run[0] / "last.pt").read_bytes())
         for fmt, suffix in EXPORTS:
@@ -62,8 +64,9 @@ def lite(trained_run, tmp_path_factory):
             (folder / f"export_{fmt}.stdout").write_text(result.stdout)
 
     folder = shared_once(tmp_path_factory, "export_lite", build)
-    return folder, {fmt: subprocess.CompletedProcess([], 0, (folder / f"export_{fmt}.stdout").read_text(), "")
-                    for fmt, _ in EXPORTS}
+    return folder, {
+        fmt: subprocess.CompletedProcess([], 0, (folder / f"export_{fmt}.stdout").read_text(), "") for fmt, _ in EXPORTS
+    }
 
 
 @pytest.fixture(scope="session")
@@ -89,13 +92,30 @@ def train_and_export_resnet(data, folder):
         for batch in batches:
             model(batch.images)
     info = loader.info
-    save_checkpoint(folder / "last.pt", {"model": model.state_dict(), "model_name": "ssd300_resnet50",
-                                         "num_classes": 3, "category_ids": info.category_ids,
-                                         "category_names": info.category_names, "epoch": 0})
+    save_checkpoint(
+        folder / "last.pt",
+        {
+            "model": model.state_dict(),
+            "model_name": "ssd300_resnet50",
+            "num_classes": 3,
+            "category_ids": info.category_ids,
+            "category_names": info.category_names,
+            "epoch": 0,
+        },
+    )
     model, meta = load_detector(folder / "last.pt")
     for fmt, suffix in EXPORTS:
-        export(model, meta, fmt, folder / f"m{suffix}", batch=None, with_nms=True, score_threshold=0.05,
-               nms_threshold=0.45, max_det=200)
+        export(
+            model,
+            meta,
+            fmt,
+            folder / f"m{suffix}",
+            batch=None,
+            with_nms=True,
+            score_threshold=0.05,
+            nms_threshold=0.45,
+            max_det=200,
+        )
 
 
 def pytorch_detections(weights, images):
@@ -154,8 +174,19 @@ def test_eval_gives_the_same_ap_for_pt_onnx_and_pt2(lite, data):
     metrics = {}
     for weights in ("last.pt", "m.onnx", "m.pt2"):
         out = folder / f"det_{weights.replace('.', '_')}.json"
-        tool("eval", "--data-path", data, "--weights", folder / weights, "--batch-size", 8, "--num-workers", 0,
-             "--output", out)
+        tool(
+            "eval",
+            "--data-path",
+            data,
+            "--weights",
+            folder / weights,
+            "--batch-size",
+            8,
+            "--num-workers",
+            0,
+            "--output",
+            out,
+        )
         metrics[weights] = json.loads(out.with_name(out.stem + ".metrics.json").read_text())
         metrics[weights]["detections"] = len(json.loads(out.read_text()))
     base = metrics["last.pt"]
@@ -169,16 +200,35 @@ def test_eval_gives_the_same_ap_for_pt_onnx_and_pt2(lite, data):
 def test_detect_tool_takes_an_onnx_file(lite, data, tmp_path):
     folder, _ = lite
     image = sorted((data / "val2017").glob("*.jpg"))[0]
-    tool("detect", "--weights", folder / "m.onnx", "--input", image, "--output", tmp_path / "one.jpg",
-         "--score-threshold", 0.1)
+    tool(
+        "detect",
+        "--weights",
+        folder / "m.onnx",
+        "--input",
+        image,
+        "--output",
+        tmp_path / "one.jpg",
+        "--score-threshold",
+        0.1,
+    )
     onnx_dets = json.loads((tmp_path / "one.json").read_text())[str(image)]
     model, meta = load_detector(folder / "last.pt")
     pt_dets = to_records(detect(model, [read_image(image)], score_threshold=0.1)[0], meta["category_names"])
     assert len(onnx_dets) == len(pt_dets) > 0
     key = lambda d: (d["score"], d["label"], d["box"])  # noqa: E731
     assert sorted(onnx_dets, key=key) == sorted(pt_dets, key=key)
-    lower = tool("detect", "--weights", folder / "m.onnx", "--input", image, "--output", tmp_path / "x.jpg",
-                 "--score-threshold", 0.01, check=False)
+    lower = tool(
+        "detect",
+        "--weights",
+        folder / "m.onnx",
+        "--input",
+        image,
+        "--output",
+        tmp_path / "x.jpg",
+        "--score-threshold",
+        0.01,
+        check=False,
+    )
     assert lower.returncode == 1 and "export it again with --score-threshold 0.01" in lower.stderr
 
 
@@ -189,16 +239,20 @@ def test_pt2_runs_with_only_the_extension(lite, val_images, tmp_path):
     if library is None:
         pytest.skip("ssdfast._C is not built")
     torch.save(val_images[:2], tmp_path / "x.pt")
-    script = ("import sys, torch\n"
-              f"torch.ops.load_library({str(library)!r})\n"
-              f"boxes, scores, labels, counts = torch.export.load({str(folder / 'm.pt2')!r}).module()"
-              f"(torch.load({str(tmp_path / 'x.pt')!r}))\n"
-              "assert 'ssdfast' not in sys.modules\n"
-              f"torch.save(counts, {str(tmp_path / 'counts.pt')!r})\n")
+    script = (
+        "import sys, torch\n"
+        f"torch.ops.load_library({str(library)!r})\n"
+        f"boxes, scores, labels, counts = torch.export.load({str(folder / 'm.pt2')!r}).module()"
+        f"(torch.load({str(tmp_path / 'x.pt')!r}))\n"
+        "assert 'ssdfast' not in sys.modules\n"
+        f"torch.save(counts, {str(tmp_path / 'counts.pt')!r})\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert torch.equal(torch.load(tmp_path / "counts.pt"), pytorch_detections(folder / "last.pt", val_images[:2]).counts)
+    assert torch.equal(
+        torch.load(tmp_path / "counts.pt"), pytorch_detections(folder / "last.pt", val_images[:2]).counts
+    )
 
 
 def test_check_against_pytorch_catches_a_different_model(lite):
@@ -226,7 +280,9 @@ def test_export_rejects_bad_inputs(lite, tmp_path, capsys):
         export_tool("--weights", folder / "last.pt", "--format", "tflite", "--output", tmp_path / "o.tflite")
     assert unknown.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("")
-    code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "a_file" / "o.onnx")
+    code, err = export_tool(
+        "--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "a_file" / "o.onnx"
+    )
     assert code == 1 and "error: folder of the output file" in err and "is not a folder" in err
     code, err = export_tool("--weights", folder / "last.pt", "--format", "onnx", "--output", tmp_path / "o.pt2")
     assert code == 1 and "writes a .onnx file" in err
@@ -244,8 +300,17 @@ def test_onnx_counts_below_max_det(lite, val_images, tmp_path):
     folder, _ = lite
     model, meta = load_detector(folder / "last.pt")
     threshold = round(float(pytorch_detections(folder / "last.pt", val_images).scores[:, 100].median()), 3)
-    export(model, meta, "onnx", tmp_path / "t.onnx", batch=None, with_nms=True, score_threshold=threshold,
-           nms_threshold=0.45, max_det=200)
+    export(
+        model,
+        meta,
+        "onnx",
+        tmp_path / "t.onnx",
+        batch=None,
+        with_nms=True,
+        score_threshold=threshold,
+        nms_threshold=0.45,
+        max_det=200,
+    )
     with torch.no_grad():
         expected = postprocess(*model(val_images), model.anchors, score_threshold=threshold)
     assert int(expected.counts.min()) < 200 and int(expected.counts.max()) > 0, expected.counts

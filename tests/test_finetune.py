@@ -1,4 +1,5 @@
 """Fine-tuning weights onto other categories: what is kept, row by row, against the source model itself."""
+
 import pytest
 import torch
 
@@ -22,8 +23,8 @@ def test_shared_categories_keep_their_rows_and_new_ones_start_fresh(name):
         if key in outputs:
             nd = got[key].shape[0] // 3
             assert torch.equal(got[key][:nd], src[key][:nd])  # background
-            assert torch.equal(got[key][nd:2 * nd], src[key][3 * nd:4 * nd])  # star: label 3 there, 1 here
-            assert torch.equal(got[key][2 * nd:], fresh[key][2 * nd:])  # moon: as initialised
+            assert torch.equal(got[key][nd : 2 * nd], src[key][3 * nd : 4 * nd])  # star: label 3 there, 1 here
+            assert torch.equal(got[key][2 * nd :], fresh[key][2 * nd :])  # moon: as initialised
         else:
             assert torch.equal(got[key], src[key]), key  # backbone, extras, box heads, heads' inner layers
 

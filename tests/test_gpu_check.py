@@ -1,5 +1,6 @@
 """tools/gpu_check.py (make gpu) without a GPU: its budget and its smoke mode, so no device minute is
 spent finding a typo in a phase."""
+
 import json
 import sys
 import time
@@ -44,8 +45,22 @@ def test_phases_that_no_longer_fit_the_budget_are_skipped_and_named(tmp_path, ca
         return {"ok": True}
 
     monkeypatch.setitem(gpu_check.PHASE_FUNCTIONS, "build", slow_build)
-    assert gpu_check.main(["--smoke", "--budget", str(gpu_check.MIN_PHASE_SECONDS + 1), "--only", "build",
-                           "ops", "sanitizers", "--logs", str(tmp_path)]) == 0
+    assert (
+        gpu_check.main(
+            [
+                "--smoke",
+                "--budget",
+                str(gpu_check.MIN_PHASE_SECONDS + 1),
+                "--only",
+                "build",
+                "ops",
+                "sanitizers",
+                "--logs",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "== build" in out and "== ops" not in out
     assert "out of budget, not run: ops, sanitizers" in out

@@ -1,5 +1,6 @@
 """The GPU data path (--data-backend gpu) against the PyTorch path, on CPU tensors: same boxes and labels
 exactly, pixels within one uint8 level, same unreadable files, same batches on a restart, same sharding."""
+
 import importlib.util
 import io
 import json
@@ -34,11 +35,14 @@ def one_thread():
 
 def textured(rng, height, width) -> np.ndarray:
     """RGB uint8: blurred colour noise plus sharp rectangles (edges, texture and flat areas to resize)."""
-    image = cv2.resize(rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8), (width, height),
-                       interpolation=cv2.INTER_CUBIC)
+    image = cv2.resize(
+        rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     for _ in range(6):
         x, y = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
-        image[y:y + int(rng.integers(10, 40)), x:x + int(rng.integers(10, 40))] = rng.integers(0, 256, 3)
+        image[y : y + int(rng.integers(10, 40)), x : x + int(rng.integers(10, 40))] = rng.integers(0, 256, 3)
     return image
 
 
@@ -75,12 +79,20 @@ def write_dataset(root, kinds, seed=0, height=480, width=640):
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         for _ in range(int(rng.integers(2, 6))):
             x, y = rng.uniform(0, w * 0.7), rng.uniform(0, h * 0.7)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, "area": 1.0,
-                                "category_id": int(rng.integers(1, 4)),
-                                "bbox": [x, y, rng.uniform(8, w - x), rng.uniform(8, h - y)]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "iscrowd": 0,
+                    "area": 1.0,
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [x, y, rng.uniform(8, w - x), rng.uniform(8, h - y)],
+                }
+            )
     categories = [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]
     (root / "annotations" / "instances_train2017.json").write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return root
 
 
@@ -141,8 +153,10 @@ def test_same_boxes_labels_and_pixels_as_pytorch_path(coco_sized):
     dataset = CocoDetection(coco_sized, "train")
     diffs = compare(dataset, [(epoch, index) for epoch in EPOCHS for index in range(len(dataset))])
     before, after = diffs["before"], diffs["after"]
-    print(f"\nbefore jitter: mean {before.mean():.4f} max {before.max():.0f}; "
-          f"after: mean {after.mean():.4f} max {after.max():.0f}, {(after > 1).float().mean():.2e} over 1")
+    print(
+        f"\nbefore jitter: mean {before.mean():.4f} max {before.max():.0f}; "
+        f"after: mean {after.mean():.4f} max {after.max():.0f}, {(after > 1).float().mean():.2e} over 1"
+    )
     assert before.max() <= 1 and before.mean() < 0.01
     assert after.mean() < 0.05 and (after > 1).float().mean() < 1e-3
 
@@ -246,8 +260,9 @@ def test_restarted_epoch_replays_the_same_batches(coco_sized):
 def test_two_ranks_cover_the_epoch_once(coco_sized, train):
     ids = []
     for rank in (0, 1):
-        loader = build_loader(coco_sized, "train", train=train, batch_size=5, num_workers=0, backend="gpu",
-                              rank=rank, world_size=2)
+        loader = build_loader(
+            coco_sized, "train", train=train, batch_size=5, num_workers=0, backend="gpu", rank=rank, world_size=2
+        )
         loader.set_epoch(1)
         ids.append([i for b in loader for i in b.image_ids.tolist()])
     assert not set(ids[0]) & set(ids[1]) and sorted(ids[0] + ids[1]) == list(range(1, 11))
@@ -256,8 +271,10 @@ def test_two_ranks_cover_the_epoch_once(coco_sized, train):
 def test_loader_batches_match_pytorch_loader(odd_files):
     """Whole batches through build_loader (2 workers): same ids, boxes, labels, unreadable files, and
     the images normalised as Batch.to normalises the PyTorch path's uint8 ones."""
-    loaders = [build_loader(odd_files, "train", train=True, batch_size=4, num_workers=workers, backend=backend)
-               for backend, workers in (("pytorch", 0), ("gpu", 2))]
+    loaders = [
+        build_loader(odd_files, "train", train=True, batch_size=4, num_workers=workers, backend=backend)
+        for backend, workers in (("pytorch", 0), ("gpu", 2))
+    ]
     for loader in loaders:
         loader.set_epoch(1)
     for theirs, ours in zip(*loaders):
@@ -276,22 +293,63 @@ def test_unknown_backend_is_refused(coco_sized):
 def run_tool(name, *args):
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
-    result = subprocess.run([sys.executable, str(root / "tools" / f"{name}.py"), *map(str, args)], cwd=root,
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, str(root / "tools" / f"{name}.py"), *map(str, args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 
 def test_tools_train_and_eval_on_the_gpu_backend(synthetic_coco, tmp_path):
     """--data-backend gpu end to end on CPU (train one short epoch, evaluate); --dali stays an alias."""
-    result = run_tool("train", "--data-path", synthetic_coco, "--save-folder", tmp_path, "--model", "ssdlite",
-                      "--backbone-weights", "none", "--epochs", 1, "--batch-size", 4, "--num-workers", 0,
-                      "--iters-per-epoch", 2, "--eval-batches", 1, "--data-backend", "gpu")
+    result = run_tool(
+        "train",
+        "--data-path",
+        synthetic_coco,
+        "--save-folder",
+        tmp_path,
+        "--model",
+        "ssdlite",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--iters-per-epoch",
+        2,
+        "--eval-batches",
+        1,
+        "--data-backend",
+        "gpu",
+    )
     assert "gpu data" in result.stdout and (tmp_path / "last.pt").is_file()
-    run_tool("eval", "--data-path", synthetic_coco, "--weights", tmp_path / "last.pt", "--batch-size", 4,
-             "--num-workers", 0, "--data-backend", "gpu", "--output", tmp_path / "d.json")
+    run_tool(
+        "eval",
+        "--data-path",
+        synthetic_coco,
+        "--weights",
+        tmp_path / "last.pt",
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--data-backend",
+        "gpu",
+        "--output",
+        tmp_path / "d.json",
+    )
     assert json.loads((tmp_path / "d.metrics.json").read_text())["images_evaluated"] == 8
-    spec = importlib.util.spec_from_file_location("train_tool", Path(__file__).resolve().parent.parent / "tools/train.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_tool", Path(__file__).resolve().parent.parent / "tools/train.py"
+    )
     train_tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_tool)
     assert train_tool.get_args(["--data-path", str(synthetic_coco), "--dali"]).data_backend == "dali"

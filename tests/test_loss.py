@@ -1,11 +1,12 @@
 """MultiBox loss against a straightforward per-image loop; autocast; an overfit test."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ssdfast import ops
-from ssdfast.data.coco import CocoDetection
 from ssdfast.data.batch import Collate
+from ssdfast.data.coco import CocoDetection
 from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
@@ -34,7 +35,9 @@ def random_problem(seed, batch=4, anchors=300, classes=6):
     locs = torch.randn(batch, anchors, 4, generator=g)
     confs = torch.randn(batch, anchors, classes + 1, generator=g) * 3
     offsets = torch.randn(batch, anchors, 4, generator=g)
-    labels = torch.randint(1, classes + 1, (batch, anchors), generator=g) * (torch.rand(batch, anchors, generator=g) < 0.05)
+    labels = torch.randint(1, classes + 1, (batch, anchors), generator=g) * (
+        torch.rand(batch, anchors, generator=g) < 0.05
+    )
     labels[1] = 0  # an image without positives contributes 0
     return locs, confs, offsets, labels
 
@@ -60,7 +63,9 @@ def test_half_precision_inputs_accumulate_in_fp32():
     assert low.total.dtype == torch.float32
     torch.testing.assert_close(low.total, MultiBoxLoss()(locs, confs, offsets, labels).total, rtol=2e-2, atol=2e-2)
     half = MultiBoxLoss()(locs.half(), confs.half(), offsets, labels)
-    torch.testing.assert_close(half.total, loop_oracle(locs.half(), confs.half(), offsets, labels), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        half.total, loop_oracle(locs.half(), confs.half(), offsets, labels), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow  # 100 training steps

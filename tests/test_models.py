@@ -1,4 +1,5 @@
 """Model shapes, parameter counts, memory formats, autocast, compile, gradient into the backbone."""
+
 import pytest
 import torch
 
@@ -70,8 +71,9 @@ def test_names_and_backbone_weight_errors(tmp_path, monkeypatch):
     reference = mobilenet_v2(weights=None)
     torch.save(reference.state_dict(), path)
     model = build_model("ssdlite", backbone_weights=str(path))
-    torch.testing.assert_close(model.feature_extractor.feature_extractor[3].conv[0][0].weight,
-                               reference.features[3].conv[0][0].weight)
+    torch.testing.assert_close(
+        model.feature_extractor.feature_extractor[3].conv[0][0].weight, reference.features[3].conv[0][0].weight
+    )
 
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")

@@ -1,14 +1,14 @@
 """Every op against its pure-PyTorch twin, hand-computed cases and torchvision; errors; opcheck; compile."""
+
 import zlib
 
 import pytest
 import torch
 import torchvision
+from conftest import CUDA, DEVICES, grid_boxes, random_boxes
 
 from ssdfast import ops, reference
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
-
-from conftest import CUDA, DEVICES, grid_boxes, random_boxes
 
 COMPILED = ops.LOAD_ERROR is None
 
@@ -56,8 +56,9 @@ def test_iou_empty(device):
 def test_encode_hand_computed():
     anchor = torch.tensor([[0.2, 0.2, 0.6, 0.4]])  # centre (0.4, 0.3), size (0.4, 0.2)
     box = torch.tensor([[0.3, 0.2, 0.5, 0.6]])  # centre (0.4, 0.4), size (0.2, 0.4)
-    expected = torch.tensor([[0.0, (0.4 - 0.3) / 0.2 / 0.1, torch.log(torch.tensor(0.5)) / 0.2,
-                              torch.log(torch.tensor(2.0)) / 0.2]])
+    expected = torch.tensor(
+        [[0.0, (0.4 - 0.3) / 0.2 / 0.1, torch.log(torch.tensor(0.5)) / 0.2, torch.log(torch.tensor(2.0)) / 0.2]]
+    )
     torch.testing.assert_close(ops.box_encode(box, anchor), expected)
 
 
@@ -116,8 +117,9 @@ def test_match_contested_anchor_goes_to_the_later_ground_truth(device):
     mask = torch.tensor([[True, True, False]], device=device)  # the third is padding
     assert ops.match(gt, mask, anchors, 0.5).tolist()[0][0] == 1
     gt_same = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]]], device=device)  # identical boxes
-    assert ops.match(gt_same, torch.ones(1, 2, dtype=torch.bool, device=device), anchors, 0.5).tolist() == \
-        [[-1, 1, -1, -1]]
+    assert ops.match(gt_same, torch.ones(1, 2, dtype=torch.bool, device=device), anchors, 0.5).tolist() == [
+        [-1, 1, -1, -1]
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -132,8 +134,9 @@ def test_match_encode_agrees_with_reference(device, case):
         gt = grid_boxes(B * G, g).view(B, G, 4)
         anchors = grid_boxes(500, g)  # anchors on the same grid: identical boxes, exact IoU ties
     elif case == "tiny_and_huge":
-        gt = torch.cat([random_boxes(B * G // 2, g, max_size=0.01), torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(
-            B * G // 2, 1)]).view(B, G, 4)
+        gt = torch.cat(
+            [random_boxes(B * G // 2, g, max_size=0.01), torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(B * G // 2, 1)]
+        ).view(B, G, 4)
     elif case == "one_covers_many":
         gt = torch.tensor([[0.1, 0.1, 0.9, 0.9]]).repeat(B * G, 1).view(B, G, 4)
     else:
@@ -141,7 +144,7 @@ def test_match_encode_agrees_with_reference(device, case):
         gt = random_boxes(B * G, g, max_size=0.2).view(B, G, 4)
     labels = torch.randint(1, 81, (B, G), generator=g)
     labels[0] = 0  # an image with no ground truth at all
-    labels[1, G // 2:] = 0  # padding
+    labels[1, G // 2 :] = 0  # padding
     labels[2, ::3] = 0  # padding in the middle
     gt, labels, anchors = gt.to(device), labels.to(device), anchors.to(device)
 
@@ -162,16 +165,17 @@ def test_match_encode_agrees_with_reference(device, case):
 
 def _claimed_by_later(gt, labels, anchors, j):
     """True if ground truth j lost its best anchor to a later one (the only way to own none)."""
-    best = reference.box_iou(gt[j:j + 1].cpu(), anchors.cpu()).argmax()
+    best = reference.box_iou(gt[j : j + 1].cpu(), anchors.cpu()).argmax()
     later = [k for k in range(j + 1, len(gt)) if labels[k] > 0]
-    return any(reference.box_iou(gt[k:k + 1].cpu(), anchors.cpu()).argmax() == best for k in later)
+    return any(reference.box_iou(gt[k : k + 1].cpu(), anchors.cpu()).argmax() == best for k in later)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_match_with_no_ground_truth_slots(device):
     anchors = hand_anchors().to(device)
-    offsets, labels = ops.match_encode(torch.zeros(2, 0, 4, device=device),
-                                       torch.zeros(2, 0, dtype=torch.long, device=device), anchors)
+    offsets, labels = ops.match_encode(
+        torch.zeros(2, 0, 4, device=device), torch.zeros(2, 0, dtype=torch.long, device=device), anchors
+    )
     assert offsets.shape == (2, 4, 4) and (offsets == 0).all() and (labels == 0).all()
 
 
@@ -202,7 +206,7 @@ def test_batched_nms_padded_matches_reference_and_torchvision(device):
         idx = torch.nonzero(valid).flatten()
         tv = idx[torchvision.ops.batched_nms(boxes[b][valid], scores[b][valid], classes[b][valid], 0.45)][:K]
         assert keep[b, : counts[b]].cpu().tolist() == tv.tolist()
-        assert (keep[b, counts[b]:] == -1).all()
+        assert (keep[b, counts[b] :] == -1).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,12 +223,19 @@ def test_batched_nms_padded_ties_and_identical_boxes(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_batched_nms_padded_empty_inputs(device):
-    keep, counts = ops.batched_nms_padded(torch.zeros(2, 0, 4, device=device), torch.zeros(2, 0, device=device),
-                                          torch.zeros(2, 0, dtype=torch.long, device=device), 0.5, 0.0, 7)
+    keep, counts = ops.batched_nms_padded(
+        torch.zeros(2, 0, 4, device=device),
+        torch.zeros(2, 0, device=device),
+        torch.zeros(2, 0, dtype=torch.long, device=device),
+        0.5,
+        0.0,
+        7,
+    )
     assert keep.shape == (2, 7) and (keep == -1).all() and (counts == 0).all()
     scores = torch.full((1, 4), 0.01, device=device)  # everything below the score threshold
-    keep, counts = ops.batched_nms_padded(torch.rand(1, 4, 4, device=device), scores,
-                                          torch.zeros(1, 4, dtype=torch.long, device=device), 0.5, 0.05, 3)
+    keep, counts = ops.batched_nms_padded(
+        torch.rand(1, 4, 4, device=device), scores, torch.zeros(1, 4, dtype=torch.long, device=device), 0.5, 0.05, 3
+    )
     assert (keep == -1).all() and counts.item() == 0
 
 
@@ -249,8 +260,12 @@ def test_clear_errors(device):
     with pytest.raises(RuntimeError, match="with A = 10"):
         ops.box_decode(torch.rand(2, 11, 4, device=d), anchors)
     with pytest.raises(RuntimeError, match=r"scores must have shape \[B, N\]"):
-        ops.batched_nms_padded(torch.rand(2, 5, 4, device=d), torch.rand(2, 6, device=d),
-                               torch.zeros(2, 6, dtype=torch.long, device=d), 0.5)
+        ops.batched_nms_padded(
+            torch.rand(2, 5, 4, device=d),
+            torch.rand(2, 6, device=d),
+            torch.zeros(2, 6, dtype=torch.long, device=d),
+            0.5,
+        )
     with pytest.raises(RuntimeError, match=r"iou_threshold must be in \[0, 1\]"):
         ops.nms(torch.rand(5, 4, device=d), torch.rand(5, device=d), 1.5)
 
@@ -261,8 +276,14 @@ def test_device_mismatch_is_a_clear_error():
     with pytest.raises(RuntimeError, match="must be on the same device"):
         torch.ops.ssdfast.box_iou(torch.rand(3, 4, device="cuda"), torch.rand(3, 4))
     with pytest.raises(RuntimeError, match="must be on the same device"):
-        torch.ops.ssdfast.match_encode(torch.rand(1, 2, 4, device="cuda"), torch.ones(1, 2, dtype=torch.long,
-                                       device="cuda"), torch.rand(5, 4), 0.5, 0.1, 0.2)
+        torch.ops.ssdfast.match_encode(
+            torch.rand(1, 2, 4, device="cuda"),
+            torch.ones(1, 2, dtype=torch.long, device="cuda"),
+            torch.rand(5, 4),
+            0.5,
+            0.1,
+            0.2,
+        )
 
 
 # ---------------------------------------------------------------- opcheck / compile
@@ -274,7 +295,12 @@ def _op_samples(device):
     boxes, scores = random_boxes(2 * 30, g, device=device).view(2, 30, 4), torch.rand(2, 30, generator=g).to(device)
     return {
         "box_iou": (anchors, gt[0]),
-        "box_encode": (gt.new_empty(2, 50, 4).copy_(random_boxes(100, g, device=device).view(2, 50, 4)), anchors, 0.1, 0.2),
+        "box_encode": (
+            gt.new_empty(2, 50, 4).copy_(random_boxes(100, g, device=device).view(2, 50, 4)),
+            anchors,
+            0.1,
+            0.2,
+        ),
         "box_decode": (torch.randn(2, 50, 4, generator=g).to(device), anchors, 0.1, 0.2),
         "match": (gt, labels > 0, anchors, 0.5),
         "match_encode": (gt, labels, anchors, 0.5, 0.1, 0.2),
@@ -303,9 +329,14 @@ def test_ops_under_torch_compile_fullgraph(device):
 
     g = torch.Generator().manual_seed(7)
     anchors = random_boxes(60, g, device=device)
-    inputs = (random_boxes(24, g, device=device).view(2, 12, 4), torch.randint(0, 5, (2, 12), generator=g).to(device),
-              anchors, 0.1 * torch.randn(2, 60, 4, generator=g).to(device), torch.rand(2, 60, generator=g).to(device),
-              torch.randint(0, 4, (2, 60), generator=g).to(device))
+    inputs = (
+        random_boxes(24, g, device=device).view(2, 12, 4),
+        torch.randint(0, 5, (2, 12), generator=g).to(device),
+        anchors,
+        0.1 * torch.randn(2, 60, 4, generator=g).to(device),
+        torch.rand(2, 60, generator=g).to(device),
+        torch.randint(0, 4, (2, 60), generator=g).to(device),
+    )
     compiled = torch.compile(targets_and_nms, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(*inputs), targets_and_nms(*inputs)):
         assert torch.equal(got, want)
@@ -422,8 +453,9 @@ def test_batched_nms_padded_any_class_ids_and_signed_zero_scores(device):
     ids = torch.tensor([-5, 0, 3, 90, 1023, 1024, 10**12])
     classes = ids[torch.randint(0, len(ids), (B, N), generator=g)]
     for threshold in (-1.0, 0.3):
-        keep, counts = ops.batched_nms_padded(boxes.to(device), scores.to(device), classes.to(device), 0.5,
-                                              threshold, N)
+        keep, counts = ops.batched_nms_padded(
+            boxes.to(device), scores.to(device), classes.to(device), 0.5, threshold, N
+        )
         ref_keep, ref_counts = reference.batched_nms_padded(boxes, scores, classes, 0.5, threshold, N)
         assert torch.equal(keep.cpu(), ref_keep) and torch.equal(counts.cpu(), ref_counts)
 
@@ -440,5 +472,6 @@ def test_decode_extremes_and_odd_shapes_close_to_reference(device):
     offsets[0, 0, 2, 2] = float("nan")
     offsets[0, 1, 3, 2:] = torch.tensor([440.0, -436.0])  # near the overflow / underflow limits
     offsets = offsets.to(device)
-    torch.testing.assert_close(ops.box_decode(offsets, anchors), reference.box_decode(offsets, anchors),
-                               rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(
+        ops.box_decode(offsets, anchors), reference.box_decode(offsets, anchors), rtol=1e-5, atol=1e-6, equal_nan=True
+    )

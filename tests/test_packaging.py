@@ -1,7 +1,9 @@
 """The Dockerfile, requirements and pyproject agree with each other."""
+
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

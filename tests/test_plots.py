@@ -1,5 +1,6 @@
 """The run's pictures: log.jsonl read as the run meant it, results.png and the PR plot written as images,
 and the batch grid drawing each ground-truth box in its class colour where the box is."""
+
 import json
 
 import cv2
@@ -10,11 +11,23 @@ from ssdfast.visualize import class_color
 
 
 def write_log(path):
-    records = [{"epoch": e, "iteration": i, "loss": 9 - e - i / 4, "loss_loc": 3.0, "loss_conf": 6 - e, "lr": 0.01}
-               for e in range(3) for i in range(4)]
+    records = [
+        {"epoch": e, "iteration": i, "loss": 9 - e - i / 4, "loss_loc": 3.0, "loss_conf": 6 - e, "lr": 0.01}
+        for e in range(3)
+        for i in range(4)
+    ]
     records.insert(6, {**records[5], "loss": 123.0})  # a kill after iteration 1 of epoch 1: logged again
-    records += [{"epoch": e, "loss": 8.0 - e, "loss_loc": 3.0, "loss_conf": 5.0 - e, "images_per_s": 10.0,
-                 **({"coco/AP": 0.1 * e, "coco/AP50": 0.2 * e} if e > 0 else {})} for e in range(3)]
+    records += [
+        {
+            "epoch": e,
+            "loss": 8.0 - e,
+            "loss_loc": 3.0,
+            "loss_conf": 5.0 - e,
+            "images_per_s": 10.0,
+            **({"coco/AP": 0.1 * e, "coco/AP50": 0.2 * e} if e > 0 else {}),
+        }
+        for e in range(3)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return path
 

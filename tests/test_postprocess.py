@@ -1,4 +1,5 @@
 """Batched post-processing against the seed-style per-image, per-class loop."""
+
 import torch
 
 from ssdfast import baselines
@@ -48,8 +49,9 @@ def test_max_det_truncation_and_topk():
     locs, confs, anchors = outputs(5)
     dets = postprocess(locs, confs, anchors, max_det=7, topk_per_class=50, nms_threshold=0.6)
     assert dets.boxes.shape == (3, 7, 4) and (dets.counts == 7).all()
-    assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, max_det=7, topk_per_class=50,
-                                                 nms_threshold=0.6), 7)
+    assert_same(
+        dets, baselines.postprocess_loop(locs, confs, anchors, max_det=7, topk_per_class=50, nms_threshold=0.6), 7
+    )
     assert (dets.scores[:, :-1] >= dets.scores[:, 1:]).all()
 
 
@@ -63,5 +65,6 @@ def test_empty_detections():
 def test_scale_to_image():
     boxes = torch.tensor([[[0.1, 0.2, 0.5, 1.0]], [[0.0, 0.0, 1.0, 1.0]]])
     sizes = torch.tensor([[100, 200], [480, 640]])  # (height, width)
-    torch.testing.assert_close(scale_to_image(boxes, sizes),
-                               torch.tensor([[[20.0, 20.0, 100.0, 100.0]], [[0.0, 0.0, 640.0, 480.0]]]))
+    torch.testing.assert_close(
+        scale_to_image(boxes, sizes), torch.tensor([[[20.0, 20.0, 100.0, 100.0]], [[0.0, 0.0, 640.0, 480.0]]])
+    )

@@ -1,6 +1,7 @@
 """Preemption: kills at random moments, signals, torchrun restarts and two-node rendezvous, full and
 read-only disks, hung ranks. The oracle is always an uninterrupted run of the same command: a resumed
 run must end with its weights (tools/train.py replays data order and augmentation from the seed)."""
+
 import json
 import os
 import random
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RESUMED_EPOCHS as EPOCHS
+from conftest import ROOT, free_port, resume_args, shared_once
 
-from conftest import RESUMED_EPOCHS as EPOCHS, ROOT, free_port, resume_args, shared_once
 from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -23,13 +25,16 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 def train_cmd(data, folder, *extra, epochs=EPOCHS, batch_size=4):
     """conftest's straight_run command (the oracle), with more flags."""
-    return [str(ROOT / "tools" / "train.py"),
-            *map(str, resume_args(data, folder, "--batch-size", batch_size, *extra, epochs=epochs))]
+    return [
+        str(ROOT / "tools" / "train.py"),
+        *map(str, resume_args(data, folder, "--batch-size", batch_size, *extra, epochs=epochs)),
+    ]
 
 
 def run(cmd, prefix=(sys.executable,), env=None, check=True):
-    result = subprocess.run([*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -41,8 +46,15 @@ class Started(subprocess.Popen):
     def __init__(self, cmd, prefix=(sys.executable,), env=None, session=False):
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ssdfast_run_{time.time_ns()}.log"
         with open(self.log, "w") as out:  # session: its own process group, to signal it with its workers
-            super().__init__([*prefix, *cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, **(env or {})}, start_new_session=session)
+            super().__init__(
+                [*prefix, *cmd],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **(env or {})},
+                start_new_session=session,
+            )
 
     def output(self, timeout=600) -> str:
         """Wait for the end; everything it printed."""
@@ -106,9 +118,14 @@ def straight(straight_run):
 @pytest.fixture(scope="session")
 def straight_ddp(synthetic_coco, tmp_path_factory):
     """The uninterrupted 2-process run (torchrun, gloo)."""
-    return shared_once(tmp_path_factory, "straight_ddp", lambda folder: run(
-        train_cmd(synthetic_coco, folder, batch_size=2),
-        prefix=[*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}"]))
+    return shared_once(
+        tmp_path_factory,
+        "straight_ddp",
+        lambda folder: run(
+            train_cmd(synthetic_coco, folder, batch_size=2),
+            prefix=[*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}"],
+        ),
+    )
 
 
 KILL_IN_REPLACE = """
@@ -152,7 +169,9 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     if first is None:  # nothing to resume from: a fresh start
         assert "resuming from" not in result.stdout, f"seed {seed}: {result.stdout[-2000:]}"
     else:
-        assert f"continuing with iteration {first[1]} (0-based)" in result.stdout, f"seed {seed}: {result.stdout[-2000:]}"
+        assert f"continuing with iteration {first[1]} (0-based)" in result.stdout, (
+            f"seed {seed}: {result.stdout[-2000:]}"
+        )
     assert list(folder.glob(".last.pt.*.tmp")), f"seed {seed}: the kill did not land inside a write"
     second = position(folder) or (0, 0)
     assert second >= (first or (0, 0)), f"seed {seed}"  # the killed write left last.pt as it was
@@ -160,8 +179,11 @@ def test_sigkill_at_three_moments_resumes_to_the_uninterrupted_weights(straight,
     logged = (folder / "log.jsonl").read_text()  # the killed runs' lines: run 2 may have logged epoch 1 already
     process = start(cmd)  # 3: a random moment of epoch 1
     after = rng.randint(1, 4)
-    wait_for(lambda: '"epoch": 1, "iteration": %d' % (after - 1) in (folder / "log.jsonl").read_text()[len(logged):],
-             process, f"epoch 1 iteration {after - 1}")
+    wait_for(
+        lambda: f'"epoch": 1, "iteration": {after - 1}' in (folder / "log.jsonl").read_text()[len(logged) :],
+        process,
+        f"epoch 1 iteration {after - 1}",
+    )
     time.sleep(rng.uniform(0, 0.2))
     process.kill()
     output = process.output()
@@ -243,8 +265,9 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(straight_ddp, sy
     """SIGTERM to rank 1 only: through the per-step agreement both ranks stop after the same step, rank 0
     saves, both exit 75 (none left waiting in an all-reduce); the rerun resumes there."""
     folder = tmp_path / "ddp_signal"
-    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 60,
-                    batch_size=2)
+    cmd = train_cmd(
+        synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 60, batch_size=2
+    )
     prefix = [*TORCHRUN, "--nproc_per_node=2", "--max-restarts=0", f"--master_port={free_port()}"]
     launcher = start(cmd, prefix=prefix)
     log = folder / "log.jsonl"
@@ -266,12 +289,24 @@ def test_two_launchers_as_two_nodes_train_and_resume(straight_ddp, synthetic_coc
     folder = tmp_path / "two_nodes"
     endpoint = f"127.0.0.1:{free_port()}"
     for epochs in (1, EPOCHS):
-        prefix = [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-                  f"--rdzv-id=nodes{epochs}"]
+        prefix = [
+            *TORCHRUN,
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id=nodes{epochs}",
+        ]
         # OMP_NUM_THREADS=1 as torchrun sets it for the 2-process run (with one process per launcher it
         # does not): another thread count changes the float summation order, and so the weights.
-        nodes = [start(train_cmd(synthetic_coco, folder, "--dist-timeout", 60, epochs=epochs, batch_size=2),
-                       prefix=prefix, env={"OMP_NUM_THREADS": "1"}) for _ in range(2)]
+        nodes = [
+            start(
+                train_cmd(synthetic_coco, folder, "--dist-timeout", 60, epochs=epochs, batch_size=2),
+                prefix=prefix,
+                env={"OMP_NUM_THREADS": "1"},
+            )
+            for _ in range(2)
+        ]
         outputs = [node.output() for node in nodes]
         assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert "epoch 0 done, continuing at epoch 1" in "".join(outputs)
@@ -282,8 +317,9 @@ def test_a_hung_rank_ends_the_job_within_the_timeout(synthetic_coco, tmp_path):
     """A rank that stops answering (SIGSTOP) without dying: the other one fails its collective after
     --dist-timeout and says so (exit 3) instead of waiting forever."""
     folder = tmp_path / "hung"
-    cmd = train_cmd(synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 10,
-                    batch_size=2)
+    cmd = train_cmd(
+        synthetic_coco, folder, "--checkpoint-every", 0, "--log-every", 1, "--dist-timeout", 10, batch_size=2
+    )
     launcher = start(cmd, prefix=[*TORCHRUN, "--nproc_per_node=2", "--max-restarts=0", f"--master_port={free_port()}"])
     log = folder / "log.jsonl"
     wait_for(lambda: log.exists() and log.read_text().count("iteration") >= 1, launcher, "one iteration")
@@ -339,7 +375,9 @@ def test_save_checkpoint_errors_name_the_folder(tiny_tmpfs, monkeypatch, tmp_pat
     before = (folder / "a.pt").read_bytes()
     # The write itself fails (the free-space check is fooled): still the named error, nothing left behind.
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 2**40})())
-    with pytest.raises(CheckpointError, match=f"cannot write checkpoint a.pt to {folder}: .*the previous one is intact"):
+    with pytest.raises(
+        CheckpointError, match=f"cannot write checkpoint a.pt to {folder}: .*the previous one is intact"
+    ):
         save_checkpoint(folder / "a.pt", {"big": torch.zeros(1_000_000)})
     assert (folder / "a.pt").read_bytes() == before and not list(folder.glob(".*.tmp"))
     monkeypatch.undo()

@@ -12,6 +12,7 @@ PyTorch path within MEAN_TOL on average and within one level on 99% of the value
 row/column may differ more when shrinking (DALI extends the image at its border, PIL renormalises the
 cut filter: ssdfast/data/dali.py `resize`).
 """
+
 import json
 
 import cv2
@@ -42,17 +43,28 @@ def detailed_image(kind: str, width: int, height: int, seed: int = 0) -> np.ndar
     if kind == "text":
         for i, y in enumerate(range(15, height, 22)):
             color = tuple(int(c) for c in rng.integers(0, 200, 3))
-            cv2.putText(image, "SSD 300 fast quick brown fox 0123456789"[i % 7:], (2, y), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.6, color, 1, cv2.LINE_8)
+            cv2.putText(
+                image,
+                "SSD 300 fast quick brown fox 0123456789"[i % 7 :],
+                (2, y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.6,
+                color,
+                1,
+                cv2.LINE_8,
+            )
         return image
     for _ in range(40):  # edges: hard-edged rectangles (filled and outlined) and 1-pixel lines
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         w, h = int(rng.integers(5, width // 2)), int(rng.integers(5, height // 2))
-        cv2.rectangle(image, (x, y), (x + w, y + h), tuple(int(c) for c in rng.integers(0, 256, 3)),
-                      int(rng.choice([-1, 1, 2])))
+        cv2.rectangle(
+            image, (x, y), (x + w, y + h), tuple(int(c) for c in rng.integers(0, 256, 3)), int(rng.choice([-1, 1, 2]))
+        )
     for _ in range(30):
         p, q = rng.integers(0, [width, height], size=(2, 2))
-        cv2.line(image, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), tuple(int(c) for c in rng.integers(0, 256, 3)), 1)
+        cv2.line(
+            image, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), tuple(int(c) for c in rng.integers(0, 256, 3)), 1
+        )
     return image
 
 
@@ -67,10 +79,19 @@ def detailed_coco(tmp_path_factory):
         name = f"{kind}_{width}x{height}.png"
         cv2.imwrite(str(root / "val2017" / name), cv2.cvtColor(detailed_image(kind, width, height), cv2.COLOR_RGB2BGR))
         images.append({"id": i, "file_name": name, "width": width, "height": height})
-        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [width / 4, height / 4, width / 2, height / 2],
-                     "area": width * height / 4, "iscrowd": 0})
+        anns.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "bbox": [width / 4, height / 4, width / 2, height / 2],
+                "area": width * height / 4,
+                "iscrowd": 0,
+            }
+        )
     (root / "annotations" / "instances_val2017.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]})
+    )
     return root
 
 

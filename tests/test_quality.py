@@ -4,6 +4,7 @@ The oracle is tools/train.py's own argument parser: what it reads from the demo'
 what benchmarks/older_recipe.py's parser reads from the command quality.py builds for the older code.
 (Training the older code needs a clone of it, which the tests do not have.)
 """
+
 import sys
 from pathlib import Path
 
@@ -29,5 +30,9 @@ def test_older_gets_the_demo_recipe(tmp_path):
 
 def test_recipe_flags_reads_multi_value_flags():
     cmd = ["python", "tools/train.py", "--epochs", "8", "--multistep", "4", "6", "--channels-last", "--lr", "0.1"]
-    assert quality.recipe_flags(cmd) == {"--epochs": ["8"], "--multistep": ["4", "6"], "--channels-last": [],
-                                         "--lr": ["0.1"]}
+    assert quality.recipe_flags(cmd) == {
+        "--epochs": ["8"],
+        "--multistep": ["4", "6"],
+        "--channels-last": [],
+        "--lr": ["0.1"],
+    }

@@ -1,4 +1,5 @@
 """The tools end to end on CPU: train, resume after SIGKILL, DDP (torchrun, gloo), eval, detect, bad inputs."""
+
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import torch
 
 # tool, train_args: new test files may import them from here too
 from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, train_args  # noqa: F401
+
 from ssdfast.checkpoint import load_checkpoint
 from ssdfast.inference import load_detector
 
@@ -39,14 +41,26 @@ def test_two_epoch_training(trained):
 def test_eval_tool(trained, synthetic_coco, tmp_path):
     folder = tmp_path  # eval writes beside the weights: a copy of them, the shared run stays as it is
     (folder / "last.pt").write_bytes((trained[0] / "last.pt").read_bytes())
-    result = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--batch-size", 3,
-                  "--num-workers", 0)
+    result = tool(
+        "eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--batch-size", 3, "--num-workers", 0
+    )
     assert "Average Recall" in result.stdout
     metrics = json.loads((folder / "metrics_val.json").read_text())
     assert metrics["images_evaluated"] == metrics["distinct_images_evaluated"] == 8
     assert set(metrics) >= {"AP", "AP50", "AP75", "AP_small", "AR1", "AR100", "AR_large"}
-    fast = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--num-workers", 0,
-                "--backend", "faster-coco-eval", "--output", folder / "fast_detections.json")
+    fast = tool(
+        "eval",
+        "--data-path",
+        synthetic_coco,
+        "--weights",
+        folder / "last.pt",
+        "--num-workers",
+        0,
+        "--backend",
+        "faster-coco-eval",
+        "--output",
+        folder / "fast_detections.json",
+    )
     fast_metrics = json.loads((folder / "fast_detections.metrics.json").read_text())
     assert abs(fast_metrics["AP"] - metrics["AP"]) < 1e-6, fast.stdout
 
@@ -55,8 +69,17 @@ def test_detect_tool_on_image_folder_glob_and_video(trained, synthetic_coco, tmp
     folder, _ = trained
     weights = folder / "last.pt"
     images = sorted((synthetic_coco / "val2017").glob("*.jpg"))
-    tool("detect", "--weights", weights, "--input", images[0], "--output", tmp_path / "one.jpg",
-         "--score-threshold", 0.05)
+    tool(
+        "detect",
+        "--weights",
+        weights,
+        "--input",
+        images[0],
+        "--output",
+        tmp_path / "one.jpg",
+        "--score-threshold",
+        0.05,
+    )
     assert cv2.imread(str(tmp_path / "one.jpg")).shape == cv2.imread(str(images[0])).shape
     report = json.loads((tmp_path / "one.json").read_text())
     assert list(report) == [str(images[0])]
@@ -80,23 +103,41 @@ def test_detect_tool_on_image_folder_glob_and_video(trained, synthetic_coco, tmp
 
 def test_tools_reject_bad_inputs(trained, synthetic_coco, tmp_path):
     folder, _ = trained
-    missing = tool("detect", "--weights", tmp_path / "nope.pt", "--input", "x.jpg", "--output", tmp_path / "o.jpg",
-                   check=False)
+    missing = tool(
+        "detect", "--weights", tmp_path / "nope.pt", "--input", "x.jpg", "--output", tmp_path / "o.jpg", check=False
+    )
     assert missing.returncode == 1 and "checkpoint not found" in missing.stderr
-    no_input = tool("detect", "--weights", folder / "last.pt", "--input", tmp_path / "missing.jpg", "--output",
-                    tmp_path / "o.jpg", check=False)
+    no_input = tool(
+        "detect",
+        "--weights",
+        folder / "last.pt",
+        "--input",
+        tmp_path / "missing.jpg",
+        "--output",
+        tmp_path / "o.jpg",
+        check=False,
+    )
     assert no_input.returncode == 1 and "no input images found" in no_input.stderr
     (tmp_path / "broken.mp4").write_bytes(os.urandom(2000))
-    broken = tool("detect", "--weights", folder / "last.pt", "--input", tmp_path / "broken.mp4", "--output",
-                  tmp_path / "o.mp4", check=False)
+    broken = tool(
+        "detect",
+        "--weights",
+        folder / "last.pt",
+        "--input",
+        tmp_path / "broken.mp4",
+        "--output",
+        tmp_path / "o.mp4",
+        check=False,
+    )
     assert broken.returncode == 1 and "broken.mp4" in broken.stderr
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     bad = tool("eval", "--data-path", synthetic_coco, "--weights", tmp_path / "bad.pt", check=False)
     assert bad.returncode == 1 and "cannot read checkpoint" in bad.stderr
     no_data = tool("train", *train_args(tmp_path / "nowhere", tmp_path / "r", 1), check=False)
     assert no_data.returncode != 0 and "instances_train2017.json" in no_data.stderr
-    graphs = tool("train", *train_args(synthetic_coco, tmp_path / "g", 1, "--cuda-graphs", "--device", "cpu"),
-                  check=False)
+    graphs = tool(
+        "train", *train_args(synthetic_coco, tmp_path / "g", 1, "--cuda-graphs", "--device", "cpu"), check=False
+    )
     assert graphs.returncode != 0 and "--cuda-graphs needs a CUDA device" in graphs.stderr
 
 
@@ -139,8 +180,18 @@ def test_ddp_two_processes_on_cpu(synthetic_coco, tmp_path):
     tool("train", *train_args(synthetic_coco, tmp_path / "ddp", 1, "--batch-size", 2), prefix=torchrun)
     model, meta = load_detector(tmp_path / "ddp" / "last.pt")
     assert meta["num_classes"] == 3 and meta["epoch"] == 0
-    result = tool("eval", "--data-path", synthetic_coco, "--weights", tmp_path / "ddp" / "last.pt", "--batch-size", 3,
-                  "--num-workers", 0, prefix=torchrun)
+    result = tool(
+        "eval",
+        "--data-path",
+        synthetic_coco,
+        "--weights",
+        tmp_path / "ddp" / "last.pt",
+        "--batch-size",
+        3,
+        "--num-workers",
+        0,
+        prefix=torchrun,
+    )
     metrics = json.loads((tmp_path / "ddp" / "metrics_val.json").read_text())
     assert metrics["images_evaluated"] == metrics["distinct_images_evaluated"] == 8, result.stdout
 
@@ -154,8 +205,12 @@ def test_cuda_graph_training_with_loader_threads(synthetic_coco, tmp_path, data)
     extra = ["--num-workers", 4, "--dali"] if data == "dali" else ["--num-workers", 4]
     if data == "dali":
         pytest.importorskip("nvidia.dali")
-    result = tool("train", *train_args(synthetic_coco, tmp_path, 2, "--amp", "--cuda-graphs", *extra,
-                                       "--iters-per-epoch", 3, "--eval-every", 2))
+    result = tool(
+        "train",
+        *train_args(
+            synthetic_coco, tmp_path, 2, "--amp", "--cuda-graphs", *extra, "--iters-per-epoch", 3, "--eval-every", 2
+        ),
+    )
     assert "cuda graphs True" in result.stdout and "epoch 1:" in result.stdout
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
 
@@ -164,7 +219,18 @@ def test_training_and_eval_print_the_same_ap_for_one_checkpoint(trained, synthet
     """One default for each SSD constant: the per-epoch evaluation of train.py and eval.py agree."""
     folder, _ = trained
     epochs = [r for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "iteration" not in r]
-    result = tool("eval", "--data-path", synthetic_coco, "--weights", folder / "last.pt", "--batch-size", 4,
-                  "--num-workers", 0, "--output", tmp_path / "d.json")
+    result = tool(
+        "eval",
+        "--data-path",
+        synthetic_coco,
+        "--weights",
+        folder / "last.pt",
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--output",
+        tmp_path / "d.json",
+    )
     metrics = json.loads((tmp_path / "d.metrics.json").read_text())
     assert abs(metrics["AP"] - epochs[-1]["coco/AP"]) < 1e-9, result.stdout

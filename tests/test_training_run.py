@@ -2,6 +2,7 @@
 the weights of an uninterrupted run; best.pt follows the best AP; a stop before any step trains nothing.
 The oracle is an uninterrupted run of the same arguments (tests/test_preemption.py does the same
 through subprocesses and signals)."""
+
 import sys
 from pathlib import Path
 
@@ -23,10 +24,37 @@ import train  # noqa: E402  (tools/train.py: its argument parser makes the runs'
 
 def arguments(data, folder, *extra, epochs=1):
     """A tiny run: SSDLite from scratch, 2 steps of 4 images per epoch, no evaluation."""
-    args = train.get_args(["--data-path", str(data), "--save-folder", str(folder), "--model", "ssdlite",
-                           "--backbone-weights", "none", "--epochs", str(epochs), "--iters-per-epoch", "2",
-                           "--batch-size", "4", "--num-workers", "0", "--lr", "0.05", "--log-every", "1",
-                           "--eval-every", "0", "--checkpoint-every", "0", "--seed", "5", *map(str, extra)])
+    args = train.get_args(
+        [
+            "--data-path",
+            str(data),
+            "--save-folder",
+            str(folder),
+            "--model",
+            "ssdlite",
+            "--backbone-weights",
+            "none",
+            "--epochs",
+            str(epochs),
+            "--iters-per-epoch",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--lr",
+            "0.05",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--checkpoint-every",
+            "0",
+            "--seed",
+            "5",
+            *map(str, extra),
+        ]
+    )
     args.model = canonical_name(args.model)
     return args
 
@@ -62,7 +90,8 @@ def uninterrupted(synthetic_coco, tmp_path_factory):
 
 
 def test_a_stop_mid_epoch_saves_the_position_and_a_new_run_resumes_to_the_same_weights(
-        uninterrupted, synthetic_coco, tmp_path, capsys):
+    uninterrupted, synthetic_coco, tmp_path, capsys
+):
     args = arguments(synthetic_coco, tmp_path)
     assert started(StopsDuringStep(args, stop_at_step=1)).train() == EXIT_STOPPED
     assert "stopped (SIGTERM) at epoch 0, iteration 1:" in capsys.readouterr().out
@@ -84,8 +113,9 @@ def test_a_stop_mid_epoch_saves_the_position_and_a_new_run_resumes_to_the_same_w
 def test_best_pt_only_when_the_ap_improves_and_before_last_pt(synthetic_coco, tmp_path, monkeypatch):
     written = []
     save = run_module.save_checkpoint
-    monkeypatch.setattr(run_module, "save_checkpoint", lambda path, state: (written.append(Path(path).name),
-                                                                            save(path, state)))
+    monkeypatch.setattr(
+        run_module, "save_checkpoint", lambda path, state: (written.append(Path(path).name), save(path, state))
+    )
     run = started(TrainingRun(arguments(synthetic_coco, tmp_path, epochs=4)))
     log_line = run.log.record
     run.log.record = lambda record: (written.append(f"log {record['epoch']}"), log_line(record))
@@ -93,8 +123,18 @@ def test_best_pt_only_when_the_ap_improves_and_before_last_pt(synthetic_coco, tm
         run.save_epoch(epoch, {"epoch": epoch, "coco/AP": ap})
     run.save_epoch(3, {"epoch": 3})  # not evaluated: no AP, no best.pt
     run.log.close()
-    assert written == ["best.pt", "last.pt", "log 0", "last.pt", "log 1", "best.pt", "last.pt", "log 2",
-                       "last.pt", "log 3"]
+    assert written == [
+        "best.pt",
+        "last.pt",
+        "log 0",
+        "last.pt",
+        "log 1",
+        "best.pt",
+        "last.pt",
+        "log 2",
+        "last.pt",
+        "log 3",
+    ]
     best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
     assert (best["epoch"], best["best_ap"]) == (2, 0.3) and (last["epoch"], last["best_ap"]) == (3, 0.3)
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4

@@ -1,12 +1,25 @@
 """The training augmentation's fast pieces against their obvious twins: the vectorised crop test
 against a loop over windows, OpenCV's uint8 colour jitter against the float32 formulas, and the
 uint8 sample normalised on the device against the float path."""
+
 import numpy as np
 import pytest
 import torch
 
-from ssdfast.data.transforms import (CROP_TRIALS, SSDTransform, adjust_bcs, adjust_bcs_reference, apply_crop, color_jitter,
-                                     draw_crops, normalise, random_crop, to_tensor, valid_crops, valid_crops_loop)
+from ssdfast.data.transforms import (
+    CROP_TRIALS,
+    SSDTransform,
+    adjust_bcs,
+    adjust_bcs_reference,
+    apply_crop,
+    color_jitter,
+    draw_crops,
+    normalise,
+    random_crop,
+    to_tensor,
+    valid_crops,
+    valid_crops_loop,
+)
 
 SEEDS = range(20)
 

@@ -1,6 +1,7 @@
 """Data a user hands us is not trusted: a failure with loader workers alive ends the run (no hang, no
 orphans), images are capped in pixels from their header before decoding, image paths stay inside
 the image folder."""
+
 import json
 import os
 import shutil
@@ -14,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-
-from ssdfast.data import CocoDetection, build_loader, read_image, write_synthetic_coco
 from test_bad_input import fake_weights, names_of
 from test_data import needs_dali
 from test_tools import tool
+
+from ssdfast.data import CocoDetection, build_loader, read_image, write_synthetic_coco
 
 ROOT = Path(__file__).resolve().parent.parent
 OVER_CAP = "images over the pixel cap (--max-pixels)"
@@ -89,10 +90,21 @@ def run_injected(tmp_path, point: str, cmd: list, timeout: float = 120):
     shim.mkdir(exist_ok=True)
     (shim / "sitecustomize.py").write_text(INJECT)
     log = tmp_path / f"inject_{point}.json"
-    env = {**os.environ, "INJECT": point, "INJECT_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, *map(str, cmd)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {
+        **os.environ,
+        "INJECT": point,
+        "INJECT_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, *map(str, cmd)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -113,9 +125,29 @@ def run_injected(tmp_path, point: str, cmd: list, timeout: float = 120):
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["load", "step", "evaluation"])
 def test_a_training_failure_with_workers_ends_within_seconds(point, synthetic_coco, tmp_path):
-    cmd = [ROOT / "tools" / "train.py", "--data-path", synthetic_coco, "--save-folder", tmp_path / "run",
-           "--model", "ssdlite", "--backbone-weights", "none", "--epochs", 1, "--batch-size", 2,
-           "--num-workers", 2, "--iters-per-epoch", 2, "--eval-batches", 1, "--log-every", 1]
+    cmd = [
+        ROOT / "tools" / "train.py",
+        "--data-path",
+        synthetic_coco,
+        "--save-folder",
+        tmp_path / "run",
+        "--model",
+        "ssdlite",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        1,
+        "--batch-size",
+        2,
+        "--num-workers",
+        2,
+        "--iters-per-epoch",
+        2,
+        "--eval-batches",
+        1,
+        "--log-every",
+        1,
+    ]
     code, output, record, took = run_injected(tmp_path, point, cmd)
     assert code == 1 and f"RuntimeError: injected failure at {point}" in output, output[-3000:]
     assert took < 30, f"{point}: {took:.1f} s from the error's report to the exit"
@@ -129,8 +161,19 @@ def test_a_training_failure_with_workers_ends_within_seconds(point, synthetic_co
 @pytest.mark.parametrize("point", ["load", "step", "evaluation"])
 def test_an_evaluation_failure_with_workers_ends_within_seconds(point, synthetic_coco, tmp_path):
     weights = fake_weights(tmp_path / "w.pt", names_of(synthetic_coco))
-    cmd = [ROOT / "tools" / "eval.py", "--data-path", synthetic_coco, "--weights", weights, "--batch-size", 2,
-           "--num-workers", 2, "--output", tmp_path / "out" / "detections.json"]
+    cmd = [
+        ROOT / "tools" / "eval.py",
+        "--data-path",
+        synthetic_coco,
+        "--weights",
+        weights,
+        "--batch-size",
+        2,
+        "--num-workers",
+        2,
+        "--output",
+        tmp_path / "out" / "detections.json",
+    ]
     code, output, record, took = run_injected(tmp_path, point, cmd)
     assert code == 1 and f"RuntimeError: injected failure at {point}" in output, output[-3000:]
     assert took < 30, f"{point}: {took:.1f} s from the error's report to the exit"
@@ -143,7 +186,7 @@ def claimed_jpeg(path, width: int, height: int) -> Path:
     _, encoded = cv2.imencode(".jpg", np.full((8, 8, 3), 100, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
     raw = bytearray(encoded.tobytes())
     sof = raw.find(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
-    raw[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    raw[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     Path(path).write_bytes(raw)
     return Path(path)
 
@@ -180,27 +223,74 @@ def test_train_eval_detect_skip_and_count_images_over_the_cap(tmp_path):
     for split in ("train", "val"):
         claimed_jpeg(first_image(root, split), 65500, 65500)
     run = tmp_path / "run"
-    trained = tool("train", "--data-path", root, "--save-folder", run, "--model", "ssdlite", "--backbone-weights",
-                   "none", "--epochs", 1, "--batch-size", 4, "--num-workers", 0, "--log-every", 1)
+    trained = tool(
+        "train",
+        "--data-path",
+        root,
+        "--save-folder",
+        run,
+        "--model",
+        "ssdlite",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--num-workers",
+        0,
+        "--log-every",
+        1,
+    )
     assert "warning: epoch 0: 1 unreadable image(s) skipped" in trained.stdout, trained.stdout[-2000:]
     assert "1 unreadable image(s) left out of evaluation" in trained.stdout
 
     val = sorted((root / "val2017").glob("*.jpg"))
     pixels = {p: Image.open(p).size[0] * Image.open(p).size[1] for p in val if p != first_image(root, "val")}
     cap = sorted(pixels.values())[1]  # two images at or under it; the third and the bomb over it
-    evaluated = tool("eval", "--data-path", root, "--weights", run / "last.pt", "--num-workers", 0,
-                     "--max-pixels", cap, "--output", tmp_path / "eval" / "d.json")
+    evaluated = tool(
+        "eval",
+        "--data-path",
+        root,
+        "--weights",
+        run / "last.pt",
+        "--num-workers",
+        0,
+        "--max-pixels",
+        cap,
+        "--output",
+        tmp_path / "eval" / "d.json",
+    )
     metrics = json.loads((tmp_path / "eval" / "d.metrics.json").read_text())
     assert metrics["images_evaluated"] == sum(n <= cap for n in pixels.values()) == 2
     assert f"{len(val) - 2} unreadable image(s) left out of evaluation" in evaluated.stdout
 
-    detected = tool("detect", "--weights", run / "last.pt", "--input", root / "val2017", "--output", tmp_path / "drawn",
-                    "--max-pixels", cap)
+    detected = tool(
+        "detect",
+        "--weights",
+        run / "last.pt",
+        "--input",
+        root / "val2017",
+        "--output",
+        tmp_path / "drawn",
+        "--max-pixels",
+        cap,
+    )
     report = json.loads((tmp_path / "drawn" / "detections.json").read_text())
     assert sorted(report) == sorted(str(p) for p, n in pixels.items() if n <= cap)
     assert f"cannot read image {first_image(root, 'val')}" in detected.stderr and "Traceback" not in detected.stderr
-    refused = tool("detect", "--weights", run / "last.pt", "--input", val[0], "--output", tmp_path / "x.jpg",
-                   "--max-pixels", 0, check=False)
+    refused = tool(
+        "detect",
+        "--weights",
+        run / "last.pt",
+        "--input",
+        val[0],
+        "--output",
+        tmp_path / "x.jpg",
+        "--max-pixels",
+        0,
+        check=False,
+    )
     assert refused.returncode == 2 and "--max-pixels: must be an integer in [1, 178956970], got 0" in refused.stderr
 
 

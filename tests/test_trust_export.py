@@ -6,6 +6,7 @@ One small model serves all: SSDLite whose class heads output constants (weights 
 every location of a feature map gets exactly the same scores: the exact ties of a young model, on which
 ONNX Runtime and PyTorch keep different boxes.
 """
+
 import io
 import json
 import os
@@ -25,8 +26,12 @@ from ssdfast.postprocess import postprocess
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
-META = {"model_name": "ssdlite300_mobilenetv2", "num_classes": 3, "category_names": ["a", "b", "c"],
-        "category_ids": [1, 2, 3]}
+META = {
+    "model_name": "ssdlite300_mobilenetv2",
+    "num_classes": 3,
+    "category_names": ["a", "b", "c"],
+    "category_ids": [1, 2, 3],
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,17 @@ def tied(tmp_path_factory):
             head[-1].weight.zero_()
             head[-1].bias.copy_(torch.randn(head[-1].bias.shape, generator=generator))
     for fmt, suffix in (("onnx", ".onnx"), ("torch-export", ".pt2")):
-        info = export(model, META, fmt, folder / f"m{suffix}", batch=None, with_nms=True, score_threshold=0.05,
-                      nms_threshold=0.45, max_det=200)
+        info = export(
+            model,
+            META,
+            fmt,
+            folder / f"m{suffix}",
+            batch=None,
+            with_nms=True,
+            score_threshold=0.05,
+            nms_threshold=0.45,
+            max_det=200,
+        )
     return folder, model, info
 
 
@@ -102,8 +116,10 @@ def test_the_tools_refuse_a_crafted_pt2(tied, synthetic_coco, tmp_path, name):
     marker = tmp_path / "MARKER"
     bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", "sample_inputs", marker)
     image = min((synthetic_coco / "val2017").glob("*.jpg"))
-    args = {"eval": ["--data-path", synthetic_coco, "--num-workers", 0, "--output", tmp_path / "d.json"],
-            "detect": ["--input", image, "--output", tmp_path / "o.jpg"]}[name]
+    args = {
+        "eval": ["--data-path", synthetic_coco, "--num-workers", 0, "--output", tmp_path / "d.json"],
+        "detect": ["--input", image, "--output", tmp_path / "o.jpg"],
+    }[name]
     run = tool(name, "--weights", bad, *args, check=False)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 1 and len(errors) == 1 and "is refused" in errors[0], run.stderr[-2000:]
@@ -159,8 +175,10 @@ def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
         stamp(dst)
 
 
-@pytest.mark.parametrize("key,value", [("with_nms", None), ("score_threshold", 2.0), ("num_classes", "3"),
-                                       ("category_names", ["a"]), ("max_det", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("with_nms", None), ("score_threshold", 2.0), ("num_classes", "3"), ("category_names", ["a"]), ("max_det", 0)],
+)
 def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
     from ssdfast.export_metadata import ExportMetadataError
 
@@ -170,9 +188,19 @@ def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
     edit_onnx_metadata(tied[0] / "m.onnx", tmp_path / "m.onnx", edit, restamp=True)
     with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
         Deployed(tmp_path / "m.onnx")
-    rewrite_zip(tied[0] / "m.pt2", tmp_path / "m.pt2", lambda name, data: json.dumps(
-        {k: v for k, v in json.loads(data).items() if k != key} if value is None else {**json.loads(data), key: value}
-    ).encode() if name == "extra/ssdfast.json" else data)
+    rewrite_zip(
+        tied[0] / "m.pt2",
+        tmp_path / "m.pt2",
+        lambda name, data: (
+            json.dumps(
+                {k: v for k, v in json.loads(data).items() if k != key}
+                if value is None
+                else {**json.loads(data), key: value}
+            ).encode()
+            if name == "extra/ssdfast.json"
+            else data
+        ),
+    )
     with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
         Deployed(tmp_path / "m.pt2")
 
@@ -180,7 +208,9 @@ def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
 def test_onnx_metadata_edited_without_a_new_hash_is_refused(tied, tmp_path):
     from ssdfast.onnx_digest import ExportIntegrityError
 
-    edit_onnx_metadata(tied[0] / "m.onnx", tmp_path / "m.onnx", lambda info: info.update(score_threshold=0.5), restamp=False)
+    edit_onnx_metadata(
+        tied[0] / "m.onnx", tmp_path / "m.onnx", lambda info: info.update(score_threshold=0.5), restamp=False
+    )
     with pytest.raises(ExportIntegrityError):
         Deployed(tmp_path / "m.onnx")
     model = onnx.load(str(tied[0] / "m.onnx"))
@@ -230,12 +260,15 @@ def boxes_and_scores(*rows):
     return boxes, torch.tensor([[s] for _, s in rows])
 
 
-@pytest.mark.parametrize("kept,valid", [
-    ([0, 2], True),  # greedy: A keeps, suppresses B; C overlaps only B (dropped), so C stays
-    ([1], False),  # B kept but A, stronger, neither kept nor suppressed
-    ([0], False),  # C missing: the only box overlapping it enough (B) was dropped
-    ([0, 1, 2], False),  # A and B overlap above the threshold
-])
+@pytest.mark.parametrize(
+    "kept,valid",
+    [
+        ([0, 2], True),  # greedy: A keeps, suppresses B; C overlaps only B (dropped), so C stays
+        ([1], False),  # B kept but A, stronger, neither kept nor suppressed
+        ([0], False),  # C missing: the only box overlapping it enough (B) was dropped
+        ([0, 1, 2], False),  # A and B overlap above the threshold
+    ],
+)
 def test_nms_check_on_a_hand_computed_chain(kept, valid):
     """x ranges A = [0, 1], B = [0.25, 1.25], C = [0.55, 1.55] (unit height), scores 0.9, 0.8, 0.7:
     IoU(A, B) = 0.75 / 1.25 = 0.6, IoU(B, C) = 0.7 / 1.3 = 0.54, IoU(A, C) = 0.45 / 1.55 = 0.29; threshold 0.45."""
@@ -243,8 +276,17 @@ def test_nms_check_on_a_hand_computed_chain(kept, valid):
 
     boxes, scores = boxes_and_scores((0.0, 0.9), (0.25, 0.8), (0.55, 0.7))
     index = torch.tensor(kept)
-    problem = nms_problem(boxes, scores, boxes[index], scores[index, 0], torch.ones(len(kept), dtype=torch.long),
-                          score_threshold=0.05, nms_threshold=0.45, topk_per_class=200, max_det=200)
+    problem = nms_problem(
+        boxes,
+        scores,
+        boxes[index],
+        scores[index, 0],
+        torch.ones(len(kept), dtype=torch.long),
+        score_threshold=0.05,
+        nms_threshold=0.45,
+        topk_per_class=200,
+        max_det=200,
+    )
     assert (problem is None) == valid, problem
 
 
@@ -254,6 +296,15 @@ def test_nms_check_lets_either_of_two_tied_boxes_win(kept, valid):
 
     boxes, scores = boxes_and_scores((0.0, 0.6), (0.1, 0.6))  # IoU 0.82, the same score
     index = torch.tensor(kept, dtype=torch.long)
-    problem = nms_problem(boxes, scores, boxes[index], scores[index, 0], torch.ones(len(kept), dtype=torch.long),
-                          score_threshold=0.05, nms_threshold=0.45, topk_per_class=200, max_det=200)
+    problem = nms_problem(
+        boxes,
+        scores,
+        boxes[index],
+        scores[index, 0],
+        torch.ones(len(kept), dtype=torch.long),
+        score_threshold=0.05,
+        nms_threshold=0.45,
+        topk_per_class=200,
+        max_det=200,
+    )
     assert (problem is None) == valid, problem

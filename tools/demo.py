@@ -9,6 +9,7 @@
 4. draws its detections on a few val images (tools/detect.py).
 Every step is one of the real tools, run with the command line printed before it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,50 @@ ROOT = Path(__file__).resolve().parent.parent
 EPOCHS, BATCH_SIZE = 12, 8
 
 
-def train_command(data: Path, model_dir: Path, *, seed: int, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
-                  device: str | None = None, eval_every: int = 1, fresh: bool = False) -> list[str]:
+def train_command(
+    data: Path,
+    model_dir: Path,
+    *,
+    seed: int,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    device: str | None = None,
+    eval_every: int = 1,
+    fresh: bool = False,
+) -> list[str]:
     """The demo's training recipe (benchmarks/quality.py measures it over seeds): SSDLite from scratch,
     lr 0.1 for a batch of 32 (scaled), warm-up 30 iterations, x0.1 two epochs before the end."""
-    return [sys.executable, "tools/train.py", "--data-path", str(data), "--save-folder", str(model_dir), "--model",
-            "ssdlite", "--backbone-weights", "none", "--epochs", str(epochs), "--multistep", str(max(epochs - 2, 1)),
-            "--batch-size", str(batch_size), "--lr", "0.1", "--warmup", "30", "--num-workers", "1", "--channels-last",
-            "--seed", str(seed), "--eval-every", str(eval_every), *(["--no-resume"] if fresh else []),
-            *(["--device", device] if device else [])]
+    return [
+        sys.executable,
+        "tools/train.py",
+        "--data-path",
+        str(data),
+        "--save-folder",
+        str(model_dir),
+        "--model",
+        "ssdlite",
+        "--backbone-weights",
+        "none",
+        "--epochs",
+        str(epochs),
+        "--multistep",
+        str(max(epochs - 2, 1)),
+        "--batch-size",
+        str(batch_size),
+        "--lr",
+        "0.1",
+        "--warmup",
+        "30",
+        "--num-workers",
+        "1",
+        "--channels-last",
+        "--seed",
+        str(seed),
+        "--eval-every",
+        str(eval_every),
+        *(["--no-resume"] if fresh else []),
+        *(["--device", device] if device else []),
+    ]
 
 
 def write_demo_data(root: Path) -> Path:
@@ -55,11 +91,18 @@ def run(cmd: list[str]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_output", help="everything the demo writes goes here")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (README and docs/quality.md give the AP50 they reach)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=EPOCHS,
+        help="training epochs (README and docs/quality.md give the AP50 they reach)",
+    )
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training batch size (lr scales with it)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--fresh", action="store_true", help="retrain even if OUT/model/last.pt exists")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training run (initialisation, data order, augmentation)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the training run (initialisation, data order, augmentation)"
+    )
     args = p.parse_args()
 
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
@@ -70,15 +113,52 @@ def main() -> int:
     if not (data / "annotations" / "instances_val2017.json").exists():
         print(f"writing the synthetic COCO-layout dataset to {data}", flush=True)
         write_demo_data(data)
-    run(train_command(data, model_dir, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                      device=args.device, fresh=args.fresh))
-    run([py, "tools/eval.py", "--data-path", str(data), "--weights", str(model_dir / "last.pt"), "--batch-size", "16",
-         "--num-workers", "1", *device])
-    run([py, "tools/detect.py", "--weights", str(model_dir / "last.pt"), "--input", str(data / "val2017" / "*00[0-7].jpg"),
-         "--output", str(detections), "--score-threshold", "0.4", *device])
+    run(
+        train_command(
+            data,
+            model_dir,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            fresh=args.fresh,
+        )
+    )
+    run(
+        [
+            py,
+            "tools/eval.py",
+            "--data-path",
+            str(data),
+            "--weights",
+            str(model_dir / "last.pt"),
+            "--batch-size",
+            "16",
+            "--num-workers",
+            "1",
+            *device,
+        ]
+    )
+    run(
+        [
+            py,
+            "tools/detect.py",
+            "--weights",
+            str(model_dir / "last.pt"),
+            "--input",
+            str(data / "val2017" / "*00[0-7].jpg"),
+            "--output",
+            str(detections),
+            "--score-threshold",
+            "0.4",
+            *device,
+        ]
+    )
     metrics = json.loads((model_dir / "metrics_val.json").read_text())
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min")
-    print(f"  COCO AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f} on {metrics['images_evaluated']} synthetic val images")
+    print(
+        f"  COCO AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f} on {metrics['images_evaluated']} synthetic val images"
+    )
     print(f"  checkpoints:        {model_dir}/last.pt, best.pt")
     print(f"  metrics:            {model_dir}/metrics_val.json, training log {model_dir}/log.jsonl")
     print(f"  annotated images:   {detections}/ (detections listed in {detections}/detections.json)")

@@ -9,6 +9,7 @@
 Writes the annotated image(s) or video and a JSON file of the detections (pixel xyxy boxes,
 scores, class names) next to --output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,30 @@ VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v)
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint: ssdfast, the seed's, or NVIDIA's; "
-                   "or an exported model.onnx / model.pt2 (tools/export.py)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint: ssdfast, the seed's, or NVIDIA's; or an exported model.onnx / model.pt2 (tools/export.py)",
+    )
     p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")
-    p.add_argument("--output", required=True, help="output image (one input image), folder (several images, or a "
-                   "name ending in '/'), or video; drawings keep the input file names")
-    p.add_argument("--score-threshold", type=flags.score_threshold, default=0.3, help="draw detections above this score")
-    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output image (one input image), folder (several images, or a "
+        "name ending in '/'), or video; drawings keep the input file names",
+    )
+    p.add_argument(
+        "--score-threshold", type=flags.score_threshold, default=0.3, help="draw detections above this score"
+    )
+    p.add_argument(
+        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+    )
     p.add_argument("--batch-size", type=flags.batch_size, default=8, help="images (or video frames) per forward pass")
-    p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
+    p.add_argument(
+        "--no-cudnn-benchmark",
+        action="store_true",
+        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_image_limit_args(p, outside_paths=False)
     return p.parse_args(argv)
@@ -85,19 +101,22 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
     targets = image_targets(paths, output, single)
     report = {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
-        chunk = paths[start:start + args.batch_size]
+        chunk = paths[start : start + args.batch_size]
         images = [read_image(p, args.max_pixels) for p in chunk]
         for p, img in zip(chunk, images):
             if img is None:
-                print(f"warning: cannot read image {p} (not an image, truncated, or over --max-pixels): skipped",
-                      file=sys.stderr)
+                print(
+                    f"warning: cannot read image {p} (not an image, truncated, or over --max-pixels): skipped",
+                    file=sys.stderr,
+                )
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue
         dets = detect(model, [img for _, img in readable], args.score_threshold, args.nms_threshold)
         for (path, img), det in zip(readable, dets):
-            drawn = draw_detections(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"],
-                                    names)
+            drawn = draw_detections(
+                cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
+            )
             target = targets[path]
             with atomic_output(target, "drawing", keep_suffix=True) as tmp:
                 if not cv2.imwrite(str(tmp), drawn):
@@ -109,8 +128,10 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
 def check_video_output(source: Path, output: Path) -> Path:
     """A video input needs a video output (known before any frame is processed) that is not the input."""
     if output.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"the input {source} is a video: --output must be a video file "
-                         f"({', '.join(sorted(VIDEO_SUFFIXES))}), got {output}")
+        raise ValueError(
+            f"the input {source} is a video: --output must be a video file "
+            f"({', '.join(sorted(VIDEO_SUFFIXES))}), got {output}"
+        )
     if output.resolve() == source.resolve():
         raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
     return writable_file(output, "output video")
@@ -121,8 +142,10 @@ def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]
     fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS.get(output.suffix.lower(), "mp4v"))
     writer = cv2.VideoWriter(str(tmp), fourcc, fps, size)
     if not writer.isOpened():
-        raise ValueError(f"cannot write the video {output}: OpenCV has no encoder for {output.suffix} "
-                         f"here (try --output NAME.mp4 or NAME.avi)")
+        raise ValueError(
+            f"cannot write the video {output}: OpenCV has no encoder for {output.suffix} "
+            f"here (try --output NAME.mp4 or NAME.avi)"
+        )
     return writer
 
 
@@ -143,8 +166,11 @@ def run_video(model, names, path: Path, output: Path, args) -> dict:
         if not report:  # raised inside: an earlier video at OUTPUT stays
             raise ValueError(f"no frames could be read from {path}")
     if len(report) < announced:
-        print(f"warning: {path}: {len(report)} of {announced} frames read (the file is truncated or damaged); "
-              f"{output} holds those {len(report)}", file=sys.stderr)
+        print(
+            f"warning: {path}: {len(report)} of {announced} frames read (the file is truncated or damaged); "
+            f"{output} holds those {len(report)}",
+            file=sys.stderr,
+        )
     return report
 
 
@@ -162,8 +188,9 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
                 frames.append(frame)
             if not frames:
                 break
-            dets = detect(model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.score_threshold,
-                          args.nms_threshold)
+            dets = detect(
+                model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.score_threshold, args.nms_threshold
+            )
             for frame, det in zip(frames, dets):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
                 report[str(len(report))] = to_records(det, names)
@@ -180,20 +207,28 @@ def main(argv=None) -> int:
     try:
         if video:
             check_video_output(source, output)
-        model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
-                                    nms_threshold=args.nms_threshold)
+        model, meta = load_detector(
+            args.weights, device, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold
+        )
         names = meta["category_names"]
         if video:
             report = run_video(model, names, source, output, args)
         else:
             paths = list_images(args.input)
             if not paths or not all(p.is_file() for p in paths):
-                raise FileNotFoundError(f"no input images found at {args.input} (an image, a folder of images, "
-                                        "a glob such as 'dir/*.jpg', or a video file)")
+                raise FileNotFoundError(
+                    f"no input images found at {args.input} (an image, a folder of images, "
+                    "a glob such as 'dir/*.jpg', or a video file)"
+                )
             # One image to a file name; otherwise OUTPUT is a folder (also for one image and an existing
             # folder, a trailing '/', or a name without suffix).
-            single = (len(paths) == 1 and source.is_file() and output.suffix.lower() in IMAGE_SUFFIXES
-                      and not output.is_dir() and not args.output.endswith(("/", "\\")))
+            single = (
+                len(paths) == 1
+                and source.is_file()
+                and output.suffix.lower() in IMAGE_SUFFIXES
+                and not output.is_dir()
+                and not args.output.endswith(("/", "\\"))
+            )
             if single:
                 writable_file(output, "output image")
             else:
@@ -207,8 +242,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     count = sum(len(v) for v in report.values())
-    print(f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
-          f"drawn to {output}, listed in {json_path}")
+    print(
+        f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
+        f"drawn to {output}, listed in {json_path}"
+    )
     return EXIT_DONE
 
 

@@ -11,6 +11,7 @@ on a val set in the COCO, Pascal VOC or YOLO layout (on VOC also VOC07 and VOC12
 Prints the 12-number COCO table and writes the detections (COCO results JSON) to --output and the
 metrics beside them. Refuses weights trained on other categories than the dataset's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,31 +31,78 @@ from ssdfast.voc_eval import voc_map
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
-    p.add_argument("--data-path", default=None, help="dataset: COCO layout root, VOCdevkit year folder, or YOLO "
-                   "data.yaml (or its folder)")
-    p.add_argument("--data-format", choices=["coco", "voc", "yolo"], default=None,
-                   help="layout of --data-path (default: detected)")
-    p.add_argument("--ann", default=None, help="a COCO annotation file, anywhere (with --images; instead of --data-path)")
+    p.add_argument(
+        "--data-path",
+        default=None,
+        help="dataset: COCO layout root, VOCdevkit year folder, or YOLO data.yaml (or its folder)",
+    )
+    p.add_argument(
+        "--data-format", choices=["coco", "voc", "yolo"], default=None, help="layout of --data-path (default: detected)"
+    )
+    p.add_argument(
+        "--ann", default=None, help="a COCO annotation file, anywhere (with --images; instead of --data-path)"
+    )
     p.add_argument("--images", default=None, help="the image folder of --ann")
-    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's; "
-                   "or an exported model.onnx / model.pt2 (tools/export.py)")
-    p.add_argument("--split", default="val", help="which split: annotations/instances_{split}2017.json (VOC: "
-                   "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's; "
+        "or an exported model.onnx / model.pt2 (tools/export.py)",
+    )
+    p.add_argument(
+        "--split",
+        default="val",
+        help="which split: annotations/instances_{split}2017.json (VOC: "
+        "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)",
+    )
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
-    p.add_argument("--data-backend", choices=DATA_BACKENDS, default="pytorch", help="data path: pytorch (CPU workers), "
-                   "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)")
+    p.add_argument(
+        "--data-backend",
+        choices=DATA_BACKENDS,
+        default="pytorch",
+        help="data path: pytorch (CPU workers), "
+        "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)",
+    )
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
-    p.add_argument("--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)")
-    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
-    p.add_argument("--score-threshold", type=flags.score_threshold, default=SSD_DEFAULTS.score_threshold, help="drop detections at or below this score")
-    p.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools", help="COCO evaluation implementation")
-    p.add_argument("--output", default=None, help="detections JSON (default: next to the weights, detections_{split}.json); "
-                   "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)")
-    p.add_argument("--ignore-category-names", action="store_true", help="evaluate even if the weights were trained on "
-                   "categories with other names than the dataset's (only the count must match)")
-    p.add_argument("--max-batches", type=flags.positive, default=None, help="evaluate only this many batches (quick checks)")
-    p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN autotune its convolutions (on by default on CUDA)")
+    p.add_argument(
+        "--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)"
+    )
+    p.add_argument(
+        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=flags.score_threshold,
+        default=SSD_DEFAULTS.score_threshold,
+        help="drop detections at or below this score",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["pycocotools", "faster-coco-eval"],
+        default="pycocotools",
+        help="COCO evaluation implementation",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="detections JSON (default: next to the weights, detections_{split}.json); "
+        "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)",
+    )
+    p.add_argument(
+        "--ignore-category-names",
+        action="store_true",
+        help="evaluate even if the weights were trained on "
+        "categories with other names than the dataset's (only the count must match)",
+    )
+    p.add_argument(
+        "--max-batches", type=flags.positive, default=None, help="evaluate only this many batches (quick checks)"
+    )
+    p.add_argument(
+        "--no-cudnn-benchmark",
+        action="store_true",
+        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_image_limit_args(p)
     args = p.parse_args(argv)
@@ -71,8 +119,12 @@ def output_paths(args) -> dict[str, Path]:
     else:
         detections = Path(args.weights).with_name(f"detections_{args.split}.json")
         metrics = detections.with_name(f"metrics_{args.split}.json")
-    return distinct({"detections file": writable_file(detections, "detections file"),
-                     "metrics file": writable_file(metrics, "metrics file")})
+    return distinct(
+        {
+            "detections file": writable_file(detections, "detections file"),
+            "metrics file": writable_file(metrics, "metrics file"),
+        }
+    )
 
 
 def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> None:
@@ -83,8 +135,12 @@ def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> Non
     with atomic_output(outputs["detections file"], "detections file", needed=len(data)) as tmp:
         tmp.write_bytes(data)
         outputs["metrics file"].unlink(missing_ok=True)
-    write_json_atomic(outputs["metrics file"], {**metrics, "detections_sha256": hashlib.sha256(data).hexdigest()},
-                      "metrics file", indent=1)
+    write_json_atomic(
+        outputs["metrics file"],
+        {**metrics, "detections_sha256": hashlib.sha256(data).hexdigest()},
+        "metrics file",
+        indent=1,
+    )
 
 
 def main(argv=None) -> int:
@@ -106,15 +162,33 @@ def main(argv=None) -> int:
         deployed = is_deployed(args.weights)
         if deployed and args.amp:
             raise ValueError("--amp applies to checkpoints: an exported model runs in the precision it was exported in")
-        model, meta = load_detector(args.weights, device, score_threshold=args.score_threshold,
-                                    nms_threshold=args.nms_threshold)
-        loader = build_loader(args.data_path, args.split, train=False, batch_size=args.batch_size,
-                              num_workers=args.num_workers, rank=rank, world_size=world, backend=args.data_backend,
-                              device=device, channels_last=use_channels_last(device) and not deployed,
-                              data_format=args.data_format, ann_file=args.ann, image_dir=args.images,
-                              max_pixels=args.max_pixels, allow_outside_paths=args.allow_outside_paths)
-        check_categories(meta["category_names"], loader.info.category_names, args.weights, args.data_path or args.ann,
-                         compare_names=not args.ignore_category_names)
+        model, meta = load_detector(
+            args.weights, device, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold
+        )
+        loader = build_loader(
+            args.data_path,
+            args.split,
+            train=False,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            rank=rank,
+            world_size=world,
+            backend=args.data_backend,
+            device=device,
+            channels_last=use_channels_last(device) and not deployed,
+            data_format=args.data_format,
+            ann_file=args.ann,
+            image_dir=args.images,
+            max_pixels=args.max_pixels,
+            allow_outside_paths=args.allow_outside_paths,
+        )
+        check_categories(
+            meta["category_names"],
+            loader.info.category_names,
+            args.weights,
+            args.data_path or args.ann,
+            compare_names=not args.ignore_category_names,
+        )
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -122,23 +196,40 @@ def main(argv=None) -> int:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
-    stats, table, results, image_ids = evaluate(model, loader, device, backend=args.backend, amp_dtype=amp_dtype,
-                                     channels_last=channels_last, nms_threshold=args.nms_threshold,
-                                     score_threshold=args.score_threshold, max_batches=args.max_batches,
-                                     is_main=rank == 0)
+    stats, table, results, image_ids = evaluate(
+        model,
+        loader,
+        device,
+        backend=args.backend,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        nms_threshold=args.nms_threshold,
+        score_threshold=args.score_threshold,
+        max_batches=args.max_batches,
+        is_main=rank == 0,
+    )
     if rank == 0:
         voc = voc_map(loader.info.coco, results, image_ids) if loader.info.data_format == "voc" else None
-        metrics = {"weights": str(args.weights), "data_path": str(args.data_path or args.ann), "split": args.split,
-                   "backend": args.backend, **(stats or {"note": table}), "images_evaluated": len(image_ids),
-                   "distinct_images_evaluated": len(set(image_ids)), **({"voc_map50": voc} if voc else {})}
+        metrics = {
+            "weights": str(args.weights),
+            "data_path": str(args.data_path or args.ann),
+            "split": args.split,
+            "backend": args.backend,
+            **(stats or {"note": table}),
+            "images_evaluated": len(image_ids),
+            "distinct_images_evaluated": len(set(image_ids)),
+            **({"voc_map50": voc} if voc else {}),
+        }
         try:
             write_outputs(outputs, results, metrics)
         except OutputError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_ERROR
         detections, metrics_file = outputs["detections file"], outputs["metrics file"]
-        print(f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
-              f"backend {args.backend}:")
+        print(
+            f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
+            f"backend {args.backend}:"
+        )
         print(table)
         if stats:
             print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}")

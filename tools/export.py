@@ -12,6 +12,7 @@ whose detections are a correct post-processing of the PyTorch model's boxes and 
 may be broken either way: ssdfast.nms_check) is put at --output.
 tools/eval.py and tools/detect.py take the result as --weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,43 @@ def batch_size(text: str) -> int | None:
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
-    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx (.onnx, NMS as ONNX's "
-                   "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=sorted(FORMATS),
+        help="onnx (.onnx, NMS as ONNX's "
+        "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)",
+    )
     p.add_argument("--output", required=True, help="file to write: NAME.onnx or NAME.pt2")
     p.add_argument("--batch", type=batch_size, default=None, help="fixed batch size, or 'dynamic' (default)")
-    p.add_argument("--with-nms", dest="with_nms", action="store_true", default=True,
-                   help="include the post-processing with NMS (default)")
-    p.add_argument("--no-nms", dest="with_nms", action="store_false",
-                   help="output decoded boxes [B, A, 4] and class scores [B, A, C] instead (NMS left to the runtime)")
-    p.add_argument("--score-threshold", type=flags.score_threshold, default=SSD_DEFAULTS.score_threshold,
-                   help="drop detections at or below this score (inside the graph)")
-    p.add_argument("--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=flags.integer(1, flags.MAX_DETECTIONS), default=SSD_DEFAULTS.max_detections, help="K: detections per image")
+    p.add_argument(
+        "--with-nms",
+        dest="with_nms",
+        action="store_true",
+        default=True,
+        help="include the post-processing with NMS (default)",
+    )
+    p.add_argument(
+        "--no-nms",
+        dest="with_nms",
+        action="store_false",
+        help="output decoded boxes [B, A, 4] and class scores [B, A, C] instead (NMS left to the runtime)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=flags.score_threshold,
+        default=SSD_DEFAULTS.score_threshold,
+        help="drop detections at or below this score (inside the graph)",
+    )
+    p.add_argument(
+        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+    )
+    p.add_argument(
+        "--max-det",
+        type=flags.integer(1, flags.MAX_DETECTIONS),
+        default=SSD_DEFAULTS.max_detections,
+        help="K: detections per image",
+    )
     return p.parse_args(argv)
 
 
@@ -80,17 +106,29 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     if args.format == "onnx":
         try:
-            import onnxruntime, onnxscript  # noqa: F401  (the exporter and the check need them)
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401  (the exporter and the check need them)
         except ImportError as error:
-            print(f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): "
-                  "pip install -e .[export]", file=sys.stderr)
+            print(
+                f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): pip install -e .[export]",
+                file=sys.stderr,
+            )
             return EXIT_ERROR
     # Written under a temporary name beside the output; renamed only once it has passed the check.
     start = time.perf_counter()
     try:
         with atomic_output(output, "exported model", keep_suffix=True) as partial:
-            info = export(model, meta, args.format, partial, batch=args.batch, with_nms=args.with_nms,
-                          score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, max_det=args.max_det)
+            info = export(
+                model,
+                meta,
+                args.format,
+                partial,
+                batch=args.batch,
+                with_nms=args.with_nms,
+                score_threshold=args.score_threshold,
+                nms_threshold=args.nms_threshold,
+                max_det=args.max_det,
+            )
             exported_in = time.perf_counter() - start
             batches = [1, 3] if args.batch is None else [args.batch, args.batch]
             report = check_against_pytorch(partial, model, info, batches)
@@ -99,12 +137,16 @@ def main(argv=None) -> int:
     except (CheckFailed, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
-          f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)")
-    print(f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): its "
-          f"{report['detections']} detections are a correct NMS of PyTorch's boxes and scores, max |box diff| "
-          f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}; {report['tie_choices']} "
-          "of them differ from PyTorch's own choice among tied scores")
+    print(
+        f"{meta['model_name']} ({meta['num_classes']} classes) -> {output} ({args.format}, batch {info['batch']}, "
+        f"{'NMS inside' if args.with_nms else 'no NMS'}; {output.stat().st_size / 1e6:.1f} MB, exported in {exported_in:.0f} s)"
+    )
+    print(
+        f"checked against PyTorch on {report['images']} random images (batches {report['batches']}): its "
+        f"{report['detections']} detections are a correct NMS of PyTorch's boxes and scores, max |box diff| "
+        f"{report['max_box_diff']:.2e}, max |score diff| {report['max_score_diff']:.2e}; {report['tie_choices']} "
+        "of them differ from PyTorch's own choice among tied scores"
+    )
     print(f"outputs: {', '.join(info['outputs'])}; input: {info['input']}")
     return EXIT_DONE
 

@@ -22,6 +22,7 @@ it prints what it would run and exits 0. --smoke (CI) runs the same phases on CP
 selection is collected (a typo in a -k expression selects nothing and fails here, not on a GPU) and the
 error-path check runs on the CPU kernels; nothing is published.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,27 @@ ROOT = Path(__file__).resolve().parent.parent
 SANITIZERS = ["memcheck", "racecheck", "synccheck", "initcheck"]
 # Benchmark parts of each phase: (name, pytest -k expression). Each writes its own JSON as soon as it ends.
 BENCH_PARTS = {
-    "ladder": [("train_ssd_b128", "test_train_step_cuda and ssd-b128 and not compiled"),
-               ("train_ssdlite_b128", "test_train_step_cuda and ssdlite-b128 and not compiled"),
-               ("train_ssd_b64", "test_train_step_cuda and ssd-b64 and not compiled")],
+    "ladder": [
+        ("train_ssd_b128", "test_train_step_cuda and ssd-b128 and not compiled"),
+        ("train_ssdlite_b128", "test_train_step_cuda and ssdlite-b128 and not compiled"),
+        ("train_ssd_b64", "test_train_step_cuda and ssd-b64 and not compiled"),
+    ],
     "compiled": [("train_compiled", "test_train_step_cuda and ssd-b128 and compiled")],
     "data_fed": [("train_data", "test_train_from_loader_cuda")],
     "inference": [("inference", "test_inference and cuda"), ("postprocess", "test_postprocess and cuda")],
     "ops": [("ops", "cuda and (test_match_encode or test_batched_nms or test_box_iou or test_box_decode)")],
 }
 # Seconds each phase may take at most (the budget cuts further). The order is the priority.
-PHASE_CAPS = {"build": 240, "cuda_tests": 150, "ladder": 150, "compiled": 240, "data_fed": 120, "inference": 60,
-              "ops": 60, "sanitizers": 160}
+PHASE_CAPS = {
+    "build": 240,
+    "cuda_tests": 150,
+    "ladder": 150,
+    "compiled": 240,
+    "data_fed": 120,
+    "inference": 60,
+    "ops": 60,
+    "sanitizers": 160,
+}
 PHASES = list(PHASE_CAPS)
 MIN_PHASE_SECONDS = 20  # a phase with less time left than this is skipped, not started and cut
 
@@ -70,10 +81,19 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=PHASES, nargs="+", default=None, help="run these phases only (default: all)")
     p.add_argument("--logs", default="gpu_check_logs", help="folder for one log (and benchmark JSON) per phase")
-    p.add_argument("--budget", type=float, default=540, help="seconds of work in all (default 540: a 15-minute "
-                   "loan less the machine's start); phases that no longer fit are skipped and listed")
-    p.add_argument("--smoke", action="store_true", help="check the script itself on CPU: collect every selection, "
-                   "run the error-path check on the CPU kernels, publish nothing (CI)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=540,
+        help="seconds of work in all (default 540: a 15-minute "
+        "loan less the machine's start); phases that no longer fit are skipped and listed",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the script itself on CPU: collect every selection, "
+        "run the error-path check on the CPU kernels, publish nothing (CI)",
+    )
     args = p.parse_args(argv)
     if not args.budget > 0:
         p.error(f"--budget must be a positive number of seconds, got {args.budget}")
@@ -87,8 +107,14 @@ def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> t
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         try:
-            code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=max(timeout, 1),
-                                  env={**os.environ, **(env or {})}).returncode
+            code = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=max(timeout, 1),
+                env={**os.environ, **(env or {})},
+            ).returncode
         except subprocess.TimeoutExpired:
             code = 124
     return code, time.time() - start
@@ -121,31 +147,50 @@ def phase_build(logs: Path, timeout: float, smoke: bool = False) -> dict:
     if nvcc is None:
         return {"ok": False, "error": f"no nvcc under CUDA_HOME={cuda_home}: set CUDA_HOME to the CUDA toolkit"}
     if nvcc != torch_cuda:
-        return {"ok": False, "error": f"nvcc is CUDA {nvcc} but torch {torch.__version__} was built with CUDA "
-                                      f"{torch.version.cuda}: the extension cannot link; use a toolkit of CUDA {torch_cuda}"}
-    env = {"CUDA_HOME": cuda_home, "TORCH_CUDA_ARCH_LIST": cuda_arch(), "FORCE_CUDA": "1",
-           "MAX_JOBS": str(os.cpu_count())}
+        return {
+            "ok": False,
+            "error": f"nvcc is CUDA {nvcc} but torch {torch.__version__} was built with CUDA "
+            f"{torch.version.cuda}: the extension cannot link; use a toolkit of CUDA {torch_cuda}",
+        }
+    env = {
+        "CUDA_HOME": cuda_home,
+        "TORCH_CUDA_ARCH_LIST": cuda_arch(),
+        "FORCE_CUDA": "1",
+        "MAX_JOBS": str(os.cpu_count()),
+    }
     compilers = [{}]  # the environment's compiler first (CC/CXX if set)
     if os.environ.get("CXX") and Path("/usr/bin/g++").exists() and os.environ["CXX"] != "/usr/bin/g++":
         compilers.append({"CC": "/usr/bin/gcc", "CXX": "/usr/bin/g++"})
     for attempt, compiler in enumerate(compilers):
         shutil.rmtree(ROOT / "build", ignore_errors=True)  # objects of another compiler must not be reused
-        code, secs = run([sys.executable, "setup.py", "build_ext", "--inplace"], logs / f"build{attempt or ''}.log",
-                         timeout, {**env, **compiler})
-        result = {"ok": code == 0, "seconds": round(secs, 1), "arch": env["TORCH_CUDA_ARCH_LIST"],
-                  "cxx": compiler.get("CXX", os.environ.get("CXX", "c++"))}
+        code, secs = run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            logs / f"build{attempt or ''}.log",
+            timeout,
+            {**env, **compiler},
+        )
+        result = {
+            "ok": code == 0,
+            "seconds": round(secs, 1),
+            "arch": env["TORCH_CUDA_ARCH_LIST"],
+            "cxx": compiler.get("CXX", os.environ.get("CXX", "c++")),
+        }
         if code != 0:
             return result
         # A bad-input error must reach Python as a RuntimeError on both backends. Seen on a lent H100:
         # its wrapper compiler (CXX=/opt/gcc/bin/g++) put a copy of libstdc++'s stream code into _C.so,
         # and formatting the first number of an error message crashed the process; the system g++ of
         # the same version did not. So: check, and on a crash rebuild once with the system compiler.
-        check, _ = run([sys.executable, "-c", ERROR_PATH_CHECK, "cpu", "cuda"],
-                       logs / f"build{attempt or ''}_error_path.log", 120)
+        check, _ = run(
+            [sys.executable, "-c", ERROR_PATH_CHECK, "cpu", "cuda"], logs / f"build{attempt or ''}_error_path.log", 120
+        )
         if check == 0:
             return result
-        result.update(ok=False, error="ssdfast._C crashes while raising an input error (see build_error_path.log);"
-                      " try another compiler, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ make gpu")
+        result.update(
+            ok=False,
+            error="ssdfast._C crashes while raising an input error (see build_error_path.log);"
+            " try another compiler, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ make gpu",
+        )
     return result
 
 
@@ -176,7 +221,7 @@ def collect(cmd: list[str], log: Path) -> tuple[int, float]:
             Count.items = len(session.items)
 
     start = time.time()
-    args = cmd[cmd.index("pytest") + 1:]
+    args = cmd[cmd.index("pytest") + 1 :]
     with open(log, "w") as out, contextlib.redirect_stdout(out):
         pytest.main([*args, "--collect-only", "-q"], plugins=[Count()])
         print(f"{Count.items} tests collected")
@@ -199,8 +244,13 @@ def phase_cuda_tests(logs: Path, timeout: float, smoke: bool = False) -> dict:
     parallel = ["-n", "8"] if importlib.util.find_spec("xdist") and not smoke else []
     # The tools run as scripts in subprocesses: they find the in-place build through PYTHONPATH.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return run_tests(pytest_cmd("tests", "-m", "cuda", "-v", "-ra", *parallel), logs / "cuda_tests.log", timeout,
-                     {"PYTHONPATH": path}, smoke)
+    return run_tests(
+        pytest_cmd("tests", "-m", "cuda", "-v", "-ra", *parallel),
+        logs / "cuda_tests.log",
+        timeout,
+        {"PYTHONPATH": path},
+        smoke,
+    )
 
 
 def phase_sanitizers(logs: Path, timeout: float, smoke: bool = False) -> dict:
@@ -222,33 +272,52 @@ def phase_sanitizers(logs: Path, timeout: float, smoke: bool = False) -> dict:
         share = (deadline - time.time()) / (len(SANITIZERS) - index)  # each sanitizer capped at its share
         code, secs = run(cmd, log, share, {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
         summary = re.findall(r"ERROR SUMMARY: (\d+) error", log.read_text(errors="replace"))
-        results[name] = {"ok": code == 0 and bool(summary) and int(summary[-1]) == 0, "exit_code": code,
-                         "errors": int(summary[-1]) if summary else None, "seconds": round(secs, 1), **pytest_counts(log)}
+        results[name] = {
+            "ok": code == 0 and bool(summary) and int(summary[-1]) == 0,
+            "exit_code": code,
+            "errors": int(summary[-1]) if summary else None,
+            "seconds": round(secs, 1),
+            **pytest_counts(log),
+        }
     return {"ok": all(r["ok"] for r in results.values()), **results}
 
 
 def bench_phase(phase: str):
     """A phase made of benchmark parts (BENCH_PARTS[phase]), each published as soon as it ends."""
+
     def phase_fn(logs: Path, timeout: float, smoke: bool = False) -> dict:
         deadline, results = time.time() + timeout, {}
         # torch.compile's Inductor cache lives under the logs: carried into a rerun on the same machine, warm.
         env = {"TORCHINDUCTOR_CACHE_DIR": str(logs / "inductor_cache")}
         for name, expr in BENCH_PARTS[phase]:
             out, log = logs / f"bench_{name}.json", logs / f"bench_{name}.log"
-            results[name] = run_tests(pytest_cmd("benchmarks", "-q", "-k", expr, "--benchmark-only",
-                                                 f"--benchmark-json={out}"), log, deadline - time.time(), env, smoke)
+            results[name] = run_tests(
+                pytest_cmd("benchmarks", "-q", "-k", expr, "--benchmark-only", f"--benchmark-json={out}"),
+                log,
+                deadline - time.time(),
+                env,
+                smoke,
+            )
             if not smoke:
                 publish(logs, {phase: results})
             if time.time() > deadline - MIN_PHASE_SECONDS:
                 break
         missing = [name for name, _ in BENCH_PARTS[phase] if name not in results]
-        return {"ok": all(r["ok"] for r in results.values()) and not missing, **results,
-                **({"not_run": missing} if missing else {})}
+        return {
+            "ok": all(r["ok"] for r in results.values()) and not missing,
+            **results,
+            **({"not_run": missing} if missing else {}),
+        }
+
     return phase_fn
 
 
-PHASE_FUNCTIONS = {"build": phase_build, "cuda_tests": phase_cuda_tests, "sanitizers": phase_sanitizers,
-                   **{phase: bench_phase(phase) for phase in BENCH_PARTS}}
+PHASE_FUNCTIONS = {
+    "build": phase_build,
+    "cuda_tests": phase_cuda_tests,
+    "sanitizers": phase_sanitizers,
+    **{phase: bench_phase(phase) for phase in BENCH_PARTS},
+}
 assert set(PHASE_FUNCTIONS) == set(PHASES), "every phase needs one function"
 
 
@@ -279,8 +348,11 @@ def main(argv=None) -> int:
         return 0
     logs = ROOT / args.logs
     logs.mkdir(parents=True, exist_ok=True)
-    device = "CPU (smoke: selections collected, nothing measured)" if args.smoke else \
-        f"{torch.cuda.get_device_name()} (sm {cuda_arch()})"
+    device = (
+        "CPU (smoke: selections collected, nothing measured)"
+        if args.smoke
+        else f"{torch.cuda.get_device_name()} (sm {cuda_arch()})"
+    )
     print(f"gpu_check: {device}, torch {torch.__version__}, budget {args.budget:.0f} s, logs in {logs}", flush=True)
     deadline, failed, skipped = time.time() + args.budget, [], []
     for phase in phases:

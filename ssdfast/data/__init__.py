@@ -2,12 +2,20 @@
 the synthetic dataset. The names below are imported on first use: a tool's argument parser can import
 ssdfast.data.image_files without loading PyTorch.
 """
+
 from __future__ import annotations
 
 import importlib
 
-EXPORTS = {"Batch": "batch", "Collate": "batch", "COCO_CLASSES": "coco", "CocoDetection": "coco", "read_image": "coco",
-           "build_loader": "loader", "write_synthetic_coco": "synthetic"}
+EXPORTS = {
+    "Batch": "batch",
+    "Collate": "batch",
+    "COCO_CLASSES": "coco",
+    "CocoDetection": "coco",
+    "read_image": "coco",
+    "build_loader": "loader",
+    "write_synthetic_coco": "synthetic",
+}
 __all__ = list(EXPORTS)
 
 

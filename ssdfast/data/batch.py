@@ -3,6 +3,7 @@
 Fixed G (padding with label 0) gives the training step static shapes: matching runs on the device
 inside the step, and the step can be captured in a CUDA graph.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,7 +16,6 @@ from ..defaults import DEFAULT_MAX_BOXES
 from .transforms import normalise
 
 
-
 @dataclass
 class Batch:
     images: Tensor  # [B, 3, H, W]: uint8 from the PyTorch path (normalised by `to`), normalised float from DALI
@@ -25,7 +25,7 @@ class Batch:
     sizes: Tensor  # [B, 2] int64 original (height, width)
     skipped: tuple[str, ...] = ()  # paths of unreadable images left out of (or replaced in) this batch
 
-    def to(self, device, channels_last: bool = False, dtype: torch.dtype | None = None) -> "Batch":
+    def to(self, device, channels_last: bool = False, dtype: torch.dtype | None = None) -> Batch:
         """The batch on `device`, images ImageNet-normalised there (uint8 crosses the bus: 4x fewer bytes)."""
         images = self.images.to(device, non_blocking=True)
         if images.dtype == torch.uint8:
@@ -34,8 +34,14 @@ class Batch:
             images = images.to(dtype)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return Batch(images, self.boxes.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
-                     self.image_ids, self.sizes, self.skipped)
+        return Batch(
+            images,
+            self.boxes.to(device, non_blocking=True),
+            self.labels.to(device, non_blocking=True),
+            self.image_ids,
+            self.sizes,
+            self.skipped,
+        )
 
 
 def pad_targets(boxes: list[Tensor], labels: list[Tensor], max_boxes: int) -> tuple[Tensor, Tensor]:
@@ -45,7 +51,9 @@ def pad_targets(boxes: list[Tensor], labels: list[Tensor], max_boxes: int) -> tu
     out_labels = torch.zeros(len(boxes), max_boxes, dtype=torch.long)
     for i, (b, l) in enumerate(zip(boxes, labels)):
         if len(b) > max_boxes:
-            warnings.warn(f"an image has {len(b)} boxes; only the first {max_boxes} are used (raise --max-boxes)")
+            warnings.warn(
+                f"an image has {len(b)} boxes; only the first {max_boxes} are used (raise --max-boxes)", stacklevel=2
+            )
             b, l = b[:max_boxes], l[:max_boxes]
         out_boxes[i, : len(b)] = b
         out_labels[i, : len(l)] = l
@@ -65,9 +73,14 @@ class Collate:
         good = [s for s in samples if "unreadable" not in s]
         skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
-            return Batch(torch.zeros(0, 3, 1, 1), torch.zeros(0, self.max_boxes, 4),
-                         torch.zeros(0, self.max_boxes, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                         torch.zeros(0, 2, dtype=torch.long), skipped)
+            return Batch(
+                torch.zeros(0, 3, 1, 1),
+                torch.zeros(0, self.max_boxes, 4),
+                torch.zeros(0, self.max_boxes, dtype=torch.long),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, 2, dtype=torch.long),
+                skipped,
+            )
         if self.keep_batch_size:
             good = good + [good[i % len(good)] for i in range(len(skipped))]
         boxes, labels = pad_targets([s["boxes"] for s in good], [s["labels"] for s in good], self.max_boxes)

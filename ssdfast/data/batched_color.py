@@ -7,6 +7,7 @@ integer division tables. So the result equals OpenCV's up to ties decided differ
 fuse a multiply-add): tests/test_gpu_data.py measures it.
 Costs about a dozen elementwise passes over [B, 3, H, W]: memory-bound, well below the step on a GPU.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ not an image, truncated JPEG, a header over the pixel cap) does not stop the run
 back as {"unreadable": path} and the collate counts it. Image paths that resolve outside the image
 folder are left out at load and counted (ssdfast.data.image_files says why).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,14 +31,86 @@ from .transforms import SSDTransform
 from .validate import ValidationReport, validate_coco
 
 COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
-    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
-    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
-    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )  # the 80 COCO 2017 categories in category-id order: label i + 1
 
 
@@ -50,8 +123,10 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     ann_file = root / "annotations" / f"instances_{split}2017.json"
     image_dir = root / f"{split}2017"
     if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file} "
-                                f"(expected the COCO layout: DATA/annotations/instances_{split}2017.json)")
+        raise FileNotFoundError(
+            f"annotation file not found: {ann_file} "
+            f"(expected the COCO layout: DATA/annotations/instances_{split}2017.json)"
+        )
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir} (expected the COCO layout: DATA/{split}2017/)")
     return ann_file, image_dir
@@ -60,6 +135,7 @@ def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 @dataclass(frozen=True)
 class DataSource:
     """One split of a dataset read into the COCO format, whatever it came as: what CocoDetection loads."""
+
     annotations: dict  # COCO-format images / annotations / categories, not yet checked (load_coco checks)
     image_dir: Path  # every image's file_name is relative to this folder
     origin: Path  # what the split was read from, for messages: annotation file, VOC list, data.yaml
@@ -141,8 +217,9 @@ class ImageRecord:
     labels: np.ndarray  # [n] int64, 1..C
 
 
-def parse_annotations(anns: list[dict], width: int, height: int, label_of: dict[int, int],
-                      dropped: Counter | None = None):
+def parse_annotations(
+    anns: list[dict], width: int, height: int, label_of: dict[int, int], dropped: Counter | None = None
+):
     """COCO annotations of one image -> (boxes [n, 4] normalised xyxy, labels [n]); crowd, unknown-category
     and degenerate (zero/negative size, or outside the image) boxes are dropped, the rest clipped.
     `dropped`, if given, counts the dropped boxes by reason."""
@@ -178,9 +255,17 @@ class CocoDetection(Dataset):
         allow_outside_paths: also read images whose path resolves outside the image folder.
     """
 
-    def __init__(self, root=None, split: str = "train", train: bool | None = None, size: int = 300, seed: int = 0,
-                 source: DataSource | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 allow_outside_paths: bool = False):
+    def __init__(
+        self,
+        root=None,
+        split: str = "train",
+        train: bool | None = None,
+        size: int = 300,
+        seed: int = 0,
+        source: DataSource | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_outside_paths: bool = False,
+    ):
         cv2.setNumThreads(1)  # the loader parallelises over images; OpenCV threads would only contend
         source = source or coco_source(*coco_paths(root, split))
         root = source.origin if root is None else root
@@ -206,25 +291,34 @@ class CocoDetection(Dataset):
             if not path.is_file():  # one stat per image, once
                 self.dropped["missing image files"] += 1
                 continue
-            boxes, labels = parse_annotations(self.coco.imgToAnns.get(image_id, []), info["width"], info["height"],
-                                              label_of, self.dropped)
+            boxes, labels = parse_annotations(
+                self.coco.imgToAnns.get(image_id, []), info["width"], info["height"], label_of, self.dropped
+            )
             if self.train and len(boxes) == 0:
                 self.dropped["training images without a usable box"] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
         if self.dropped.get("missing image files") and self.records:
-            warnings.warn(f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
-                          f"{self.ann_file} are missing: left out", stacklevel=2)
+            warnings.warn(
+                f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
+                f"{self.ann_file} are missing: left out",
+                stacklevel=2,
+            )
         if self.dropped.get(OUTSIDE_REASON) and self.records:
-            warnings.warn(f"{self.image_dir}: {self.dropped[OUTSIDE_REASON]} image path(s) in {self.ann_file} lead "
-                          "outside the image folder: left out (--allow-outside-paths reads them)", stacklevel=2)
+            warnings.warn(
+                f"{self.image_dir}: {self.dropped[OUTSIDE_REASON]} image path(s) in {self.ann_file} lead "
+                "outside the image folder: left out (--allow-outside-paths reads them)",
+                stacklevel=2,
+            )
         self._require_records()
 
     def _require_records(self) -> None:
         if not self.records:
-            raise ValueError(f"no usable {self.split} images in {self.root}: {len(self.coco.imgs)} image(s) in "
-                             f"{self.ann_file}; " + (", ".join(f"{n} {why}" for why, n in self.dropped.items())
-                                                     or "the file lists none"))
+            raise ValueError(
+                f"no usable {self.split} images in {self.root}: {len(self.coco.imgs)} image(s) in "
+                f"{self.ann_file}; "
+                + (", ".join(f"{n} {why}" for why, n in self.dropped.items()) or "the file lists none")
+            )
 
     def drop_images_with_bad_headers(self) -> None:
         """Leave out (and count) the images whose header is unreadable or over the pixel cap, for a
@@ -261,5 +355,10 @@ class CocoDetection(Dataset):
             return {"unreadable": str(path)}
         rng = np.random.default_rng([self.seed, epoch, index])
         image, boxes, labels = self.transform(image, record.boxes.copy(), record.labels.copy(), rng)
-        return {"image": image, "boxes": boxes, "labels": labels, "image_id": record.image_id,
-                "size": (record.height, record.width)}
+        return {
+            "image": image,
+            "boxes": boxes,
+            "labels": labels,
+            "image_id": record.image_id,
+            "size": (record.height, record.width),
+        }

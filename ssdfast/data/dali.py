@@ -12,6 +12,7 @@ stops the pipeline with DALI's error (the PyTorch path skips it) - check a datas
 PyTorch path first. Images whose header is unreadable or over the pixel cap never reach DALI:
 build_loader leaves them out at load and counts them (CocoDetection.drop_images_with_bad_headers).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ import torch
 from .batch import Batch
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-INSTALL_HINT = ("the DALI data path needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
-                "(CUDA 13; nvidia-dali-cuda120 for CUDA 12), or drop --dali to use the PyTorch data path")
+INSTALL_HINT = (
+    "the DALI data path needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
+    "(CUDA 13; nvidia-dali-cuda120 for CUDA 12), or drop --dali to use the PyTorch data path"
+)
 
 
 def require_dali():
@@ -47,9 +50,22 @@ def resize(images, size: int):
     return fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
 
 
-def build_pipeline(ann_file: Path, image_dir: Path, category_ids: list[int], *, train: bool, batch_size: int,
-                   size: int = 300, device_id: int | None = None, shard_id: int = 0, num_shards: int = 1,
-                   seed: int = 0, num_threads: int = 2, fp16: bool = False, channels_last: bool = False):
+def build_pipeline(
+    ann_file: Path,
+    image_dir: Path,
+    category_ids: list[int],
+    *,
+    train: bool,
+    batch_size: int,
+    size: int = 300,
+    device_id: int | None = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    seed: int = 0,
+    num_threads: int = 2,
+    fp16: bool = False,
+    channels_last: bool = False,
+):
     """A DALI pipeline whose outputs are images, boxes [n, 4] xyxy normalised, labels [n] (1..C),
     image ids [1] and original (height, width)."""
     require_dali()
@@ -57,37 +73,71 @@ def build_pipeline(ann_file: Path, image_dir: Path, category_ids: list[int], *, 
 
     gpu = device_id is not None
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=2)
+    @pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=2
+    )
     def ssd_pipeline():
         jpegs, boxes, labels, image_ids = fn.readers.coco(
-            name="reader", file_root=str(image_dir), annotations_file=str(ann_file), ltrb=True, ratio=True,
-            skip_empty=train, include_iscrowd=False, avoid_class_remapping=True, image_ids=True,
-            shard_id=shard_id, num_shards=num_shards, random_shuffle=train, pad_last_batch=not train, seed=seed)
+            name="reader",
+            file_root=str(image_dir),
+            annotations_file=str(ann_file),
+            ltrb=True,
+            ratio=True,
+            skip_empty=train,
+            include_iscrowd=False,
+            avoid_class_remapping=True,
+            image_ids=True,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            random_shuffle=train,
+            pad_last_batch=not train,
+            seed=seed,
+        )
         sizes = fn.peek_image_shape(jpegs)[0:2]  # original (height, width)
         # Our own category-id -> 1..C mapping, identical to the PyTorch path's.
-        labels = fn.lookup_table(labels, keys=list(category_ids), values=list(range(1, len(category_ids) + 1)),
-                                 default_value=0, dtype=types.INT32)
+        labels = fn.lookup_table(
+            labels,
+            keys=list(category_ids),
+            values=list(range(1, len(category_ids) + 1)),
+            default_value=0,
+            dtype=types.INT32,
+        )
         decoder = "mixed" if gpu else "cpu"
         if train:
             crop_begin, crop_size, boxes, labels = fn.random_bbox_crop(
-                boxes, labels, aspect_ratio=[0.5, 2.0], thresholds=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9],
-                scaling=[0.3, 1.0], bbox_layout="xyXY", allow_no_crop=True, num_attempts=50)
+                boxes,
+                labels,
+                aspect_ratio=[0.5, 2.0],
+                thresholds=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9],
+                scaling=[0.3, 1.0],
+                bbox_layout="xyXY",
+                allow_no_crop=True,
+                num_attempts=50,
+            )
             images = fn.decoders.image_slice(jpegs, crop_begin, crop_size, device=decoder, output_type=types.RGB)
             flip = fn.random.coin_flip(probability=0.5)
             boxes = fn.bb_flip(boxes, ltrb=True, horizontal=flip)
             images = resize(images, size)
-            images = fn.hsv(images, hue=fn.random.uniform(range=[-18.0, 18.0]),  # 0.05 of the hue circle
-                            saturation=fn.random.uniform(range=[0.5, 1.5]))
-            images = fn.brightness_contrast(images, brightness=fn.random.uniform(range=[0.875, 1.125]),
-                                            contrast=fn.random.uniform(range=[0.5, 1.5]))
+            images = fn.hsv(
+                images,
+                hue=fn.random.uniform(range=[-18.0, 18.0]),  # 0.05 of the hue circle
+                saturation=fn.random.uniform(range=[0.5, 1.5]),
+            )
+            images = fn.brightness_contrast(
+                images, brightness=fn.random.uniform(range=[0.875, 1.125]), contrast=fn.random.uniform(range=[0.5, 1.5])
+            )
         else:
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
             images = resize(images, size)
             flip = 0
         images = fn.crop_mirror_normalize(
-            images, mean=(IMAGENET_MEAN * 255).tolist(), std=(IMAGENET_STD * 255).tolist(), mirror=flip,
-            dtype=types.FLOAT16 if fp16 else types.FLOAT, output_layout="HWC" if channels_last else "CHW")
+            images,
+            mean=(IMAGENET_MEAN * 255).tolist(),
+            std=(IMAGENET_STD * 255).tolist(),
+            mirror=flip,
+            dtype=types.FLOAT16 if fp16 else types.FLOAT,
+            output_layout="HWC" if channels_last else "CHW",
+        )
         # Pad to the largest count in the batch here; DaliLoader pads/truncates to the fixed G.
         boxes = fn.pad(boxes, axes=(0,), fill_value=0.0)
         labels = fn.pad(labels, axes=(0,), fill_value=0)
@@ -101,9 +151,23 @@ def build_pipeline(ann_file: Path, image_dir: Path, category_ids: list[int], *, 
 class DaliLoader:
     """Iterates Batches from a DALI pipeline; same interface as the PyTorch loader."""
 
-    def __init__(self, ann_file: Path, image_dir: Path, *, train: bool, batch_size: int, max_boxes: int,
-                 device_id: int | None, rank: int = 0, world_size: int = 1, seed: int = 0, num_threads: int = 2,
-                 fp16: bool = False, channels_last: bool = False, size: int = 300):
+    def __init__(
+        self,
+        ann_file: Path,
+        image_dir: Path,
+        *,
+        train: bool,
+        batch_size: int,
+        max_boxes: int,
+        device_id: int | None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_threads: int = 2,
+        fp16: bool = False,
+        channels_last: bool = False,
+        size: int = 300,
+    ):
         require_dali()
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -113,13 +177,29 @@ class DaliLoader:
         self.max_boxes = max_boxes
         self.channels_last = channels_last
         self.start_batch = 0
-        self.pipe = build_pipeline(ann_file, image_dir, self.category_ids, train=train, batch_size=batch_size,
-                                   size=size, device_id=device_id, shard_id=rank, num_shards=world_size, seed=seed,
-                                   num_threads=num_threads, fp16=fp16, channels_last=channels_last)
+        self.pipe = build_pipeline(
+            ann_file,
+            image_dir,
+            self.category_ids,
+            train=train,
+            batch_size=batch_size,
+            size=size,
+            device_id=device_id,
+            shard_id=rank,
+            num_shards=world_size,
+            seed=seed,
+            num_threads=num_threads,
+            fp16=fp16,
+            channels_last=channels_last,
+        )
         self.pipe.build()
         self.iterator = DALIGenericIterator(
-            self.pipe, ["images", "boxes", "labels", "image_ids", "sizes"], reader_name="reader", auto_reset=True,
-            last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
+            self.pipe,
+            ["images", "boxes", "labels", "image_ids", "sizes"],
+            reader_name="reader",
+            auto_reset=True,
+            last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """DALI's reader reshuffles by itself each epoch. A restarted run skips start_batch batches
@@ -148,5 +228,10 @@ class DaliLoader:
             elif count < self.max_boxes:
                 boxes = torch.nn.functional.pad(boxes.reshape(len(boxes), count, 4), (0, 0, 0, self.max_boxes - count))
                 labels = torch.nn.functional.pad(labels.reshape(len(labels), count), (0, self.max_boxes - count))
-            yield Batch(images, boxes.float(), labels, data["image_ids"].reshape(-1).long().cpu(),
-                        data["sizes"].reshape(-1, 2).long().cpu())
+            yield Batch(
+                images,
+                boxes.float(),
+                labels,
+                data["image_ids"].reshape(-1).long().cpu(),
+                data["sizes"].reshape(-1, 2).long().cpu(),
+            )

@@ -7,6 +7,7 @@ Detection looks, in this order, for the COCO layout (DATA/annotations/), a VOCde
 (DATA/Annotations/ and DATA/ImageSets/Main/, or one such folder inside DATA, as VOCdevkit/VOC2007)
 and a YOLO data.yaml (DATA itself or DATA/data.yaml).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,11 @@ from .voc import is_voc_root, read_voc
 from .yolo import find_data_yaml, read_yolo
 
 FORMATS = ("coco", "voc", "yolo")
-LOOKED_FOR = ("the COCO layout (annotations/instances_{train,val}2017.json)",
-              "a VOCdevkit folder (Annotations/ and ImageSets/Main/)", "a YOLO data.yaml")
+LOOKED_FOR = (
+    "the COCO layout (annotations/instances_{train,val}2017.json)",
+    "a VOCdevkit folder (Annotations/ and ImageSets/Main/)",
+    "a YOLO data.yaml",
+)
 
 
 def voc_root(path: Path) -> Path | None:
@@ -26,25 +30,34 @@ def voc_root(path: Path) -> Path | None:
         return path
     years = sorted(p for p in path.iterdir() if p.is_dir() and is_voc_root(p)) if path.is_dir() else []
     if len(years) > 1:
-        raise ValueError(f"{path} holds several VOC folders ({', '.join(p.name for p in years)}): "
-                         f"give one as --data-path, e.g. {years[0]}")
+        raise ValueError(
+            f"{path} holds several VOC folders ({', '.join(p.name for p in years)}): "
+            f"give one as --data-path, e.g. {years[0]}"
+        )
     return years[0] if years else None
 
 
 def detect_format(path: Path) -> str:
-    """"coco", "voc" or "yolo" for the dataset at `path`; a FileNotFoundError listing what was looked for."""
+    """ "coco", "voc" or "yolo" for the dataset at `path`; a FileNotFoundError listing what was looked for."""
     if path.is_dir() and (path / "annotations").is_dir():
         return "coco"
     if voc_root(path) is not None:
         return "voc"
     if find_data_yaml(path) is not None:
         return "yolo"
-    raise FileNotFoundError(f"no dataset found at {path}: looked for {'; '.join(LOOKED_FOR)} "
-                            "(or give --data-format, or --train-ann/--train-images and --val-ann/--val-images)")
+    raise FileNotFoundError(
+        f"no dataset found at {path}: looked for {'; '.join(LOOKED_FOR)} "
+        "(or give --data-format, or --train-ann/--train-images and --val-ann/--val-images)"
+    )
 
 
-def resolve_source(data_path: str | Path | None, split: str, data_format: str | None = None,
-                   ann_file: str | Path | None = None, image_dir: str | Path | None = None) -> DataSource:
+def resolve_source(
+    data_path: str | Path | None,
+    split: str,
+    data_format: str | None = None,
+    ann_file: str | Path | None = None,
+    image_dir: str | Path | None = None,
+) -> DataSource:
     """The split `split` of what the user gave: explicit COCO paths (ann_file and image_dir) win over
     data_path; data_format None means detect it."""
     if ann_file or image_dir:

@@ -13,6 +13,7 @@ colour jitter (batched_color: OpenCV's uint8 arithmetic as tensor ops), ImageNet
 channels_last float buffer. The same code runs on CPU tensors: the test oracle and the CPU fallback.
 On CUDA the work runs on a side stream, double-buffered: batch i+1 is prepared while step i runs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,8 +90,13 @@ class JpegSamples(Dataset):
             return payload
         rng = np.random.default_rng([self.dataset.seed, epoch, index])
         params = draw_augmentation(record.boxes.copy(), record.labels.copy(), rng, self.dataset.train)
-        return {**payload, **params, "path": str(path), "image_id": record.image_id,
-                "size": (record.height, record.width)}
+        return {
+            **payload,
+            **params,
+            "path": str(path),
+            "image_id": record.image_id,
+            "size": (record.height, record.width),
+        }
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -105,12 +111,16 @@ def decode(samples: list[dict], device: torch.device) -> list[torch.Tensor | Non
     """Each sample's image [3, H, W] uint8 on `device` (oriented), None where it cannot be read. The JPEGs
     go through one batched decode_jpeg; if it fails, one by one, then OpenCV (read_image) for the rest."""
     jpegs = [i for i, s in enumerate(samples) if "jpeg" in s]
-    images: list[torch.Tensor | None] = [s["pixels"].to(device, non_blocking=True) if "pixels" in s else None
-                                         for s in samples]
+    images: list[torch.Tensor | None] = [
+        s["pixels"].to(device, non_blocking=True) if "pixels" in s else None for s in samples
+    ]
     if jpegs:
         for i, image in zip(jpegs, decode_jpegs([samples[i]["jpeg"] for i in jpegs], device)):
-            images[i] = (orient(image, samples[i]["orientation"]) if image is not None
-                         else fallback_decode(samples[i]["path"], device))
+            images[i] = (
+                orient(image, samples[i]["orientation"])
+                if image is not None
+                else fallback_decode(samples[i]["path"], device)
+            )
     return images
 
 
@@ -174,22 +184,35 @@ class GpuAugment:
         skipped += tuple(s["path"] for s, image in zip(readable, images) if image is None)
         return [(s, image) for s, image in zip(readable, images) if image is not None], skipped
 
-    def assemble(self, good: list[tuple[dict, torch.Tensor]], skipped: tuple[str, ...],
-                 out: torch.Tensor | None = None) -> Batch:
+    def assemble(
+        self, good: list[tuple[dict, torch.Tensor]], skipped: tuple[str, ...], out: torch.Tensor | None = None
+    ) -> Batch:
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
-            return Batch(torch.zeros(0, 3, 1, 1), torch.zeros(0, self.max_boxes, 4),
-                         torch.zeros(0, self.max_boxes, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                         torch.zeros(0, 2, dtype=torch.long), skipped)
+            return Batch(
+                torch.zeros(0, 3, 1, 1),
+                torch.zeros(0, self.max_boxes, 4),
+                torch.zeros(0, self.max_boxes, dtype=torch.long),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, 2, dtype=torch.long),
+                skipped,
+            )
         if self.train:
             good = good + [good[i % len(good)] for i in range(len(skipped))]
         kept = [s for s, _ in good]
         pixels = self.pixels([image for _, image in good], kept, out)
-        boxes, labels = pad_targets([torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4))
-                                     for s in kept], [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64))
-                                                      for s in kept], self.max_boxes)
-        return Batch(pixels, boxes.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
-                     torch.tensor([s["image_id"] for s in kept], dtype=torch.long),
-                     torch.tensor([s["size"] for s in kept], dtype=torch.long), skipped)
+        boxes, labels = pad_targets(
+            [torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)) for s in kept],
+            [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64)) for s in kept],
+            self.max_boxes,
+        )
+        return Batch(
+            pixels,
+            boxes.to(self.device, non_blocking=True),
+            labels.to(self.device, non_blocking=True),
+            torch.tensor([s["image_id"] for s in kept], dtype=torch.long),
+            torch.tensor([s["size"] for s in kept], dtype=torch.long),
+            skipped,
+        )
 
     def pixels(self, images: list[torch.Tensor], samples: list[dict], out: torch.Tensor | None) -> torch.Tensor:
         """Decoded images -> [B, 3, S, S] normalised `dtype`, channels_last (into out[:B] when given)."""
@@ -199,7 +222,7 @@ class GpuAugment:
         normalised = normalise(augment(resized, flips, jitter if self.train else None))
         if out is None:
             out = torch.empty_like(normalised, dtype=self.dtype, memory_format=torch.channels_last)
-        return out[:len(images)].copy_(normalised)
+        return out[: len(images)].copy_(normalised)
 
 
 class GpuLoader:
@@ -216,8 +239,14 @@ class GpuLoader:
         cuda = augment.device.type == "cuda"
         self.stream = torch.cuda.Stream(augment.device) if cuda else None
         shape = (loader.batch_size, 3, augment.size, augment.size)
-        self.buffers = [torch.empty(shape, dtype=augment.dtype, device=augment.device,
-                                    memory_format=torch.channels_last) for _ in range(2)] if cuda else [None, None]
+        self.buffers = (
+            [
+                torch.empty(shape, dtype=augment.dtype, device=augment.device, memory_format=torch.channels_last)
+                for _ in range(2)
+            ]
+            if cuda
+            else [None, None]
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.dataset.set_epoch(epoch)
@@ -259,11 +288,27 @@ class GpuLoader:
         return batch
 
 
-def gpu_loader(dataset: CocoDetection, sampler: EpochKeyedSampler, drop_last: bool, *, batch_size: int,
-               num_workers: int, device: torch.device, max_boxes: int, fp16: bool = False) -> GpuLoader:
+def gpu_loader(
+    dataset: CocoDetection,
+    sampler: EpochKeyedSampler,
+    drop_last: bool,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    max_boxes: int,
+    fp16: bool = False,
+) -> GpuLoader:
     """build_loader's GPU path: workers of JpegSamples (a batch is a list of samples) -> GpuAugment on `device`."""
-    data_loader = DataLoader(JpegSamples(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                             collate_fn=list, drop_last=drop_last, persistent_workers=num_workers > 0,
-                             worker_init_fn=ignore_stop_signals_in_workers)
+    data_loader = DataLoader(
+        JpegSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=list,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals_in_workers,
+    )
     augment = GpuAugment(device, dataset.train, max_boxes, dtype=torch.float16 if fp16 else torch.float32)
     return GpuLoader(dataset, data_loader, augment)

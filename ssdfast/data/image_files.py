@@ -4,6 +4,7 @@ A dataset is data from elsewhere: an annotation `file_name` may point anywhere (
 `../../x.jpg`, a symlink out of the folder), and a 631-byte JPEG may claim 65500 x 65500 pixels
 (OpenCV raises on it; at 8000 x 8000 it decodes, and one sample costs gigabytes in the augmentation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,17 @@ def _real_folder(folder: Path) -> str:
 
 def add_image_limit_args(parser: argparse.ArgumentParser, outside_paths: bool = True) -> None:
     """--max-pixels (and --allow-outside-paths, for tools that read a dataset) on a tool's parser."""
-    parser.add_argument("--max-pixels", type=integer(1, PILLOW_LIMIT), default=DEFAULT_MAX_PIXELS,
-                        help=f"skip (and count) images whose header claims more pixels, width x height, before "
-                        f"decoding them (default {DEFAULT_MAX_PIXELS}; at most {PILLOW_LIMIT})")
+    parser.add_argument(
+        "--max-pixels",
+        type=integer(1, PILLOW_LIMIT),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip (and count) images whose header claims more pixels, width x height, before "
+        f"decoding them (default {DEFAULT_MAX_PIXELS}; at most {PILLOW_LIMIT})",
+    )
     if outside_paths:
-        parser.add_argument("--allow-outside-paths", action="store_true",
-                            help="read dataset images that lie outside the image folder (absolute or ../ file "
-                            "names, symlinks out of it); by default they are left out and counted")
+        parser.add_argument(
+            "--allow-outside-paths",
+            action="store_true",
+            help="read dataset images that lie outside the image folder (absolute or ../ file "
+            "names, symlinks out of it); by default they are left out and counted",
+        )

@@ -5,6 +5,7 @@ CUDA) and everything else (grayscale, CMYK, arithmetic coding, PNG, truncated fi
 and to turn a decoded image the way OpenCV does (EXIF orientation), which nvJPEG does not. Reads the
 segments up to the first scan: a few hundred bytes, microseconds.
 """
+
 from __future__ import annotations
 
 import struct
@@ -37,8 +38,8 @@ def read_jpeg_header(raw: bytes) -> JpegHeader | None:
             if raw[position] != 0xFF:
                 return None
             marker = raw[position + 1]
-            (length,) = struct.unpack(">H", raw[position + 2:position + 4])
-            segment = raw[position + 4:position + 2 + length]
+            (length,) = struct.unpack(">H", raw[position + 2 : position + 4])
+            segment = raw[position + 4 : position + 2 + length]
             if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
                 orientation = exif_orientation(segment[6:]) or orientation
             elif marker in HUFFMAN_FRAMES or marker in OTHER_FRAMES:
@@ -58,9 +59,9 @@ def exif_orientation(tiff: bytes) -> int | None:
         return None
     try:
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
         for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-            tag, _, _, value = struct.unpack(order + "HHIH", tiff[entry:entry + 10])
+            tag, _, _, value = struct.unpack(order + "HHIH", tiff[entry : entry + 10])
             if tag == ORIENTATION_TAG:
                 return value if 1 <= value <= 8 else None
     except struct.error:  # a cut EXIF block: no orientation, as OpenCV reads it

@@ -1,4 +1,5 @@
 """build_loader: one entry point for both data paths, so the engine does not care which one runs."""
+
 from __future__ import annotations
 
 import atexit
@@ -16,9 +17,9 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES
-from .batch import Batch, Collate
 from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
 from ..runtime import pick_device
+from .batch import Batch, Collate
 from .coco import CocoDetection
 from .formats import resolve_source
 from .image_files import DEFAULT_MAX_PIXELS
@@ -61,6 +62,7 @@ class EpochKeyedSampler(Sampler):
 @dataclass(frozen=True)
 class DatasetInfo:
     """What both data paths know about a split, built once from the checked CocoDetection."""
+
     coco: COCO  # the checked annotations (pycocotools), for COCO evaluation
     category_ids: tuple[int, ...]  # dataset category id of label 1..C
     category_names: tuple[str, ...]
@@ -69,13 +71,20 @@ class DatasetInfo:
     data_format: str = "coco"  # what it was read from: "coco", "voc" or "yolo" (VOC adds VOC mAP to eval)
 
     @classmethod
-    def of(cls, dataset: CocoDetection) -> "DatasetInfo":
-        return cls(dataset.coco, tuple(dataset.category_ids), tuple(dataset.category_names), len(dataset),
-                   dict(dataset.dropped), dataset.data_format)
+    def of(cls, dataset: CocoDetection) -> DatasetInfo:
+        return cls(
+            dataset.coco,
+            tuple(dataset.category_ids),
+            tuple(dataset.category_names),
+            len(dataset),
+            dict(dataset.dropped),
+            dataset.data_format,
+        )
 
 
 class Loader(Protocol):
     """What the engine and the tools use of a loader, whichever data path built it."""
+
     info: DatasetInfo
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -112,8 +121,11 @@ def usable_annotation_file(dataset: CocoDetection) -> Path:
     file): both paths then read exactly the same images and boxes. A temporary file, once per loader."""
     keep = {r.image_id for r in dataset.records}
     data = dataset.coco.dataset
-    usable = {**data, "images": [i for i in data["images"] if i["id"] in keep],
-              "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    usable = {
+        **data,
+        "images": [i for i in data["images"] if i["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+    }
     folder = tempfile.mkdtemp(prefix="ssdfast_dali_")
     atexit.register(shutil.rmtree, folder, True)
     path = Path(folder) / dataset.ann_file.name
@@ -121,12 +133,28 @@ def usable_annotation_file(dataset: CocoDetection) -> Path:
     return path
 
 
-def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch_size: int, num_workers: int = 2,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, max_boxes: int = DEFAULT_MAX_BOXES,
-                 dali: bool = False, device: torch.device | str = "cpu", channels_last: bool = False,
-                 fp16: bool = False, data_format: str | None = None, ann_file: str | Path | None = None,
-                 image_dir: str | Path | None = None, backend: str = "pytorch", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 allow_outside_paths: bool = False) -> Loader:
+def build_loader(
+    data_path: str | Path | None,
+    split: str,
+    *,
+    train: bool,
+    batch_size: int,
+    num_workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    max_boxes: int = DEFAULT_MAX_BOXES,
+    dali: bool = False,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    fp16: bool = False,
+    data_format: str | None = None,
+    ann_file: str | Path | None = None,
+    image_dir: str | Path | None = None,
+    backend: str = "pytorch",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_outside_paths: bool = False,
+) -> Loader:
     """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
     `backend` (DATA_BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
     data_path in the COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO
@@ -139,17 +167,34 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Every path starts from the same checked dataset: one validation, one count, one error for "nothing usable".
     source = resolve_source(data_path, split, data_format, ann_file, image_dir)
-    dataset = CocoDetection(split=split, train=train, seed=seed, source=source, max_pixels=max_pixels,
-                            allow_outside_paths=allow_outside_paths)
+    dataset = CocoDetection(
+        split=split,
+        train=train,
+        seed=seed,
+        source=source,
+        max_pixels=max_pixels,
+        allow_outside_paths=allow_outside_paths,
+    )
     if backend == "dali":
         from .dali import DaliLoader
 
         dataset.drop_images_with_bad_headers()  # DALI decodes whatever it is given, and fails on it
         device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
         device_id = device.index if device.type == "cuda" else None  # None: DALI's CPU-only mode
-        loader = DaliLoader(usable_annotation_file(dataset), dataset.image_dir, train=train, batch_size=batch_size,
-                            max_boxes=max_boxes, device_id=device_id, rank=rank, world_size=world_size, seed=seed,
-                            num_threads=max(num_workers, 1), fp16=fp16, channels_last=channels_last)
+        loader = DaliLoader(
+            usable_annotation_file(dataset),
+            dataset.image_dir,
+            train=train,
+            batch_size=batch_size,
+            max_boxes=max_boxes,
+            device_id=device_id,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            num_threads=max(num_workers, 1),
+            fp16=fp16,
+            channels_last=channels_last,
+        )
         loader.info = DatasetInfo.of(dataset)
         return loader
     sampler, drop_last = epoch_sampler(dataset, split, train, batch_size, rank, world_size, seed)
@@ -158,26 +203,46 @@ def build_loader(data_path: str | Path | None, split: str, *, train: bool, batch
     if backend == "gpu":
         from .gpu_pipeline import gpu_loader
 
-        return gpu_loader(dataset, sampler, drop_last, batch_size=batch_size, num_workers=num_workers,
-                          device=pick_device(str(device)), max_boxes=max_boxes, fp16=fp16)
-    data_loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                             num_workers=num_workers, collate_fn=Collate(max_boxes, keep_batch_size=train),
-                             drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
-                             persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals_in_workers)
+        return gpu_loader(
+            dataset,
+            sampler,
+            drop_last,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=pick_device(str(device)),
+            max_boxes=max_boxes,
+            fp16=fp16,
+        )
+    data_loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=Collate(max_boxes, keep_batch_size=train),
+        drop_last=drop_last,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals_in_workers,
+    )
     return TorchLoader(dataset, data_loader)
 
 
-def epoch_sampler(dataset: CocoDetection, split: str, train: bool, batch_size: int, rank: int, world_size: int,
-                  seed: int) -> tuple[EpochKeyedSampler, bool]:
+def epoch_sampler(
+    dataset: CocoDetection, split: str, train: bool, batch_size: int, rank: int, world_size: int, seed: int
+) -> tuple[EpochKeyedSampler, bool]:
     """The sampler of both the PyTorch and the GPU path (training: shuffled, sharded, whole batches;
     evaluation: every image once over the ranks), and whether the DataLoader drops the last batch."""
     if train:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=True)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         drop_last = len(sampler) >= batch_size
         if not drop_last:
-            warnings.warn(f"{split}: only {len(sampler)} images per rank for a batch of {batch_size}; "
-                          "using one smaller batch per epoch")
+            warnings.warn(
+                f"{split}: only {len(sampler)} images per rank for a batch of {batch_size}; "
+                "using one smaller batch per epoch",
+                stacklevel=2,
+            )
     else:
         sampler, drop_last = ShardSampler(len(dataset), rank, world_size), False
     return EpochKeyedSampler(sampler), drop_last

@@ -6,6 +6,7 @@ Three categories (circle, square, triangle) with deliberately non-contiguous ids
 label mapping is exercised; each class has its own hue family (with jitter), object sizes range
 from small to large, 1-4 objects per image. Learnable by SSDLite in minutes on a CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,19 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     base = rng.uniform(60, 200, size=3)
     slope = rng.uniform(-0.2, 0.2, size=(2, 3))
     image = base + gx[..., None] * slope[0] + gy[..., None] * slope[1]
-    noise = cv2.resize(rng.normal(0, 25, size=(height // 8 + 1, width // 8 + 1, 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = cv2.resize(
+        rng.normal(0, 25, size=(height // 8 + 1, width // 8 + 1, 3)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     image = image + noise + rng.normal(0, 6, size=(height, width, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _class_color(rng: np.random.Generator, cls: int) -> tuple[int, int, int]:
-    hsv = np.uint8([[[(CLASS_HUES[cls] + rng.integers(-12, 13)) % 180, rng.integers(170, 256), rng.integers(150, 256)]]])
+    hsv = np.uint8(
+        [[[(CLASS_HUES[cls] + rng.integers(-12, 13)) % 180, rng.integers(170, 256), rng.integers(150, 256)]]]
+    )
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
@@ -71,9 +77,16 @@ def write_split(root: Path, split: str, num_images: int, rng: np.random.Generato
             cls = int(rng.integers(len(CATEGORIES)))
             bbox = _draw(image, cls, x, y, size, _class_color(rng, cls))
             boxes.append(bbox)
-            annotations.append({"id": len(annotations) + 1 + first_id * 10, "image_id": image_id,
-                                "category_id": CATEGORIES[cls]["id"], "bbox": bbox, "area": bbox[2] * bbox[3],
-                                "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1 + first_id * 10,
+                    "image_id": image_id,
+                    "category_id": CATEGORIES[cls]["id"],
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
         file_name = f"{image_id:012d}.jpg"
         cv2.imwrite(str(image_dir / file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})

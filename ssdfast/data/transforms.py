@@ -10,6 +10,7 @@ checkpoints were trained with and the one DALI's `fn.resize` applies. Boxes are 
 All randomness comes from the numpy Generator passed in, so a sample is reproducible from
 (seed, epoch, index) whatever the number of loader workers.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -51,8 +52,8 @@ def valid_crops(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_iou: f
     w, h = crops[:, 2] - crops[:, 0], crops[:, 3] - crops[:, 1]
     ious = box_iou_np(boxes, crops)
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    inside = ((cx > crops[:, :1]) & (cx < crops[:, 2:3]) & (cy > crops[:, 1:2]) & (cy < crops[:, 3:]))
-    return ((w / h >= 0.5) & (w / h <= 2.0) & ((ious > min_iou) & (ious < max_iou)).all(axis=1) & inside.any(axis=1))
+    inside = (cx > crops[:, :1]) & (cx < crops[:, 2:3]) & (cy > crops[:, 1:2]) & (cy < crops[:, 3:])
+    return (w / h >= 0.5) & (w / h <= 2.0) & ((ious > min_iou) & (ious < max_iou)).all(axis=1) & inside.any(axis=1)
 
 
 def valid_crops_loop(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_iou: float) -> np.ndarray:
@@ -61,7 +62,7 @@ def valid_crops_loop(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_i
     for i, (x0, y0, x1, y1) in enumerate(crops):
         if not 0.5 <= (x1 - x0) / (y1 - y0) <= 2.0:
             continue
-        ious = box_iou_np(boxes, crops[i:i + 1])[0]
+        ious = box_iou_np(boxes, crops[i : i + 1])[0]
         centred = [(x0 < (b[0] + b[2]) / 2 < x1) and (y0 < (b[1] + b[3]) / 2 < y1) for b in boxes]
         out[i] = bool(((ious > min_iou) & (ious < max_iou)).all()) and any(centred)
     return out

@@ -13,6 +13,7 @@ Completed and counted: an annotation without `area` gets its bbox area (COCOeval
 Degenerate boxes (zero or negative size, outside the image) and crowd boxes are dropped later by
 the dataset (parse_annotations), which counts them too.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ SHOW_IDS = 5  # how many record ids a message lists
 @dataclass
 class ValidationReport:
     """Problem class -> ids of the records dropped (or, for `repaired`, completed) for it."""
+
     dropped: dict[str, list] = field(default_factory=dict)
     repaired: dict[str, list] = field(default_factory=dict)
 
@@ -36,9 +38,14 @@ class ValidationReport:
 
     def message(self) -> str:
         """'dropped N <problem> (ids ...); ...; filled in N <problem> (ids ...)', or '' if all was well."""
+
         def show(kind, problems):
-            return [f"{kind} {len(ids)} {problem} (ids {', '.join(map(str, ids[:SHOW_IDS]))}"
-                    f"{', ...' if len(ids) > SHOW_IDS else ''})" for problem, ids in problems.items()]
+            return [
+                f"{kind} {len(ids)} {problem} (ids {', '.join(map(str, ids[:SHOW_IDS]))}"
+                f"{', ...' if len(ids) > SHOW_IDS else ''})"
+                for problem, ids in problems.items()
+            ]
+
         return "; ".join(show("dropped", self.dropped) + show("filled in", self.repaired))
 
 
@@ -52,6 +59,7 @@ def _is_int(v) -> bool:
 
 def validate_coco(data, path: str | Path) -> tuple[dict, ValidationReport]:
     """(the usable part of `data`, what was dropped). Raises ValueError for what cannot be dropped."""
+
     def fail(message: str):
         raise ValueError(f"{path}: {message}")
 
@@ -102,8 +110,11 @@ def validate_coco(data, path: str | Path) -> tuple[dict, ValidationReport]:
             report.drop("annotations of an unknown or dropped image", ann_id)
         elif not _is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
             report.drop("annotations with a category_id not in categories", ann_id)
-        elif (not isinstance(ann.get("bbox"), list) or len(ann["bbox"]) != 4
-              or not all(_is_number(v) and math.isfinite(v) for v in ann["bbox"])):
+        elif (
+            not isinstance(ann.get("bbox"), list)
+            or len(ann["bbox"]) != 4
+            or not all(_is_number(v) and math.isfinite(v) for v in ann["bbox"])
+        ):
             report.drop("annotations whose bbox is not 4 finite numbers", ann_id)
         else:
             if not _is_number(ann.get("area")):  # COCOeval needs it: the box area stands in, as in COCO's own tools

@@ -14,6 +14,7 @@ Decisions (one home for each):
   * a file that is not parseable XML, or not a VOC <annotation>, is dropped and counted by name; an
     <object> without a name or without 4 numeric box coordinates is dropped and counted.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,28 @@ from PIL import Image
 from .coco import DataSource
 from .validate import ValidationReport
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -53,11 +73,20 @@ def parse_voc_xml(path: Path) -> dict:
     if root.tag != "annotation":
         raise ValueError(f"{path.name}: root element <{root.tag}>, expected <annotation>")
     size = root.find("size")
-    objects = [{"name": (obj.findtext("name") or "").strip(),
-                "box": tuple(_number(obj.find("bndbox"), t) for t in BOX_FIELDS),
-                "difficult": _number(obj, "difficult") == 1} for obj in root.iter("object")]
-    return {"filename": (root.findtext("filename") or "").strip(), "width": _number(size, "width"),
-            "height": _number(size, "height"), "objects": objects}
+    objects = [
+        {
+            "name": (obj.findtext("name") or "").strip(),
+            "box": tuple(_number(obj.find("bndbox"), t) for t in BOX_FIELDS),
+            "difficult": _number(obj, "difficult") == 1,
+        }
+        for obj in root.iter("object")
+    ]
+    return {
+        "filename": (root.findtext("filename") or "").strip(),
+        "width": _number(size, "width"),
+        "height": _number(size, "height"),
+        "objects": objects,
+    }
 
 
 def _all_annotations(annotations_dir: Path) -> dict[str, dict | str]:
@@ -101,8 +130,14 @@ def _image_record(image_id: int, stem: str, xml: dict, image_dir: Path) -> dict:
 def _annotation(ann_id: int, image_id: int, obj: dict, category_id: int) -> dict:
     x1, y1, x2, y2 = obj["box"]
     w, h = x2 - x1 + 1, y2 - y1 + 1  # 1-based inclusive pixel indices -> continuous width
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": [x1 - 1, y1 - 1, w, h],
-            "area": max(w, 0) * max(h, 0), "iscrowd": int(obj["difficult"])}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [x1 - 1, y1 - 1, w, h],
+        "area": max(w, 0) * max(h, 0),
+        "iscrowd": int(obj["difficult"]),
+    }
 
 
 def split_ids(root: Path, split: str) -> list[str]:

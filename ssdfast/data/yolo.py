@@ -18,6 +18,7 @@ Decisions (one home for each):
     ids not in `names`, unreadable label files, listed images outside the folder. Boxes partly or wholly
     outside the image are clipped or dropped (and counted) by the dataset, as for COCO.
 """
+
 from __future__ import annotations
 
 import os
@@ -131,8 +132,15 @@ def parse_label_line(line: str) -> tuple[int, list[float]] | None:
     return int(numbers[0]), numbers[1:]
 
 
-def image_annotations(labels: Path, name: str, image_id: int, size: tuple[int, int], names: dict[int, str],
-                      found: ValidationReport, first_id: int) -> list[dict]:
+def image_annotations(
+    labels: Path,
+    name: str,
+    image_id: int,
+    size: tuple[int, int],
+    names: dict[int, str],
+    found: ValidationReport,
+    first_id: int,
+) -> list[dict]:
     """COCO annotations of one image's label file ([] when there is none)."""
     try:
         lines = labels.read_text().splitlines() if labels.is_file() else []
@@ -145,13 +153,25 @@ def image_annotations(labels: Path, name: str, image_id: int, size: tuple[int, i
         parsed = parse_label_line(line) if line.strip() else None
         if parsed is None or parsed[0] not in names:
             if line.strip():
-                found.drop("YOLO label lines that are not 'class cx cy w h'" if parsed is None
-                           else "YOLO boxes of a class not in names", f"{name}:{number}")
+                found.drop(
+                    "YOLO label lines that are not 'class cx cy w h'"
+                    if parsed is None
+                    else "YOLO boxes of a class not in names",
+                    f"{name}:{number}",
+                )
             continue
         cls, (cx, cy, w, h) = parsed
         bbox = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
-        annotations.append({"id": first_id + len(annotations), "image_id": image_id, "category_id": cls + 1,
-                            "bbox": bbox, "area": max(bbox[2], 0) * max(bbox[3], 0), "iscrowd": 0})
+        annotations.append(
+            {
+                "id": first_id + len(annotations),
+                "image_id": image_id,
+                "category_id": cls + 1,
+                "bbox": bbox,
+                "area": max(bbox[2], 0) * max(bbox[3], 0),
+                "iscrowd": 0,
+            }
+        )
     return annotations
 
 
@@ -170,8 +190,9 @@ def read_yolo(path: str | Path, split: str) -> DataSource:
         for image in split_images(root, split_entry(root, str(entry), yaml_file), found):
             name, image_id, size = image.relative_to(root).as_posix(), len(images) + 1, image_size(image)
             images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
-            annotations += image_annotations(label_file(root, image), name, image_id, size, names, found,
-                                             len(annotations) + 1)
+            annotations += image_annotations(
+                label_file(root, image), name, image_id, size, names, found, len(annotations) + 1
+            )
     categories = [{"id": index + 1, "name": name} for index, name in sorted(names.items())]
     data = {"images": images, "annotations": annotations, "categories": categories}
     return DataSource(data, root, yaml_file, "yolo", found)

@@ -1,4 +1,5 @@
 """Model factory: build_model(name, num_classes, backbone_weights)."""
+
 from __future__ import annotations
 
 from .ssd_base import SSDBase

@@ -8,10 +8,10 @@ and NVIDIA's layout (they reshape [B, nd*4, H, W] with `.view(B, 4, -1)`), so th
 unchanged. ssdfast returns per-anchor rows instead, [B, A, 4] and [B, A, C+1], in anchor order
 (map, shape, location), which is what the loss and the post-processing want.
 """
+
 from __future__ import annotations
 
 import abc
-
 from pathlib import Path
 
 import torch
@@ -90,8 +90,9 @@ def load_backbone_weights(module: nn.Module, weights, torchvision_weights, what:
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"backbone weights {weights!r} do not fit torchvision's {what}: "
-                         f"{' '.join(str(error).split())[:300]}") from error
+        raise ValueError(
+            f"backbone weights {weights!r} do not fit torchvision's {what}: {' '.join(str(error).split())[:300]}"
+        ) from error
 
 
 def read_backbone_file(path: Path, what: str) -> dict:
@@ -99,9 +100,11 @@ def read_backbone_file(path: Path, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a zip, truncated, pickled code refused by weights_only...
-        raise ValueError(f"cannot read the backbone weights {path}: {error.__class__.__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''} (expected a torchvision {what} "
-                         "state dict saved with torch.save)") from error
+        raise ValueError(
+            f"cannot read the backbone weights {path}: {error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''} (expected a torchvision {what} "
+            "state dict saved with torch.save)"
+        ) from error
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise ValueError(f"the backbone weights {path} hold a {type(state).__name__}, not a {what} state dict")

@@ -6,6 +6,7 @@ stride 1, so a 300x300 image gives a 38x38x1024 map. Five extra blocks
 Parameter names (feature_extractor.feature_extractor.N, additional_blocks.i.j, loc.i, conf.i)
 are the seed's, so its checkpoints load as they are.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,8 +39,9 @@ def extra_block(in_channels: int, mid: int, out_channels: int, downsample: bool)
         nn.Conv2d(in_channels, mid, kernel_size=1, bias=False),
         nn.BatchNorm2d(mid),
         nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out_channels, kernel_size=3, padding=1 if downsample else 0, stride=2 if downsample else 1,
-                  bias=False),
+        nn.Conv2d(
+            mid, out_channels, kernel_size=3, padding=1 if downsample else 0, stride=2 if downsample else 1, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )

@@ -5,6 +5,7 @@ Feature maps: the 576-channel expansion output inside MobileNetV2 block 14 (19x1
 map through a forward hook that detached it, so no gradient reached the backbone from that head;
 here it is computed in the forward pass and gradient flows. Heads: depthwise 3x3 -> BN -> ReLU6 -> 1x1.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -51,12 +52,14 @@ class SSDLite300MobileNetV2(SSDBase):
     def __init__(self, num_classes: int = 80, backbone_weights="none"):
         super().__init__(num_classes, SSDLITE300)
         self.feature_extractor = MobileNetV2Backbone(backbone_weights)
-        self.additional_blocks = nn.ModuleList([
-            InvertedResidual(1280, 512, stride=2, expand_ratio=0.2),
-            InvertedResidual(512, 256, stride=2, expand_ratio=0.25),
-            InvertedResidual(256, 256, stride=2, expand_ratio=0.5),
-            InvertedResidual(256, 64, stride=2, expand_ratio=0.25),
-        ])
+        self.additional_blocks = nn.ModuleList(
+            [
+                InvertedResidual(1280, 512, stride=2, expand_ratio=0.2),
+                InvertedResidual(512, 256, stride=2, expand_ratio=0.25),
+                InvertedResidual(256, 256, stride=2, expand_ratio=0.5),
+                InvertedResidual(256, 64, stride=2, expand_ratio=0.25),
+            ]
+        )
         nd = self.anchor_spec.boxes_per_location
         self.loc = nn.ModuleList(separable_head(c, n * 4) for c, n in zip(HEAD_CHANNELS, nd))
         self.conf = nn.ModuleList(separable_head(c, n * (num_classes + 1)) for c, n in zip(HEAD_CHANNELS, nd))

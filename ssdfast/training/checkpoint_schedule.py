@@ -1,4 +1,5 @@
 """When a run writes last.pt inside an epoch (at epoch ends it always does)."""
+
 from __future__ import annotations
 
 import re

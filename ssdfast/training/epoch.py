@@ -1,6 +1,7 @@
 """The epoch loop: train_one_epoch, and EpochProgress (where an epoch stands, and where an
 interrupted one resumes). One step lives in step.py, the lr in optimizer.py.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,8 +56,10 @@ class EpochProgress:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         bad = int(bad)
         if bad >= 0:
-            raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch}, iteration {bad}: stopping "
-                                     "(the last checkpoint is untouched); try a lower --lr or --warmup")
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.epoch}, iteration {bad}: stopping "
+                "(the last checkpoint is untouched); try a lower --lr or --warmup"
+            )
 
     def means(self) -> list[float]:
         """Mean loss, loc, conf over the batches so far (host sync)."""
@@ -68,13 +71,32 @@ class EpochProgress:
     def state_dict(self) -> dict:
         """What a mid-epoch checkpoint stores (host sync); refuses to store a diverged run."""
         self.check_finite()
-        return {"epoch": self.epoch, "iteration": self.iteration, "totals": self.totals.tolist(), "seen": self.seen,
-                "images": self.images, "elapsed": self.seconds(), "skipped": self.skipped[:100]}
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "totals": self.totals.tolist(),
+            "seen": self.seen,
+            "images": self.images,
+            "elapsed": self.seconds(),
+            "skipped": self.skipped[:100],
+        }
 
 
-def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, channels_last=False, log_every=10,
-                    max_iters=None, is_main=True, on_log=None, progress: EpochProgress | None = None,
-                    after_step=None) -> dict:
+def train_one_epoch(
+    step: TrainStep,
+    loader,
+    device,
+    epoch: int,
+    *,
+    lr_fn,
+    channels_last=False,
+    log_every=10,
+    max_iters=None,
+    is_main=True,
+    on_log=None,
+    progress: EpochProgress | None = None,
+    after_step=None,
+) -> dict:
     """One pass over `loader`, from progress.iteration on (a restarted epoch). Returns mean loss parts,
     images/s, the unreadable images seen and whether after_step asked to stop.
 
@@ -86,8 +108,14 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, *, lr_fn, chann
     loader.set_epoch(epoch, start_batch=progress.iteration)  # a restart skips what was trained already
     num_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
     stopped, lr = False, lr_fn(epoch, progress.iteration, num_iters)
-    bar = tqdm(total=num_iters, initial=progress.iteration, desc=f"epoch {epoch}", disable=not is_main,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=num_iters,
+        initial=progress.iteration,
+        desc=f"epoch {epoch}",
+        disable=not is_main,
+        dynamic_ncols=True,
+        leave=False,
+    )
     for it, batch in enumerate(loader, start=progress.iteration):
         if it >= num_iters:
             break
@@ -115,22 +143,33 @@ def log_point(progress: EpochProgress, device, lr: float, bar, on_log) -> None:
         mean = progress.means()
     bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
     if on_log is not None:
-        on_log(progress.epoch, progress.iteration - 1, {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2],
-                                                        "lr": lr})
+        on_log(
+            progress.epoch,
+            progress.iteration - 1,
+            {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr},
+        )
 
 
 def epoch_stats(progress: EpochProgress, device, lr: float, stopped: bool) -> dict:
     """The epoch's means, images/s over all ranks, unreadable images; an epoch that trained nothing is an error."""
     if progress.seen == 0 and not stopped:
         # nothing trained: say so rather than log a loss of 0 and an untrained checkpoint
-        raise ValueError(f"epoch {progress.epoch}: no batch had a readable image ({len(progress.skipped)} unreadable, "
-                         f"e.g. {progress.skipped[0] if progress.skipped else 'none'}): check the image files")
+        raise ValueError(
+            f"epoch {progress.epoch}: no batch had a readable image ({len(progress.skipped)} unreadable, "
+            f"e.g. {progress.skipped[0] if progress.skipped else 'none'}): check the image files"
+        )
     with host_sync_point(device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         progress.check_finite(all_ranks=True)
         mean = progress.means()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return {"loss": mean[0], "loss_loc": mean[1], "loss_conf": mean[2], "lr": lr,
-            "images_per_s": progress.images * world / max(progress.seconds(), 1e-9), "skipped": progress.skipped,
-            "stopped": stopped}
+    return {
+        "loss": mean[0],
+        "loss_loc": mean[1],
+        "loss_conf": mean[2],
+        "lr": lr,
+        "images_per_s": progress.images * world / max(progress.seconds(), 1e-9),
+        "skipped": progress.skipped,
+        "stopped": stopped,
+    }

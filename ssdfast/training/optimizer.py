@@ -3,6 +3,7 @@
 One home for the lr policy: --lr is given for a global batch of 32 (scaled_lr), multiplied by 0.1 at
 each milestone epoch, with an optional linear warmup (LrSchedule); set_lr applies it every step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,17 @@ def set_lr(optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def build_optimizer(model, lr: float, device, *, momentum: float, nesterov: bool, weight_decay: float,
-                    decay_norms_and_biases: bool = True, lr_as_tensor: bool = False) -> torch.optim.SGD:
+def build_optimizer(
+    model,
+    lr: float,
+    device,
+    *,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    decay_norms_and_biases: bool = True,
+    lr_as_tensor: bool = False,
+) -> torch.optim.SGD:
     """SGD over model's parameters. decay_norms_and_biases=False: no weight decay on parameters with
     one dimension (BatchNorm and biases; NVIDIA's tweak). lr_as_tensor: lr is a device tensor, so lr
     changes reach a captured CUDA graph."""

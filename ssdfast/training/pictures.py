@@ -4,6 +4,7 @@ right?), predictions on a few val images in TensorBoard at each evaluation, and 
 lr, AP) and pr.png (precision-recall per class at IoU 0.5) after each epoch. Every file is written whole
 (ssdfast.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,10 @@ def save_first_batch(loader, names: list[str], path: Path) -> None:
     loader.set_epoch(0)
     batch = next(iter(loader))
     n = min(SHOWN, len(batch.images))
-    write_jpeg(path, batch_grid(rgb_uint8(batch.images[:n]), batch.boxes[:n].cpu().numpy(),
-                                batch.labels[:n].cpu().numpy(), names))
+    write_jpeg(
+        path,
+        batch_grid(rgb_uint8(batch.images[:n]), batch.boxes[:n].cpu().numpy(), batch.labels[:n].cpu().numpy(), names),
+    )
 
 
 @torch.no_grad()
@@ -59,9 +62,16 @@ def prediction_grid(model, batch, names: list[str], device) -> np.ndarray:
     pixels = rgb_uint8(images)
     height, width = pixels.shape[1:3]
     boxes = scale_to_image(dets.boxes.clamp(0, 1), torch.tensor([[height, width]] * n, device=dets.boxes.device))
-    tiles = [draw_detections(np.ascontiguousarray(pixels[i][..., ::-1]), boxes[i, :c].cpu().numpy(),
-                             dets.scores[i, :c].cpu().numpy(), dets.labels[i, :c].cpu().numpy(), names)[..., ::-1]
-             for i, c in enumerate(dets.counts.tolist())]
+    tiles = [
+        draw_detections(
+            np.ascontiguousarray(pixels[i][..., ::-1]),
+            boxes[i, :c].cpu().numpy(),
+            dets.scores[i, :c].cpu().numpy(),
+            dets.labels[i, :c].cpu().numpy(),
+            names,
+        )[..., ::-1]
+        for i, c in enumerate(dets.counts.tolist())
+    ]
     return np.concatenate(tiles, axis=1)
 
 

@@ -12,6 +12,7 @@ Every rank builds the same run and reaches the collectives (the stop agreement a
 each epoch, the evaluation's gather, the barriers) at the same points; rank 0 alone writes
 checkpoints and logs.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,9 @@ from ..outputs import writable_folder, write_json_atomic
 from ..preemption import StopAgreement, StopRequest, process_group_timeout
 from ..run_lock import hold_save_folder
 from ..runtime import autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, use_channels_last
+from . import pictures
 from .checkpoint_schedule import CheckpointSchedule
 from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
-from . import pictures
 from .optimizer import LrSchedule, build_optimizer, scaled_lr
 from .run_log import RunLog
 from .step import CudaGraphTrainStep, TrainStep
@@ -84,8 +85,10 @@ class TrainingRun:
         if args.cuda_graphs and self.world > 1:
             # PyTorch's recipe for capturing DDP (DDP built on a side stream, 11+ eager warm-up steps,
             # NCCL async error handling off) has not been run on several GPUs here: refuse rather than guess.
-            raise ValueError("--cuda-graphs is single-process for now (capturing DDP is untested): drop "
-                             "--cuda-graphs under torchrun, or train on one GPU")
+            raise ValueError(
+                "--cuda-graphs is single-process for now (capturing DDP is untested): drop "
+                "--cuda-graphs under torchrun, or train on one GPU"
+            )
         self.cudnn_benchmark = configure_cudnn(device, not args.no_cudnn_benchmark)
         self.channels_last = use_channels_last(device, args.channels_last)
         self.amp_dtype = autocast_dtype(device, args.amp, args.amp_dtype, args.cuda_graphs)
@@ -101,14 +104,28 @@ class TrainingRun:
     def build_data(self) -> None:
         """This rank's shard of the training set, and of the validation set when the run evaluates."""
         args = self.args
-        common = dict(batch_size=args.batch_size, num_workers=args.num_workers, rank=self.rank, world_size=self.world,
-                      seed=args.seed, max_boxes=args.max_boxes, backend=args.data_backend, device=self.device,
-                      channels_last=self.channels_last, data_format=args.data_format, max_pixels=args.max_pixels,
-                      allow_outside_paths=args.allow_outside_paths)
-        self.train_loader = build_loader(args.data_path, "train", train=True, ann_file=args.train_ann,
-                                         image_dir=args.train_images, **common)
-        self.val_loader = build_loader(args.data_path, "val", train=False, ann_file=args.val_ann,
-                                       image_dir=args.val_images, **common) if args.eval_every > 0 else None
+        common = dict(
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            rank=self.rank,
+            world_size=self.world,
+            seed=args.seed,
+            max_boxes=args.max_boxes,
+            backend=args.data_backend,
+            device=self.device,
+            channels_last=self.channels_last,
+            data_format=args.data_format,
+            max_pixels=args.max_pixels,
+            allow_outside_paths=args.allow_outside_paths,
+        )
+        self.train_loader = build_loader(
+            args.data_path, "train", train=True, ann_file=args.train_ann, image_dir=args.train_images, **common
+        )
+        self.val_loader = (
+            build_loader(args.data_path, "val", train=False, ann_file=args.val_ann, image_dir=args.val_images, **common)
+            if args.eval_every > 0
+            else None
+        )
         self.info = self.train_loader.info
 
     def build_model(self) -> None:
@@ -123,17 +140,25 @@ class TrainingRun:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.base_lr = scaled_lr(args.lr, args.batch_size * self.world)
         self.lr_schedule = LrSchedule(self.base_lr, tuple(args.multistep), args.warmup)
-        self.optimizer = build_optimizer(self.model, self.base_lr, self.device, momentum=args.momentum,
-                                         nesterov=not args.no_nesterov, weight_decay=args.weight_decay,
-                                         decay_norms_and_biases=not args.no_bn_weight_decay,
-                                         lr_as_tensor=args.cuda_graphs)
+        self.optimizer = build_optimizer(
+            self.model,
+            self.base_lr,
+            self.device,
+            momentum=args.momentum,
+            nesterov=not args.no_nesterov,
+            weight_decay=args.weight_decay,
+            decay_norms_and_biases=not args.no_bn_weight_decay,
+            lr_as_tensor=args.cuda_graphs,
+        )
 
     def fine_tune_from(self, model, weights) -> None:
         """Start from a detector trained on other categories (--weights): see ssdfast/finetune.py."""
         state, meta = load_source(weights)
         if meta["model_name"] != self.args.model:
-            raise ValueError(f"--weights {weights} holds {meta['model_name']}, not {self.args.model}: pass "
-                             f"--model {meta['model_name']}")
+            raise ValueError(
+                f"--weights {weights} holds {meta['model_name']}, not {self.args.model}: pass "
+                f"--model {meta['model_name']}"
+            )
         report = transfer_weights(model, state, meta["category_names"], list(self.info.category_names))
         if self.is_main:
             print(f"{weights}: {report}")
@@ -145,11 +170,20 @@ class TrainingRun:
         if args.no_resume or not self.last.exists():
             return
         self.start_epoch, self.best_ap, self.position = resume_training(
-            self.last, self.model, self.optimizer, self.scaler, model_name=args.model,
-            category_names=self.info.category_names, check_names=not args.ignore_category_names, data=args.data_path)
+            self.last,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            model_name=args.model,
+            category_names=self.info.category_names,
+            check_names=not args.ignore_category_names,
+            data=args.data_path,
+        )
         if not self.agreement.same([self.start_epoch, self.resumed_iteration]):
-            raise ValueError(f"the ranks found different checkpoints in {self.save_folder}: every rank must see the "
-                             "same save folder (a shared file system)")
+            raise ValueError(
+                f"the ranks found different checkpoints in {self.save_folder}: every rank must see the "
+                "same save folder (a shared file system)"
+            )
         if self.is_main:
             self.say_where_it_resumes()
 
@@ -159,14 +193,20 @@ class TrainingRun:
 
     def say_where_it_resumes(self) -> None:
         if not self.position:
-            print(f"resuming from {self.last}: epoch {self.start_epoch - 1} done, continuing at epoch {self.start_epoch}")
+            print(
+                f"resuming from {self.last}: epoch {self.start_epoch - 1} done, continuing at epoch {self.start_epoch}"
+            )
             return
         it = self.resumed_iteration
-        print(f"resuming from {self.last}: epoch {self.start_epoch} stopped after {it} iteration(s), "
-              f"continuing with iteration {it} (0-based)")
+        print(
+            f"resuming from {self.last}: epoch {self.start_epoch} stopped after {it} iteration(s), "
+            f"continuing with iteration {it} (0-based)"
+        )
         if self.position.get("world", self.world) != self.world:
-            print(f"warning: {self.last} was written by {self.position['world']} processes, this run has "
-                  f"{self.world}: the global batch, lr and data order change, so this continues as a different run")
+            print(
+                f"warning: {self.last} was written by {self.position['world']} processes, this run has "
+                f"{self.world}: the global batch, lr and data order change, so this continues as a different run"
+            )
 
     def start(self) -> None:
         """The DDP wrapper and the training step; rank 0 opens the logs and prints the run's header line."""
@@ -187,11 +227,16 @@ class TrainingRun:
         path, current = self.save_folder / "args.json", vars(self.args)
         if path.exists() and (self.start_epoch or self.position):
             stored = json.loads(path.read_text())
-            changed = [f"--{k.replace('_', '-')} {v} (was {stored[k]})" for k, v in current.items()
-                       if k in stored and stored[k] != v]
+            changed = [
+                f"--{k.replace('_', '-')} {v} (was {stored[k]})"
+                for k, v in current.items()
+                if k in stored and stored[k] != v
+            ]
             if changed:
-                print(f"warning: resuming with other arguments than {path} holds: {', '.join(changed)}; the run "
-                      "goes on with the new values")
+                print(
+                    f"warning: resuming with other arguments than {path} holds: {', '.join(changed)}; the run "
+                    "goes on with the new values"
+                )
         write_json_atomic(path, current, "arguments file", indent=1)
 
     def draw_first_batch(self) -> None:
@@ -206,10 +251,12 @@ class TrainingRun:
         resumed_at = self.start_epoch * steps_per_epoch + self.resumed_iteration
         self.log = RunLog(self.save_folder, self.tensorboard_folder, steps_per_epoch, resumed_at)
         args = self.args
-        print(f"ssd: {args.model}, {len(self.info.category_ids)} classes, {self.info.num_images} train images, "
-              f"world {self.world}, device {self.device}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
-              f"cuda graphs {args.cuda_graphs}, cudnn.benchmark {self.cudnn_benchmark}, "
-              f"{args.data_backend} data, lr {self.base_lr:.2e}")
+        print(
+            f"ssd: {args.model}, {len(self.info.category_ids)} classes, {self.info.num_images} train images, "
+            f"world {self.world}, device {self.device}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
+            f"cuda graphs {args.cuda_graphs}, cudnn.benchmark {self.cudnn_benchmark}, "
+            f"{args.data_backend} data, lr {self.base_lr:.2e}"
+        )
 
     # --- the epochs --------------------------------------------------------------------------------------
 
@@ -217,8 +264,10 @@ class TrainingRun:
         """The epochs from where the run stands -> EXIT_DONE, EXIT_STOPPED or EXIT_NON_FINITE."""
         if self.start_epoch >= self.args.epochs:
             if self.is_main:
-                print(f"already finished at epoch {self.start_epoch - 1}; nothing to train (raise --epochs or choose "
-                      "a new --save-folder)")
+                print(
+                    f"already finished at epoch {self.start_epoch - 1}; nothing to train (raise --epochs or choose "
+                    "a new --save-folder)"
+                )
             self.log.close()
             return self.finish()
         try:
@@ -262,9 +311,19 @@ class TrainingRun:
         resumed = self.position if self.position and self.position["epoch"] == epoch else None
         progress = EpochProgress(epoch, self.device, resumed)
         stats = train_one_epoch(
-            self.step, self.train_loader, self.device, epoch, lr_fn=self.lr_schedule, channels_last=self.channels_last,
-            log_every=self.args.log_every, max_iters=self.args.iters_per_epoch, is_main=self.is_main,
-            on_log=self.log.iteration, progress=progress, after_step=self.after_step)
+            self.step,
+            self.train_loader,
+            self.device,
+            epoch,
+            lr_fn=self.lr_schedule,
+            channels_last=self.channels_last,
+            log_every=self.args.log_every,
+            max_iters=self.args.iters_per_epoch,
+            is_main=self.is_main,
+            on_log=self.log.iteration,
+            progress=progress,
+            after_step=self.after_step,
+        )
         return stats, progress
 
     def after_step(self, progress: EpochProgress) -> bool:
@@ -281,8 +340,10 @@ class TrainingRun:
     def epoch_record(self, epoch: int, stats: dict) -> dict:
         """The epoch's line of log.jsonl (the COCO metrics join it); a warning for unreadable images."""
         if stats["skipped"] and self.is_main:
-            print(f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
-                  f"e.g. {stats['skipped'][0]}")
+            print(
+                f"warning: epoch {epoch}: {len(stats['skipped'])} unreadable image(s) skipped, "
+                f"e.g. {stats['skipped'][0]}"
+            )
         kept = {k: v for k, v in stats.items() if k not in ("skipped", "stopped")}
         return {"epoch": epoch, **kept, "time": time.time()}
 
@@ -295,14 +356,23 @@ class TrainingRun:
         if self.is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
             self.save_position(progress)
         args = self.args
-        coco, table, _, _ = engine.evaluate(self.ddp_model, self.val_loader, self.device, amp_dtype=self.amp_dtype,
-                                            channels_last=self.channels_last, nms_threshold=args.nms_threshold,
-                                            max_batches=args.eval_batches, is_main=self.is_main, curves=self.curves)
+        coco, table, _, _ = engine.evaluate(
+            self.ddp_model,
+            self.val_loader,
+            self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+            nms_threshold=args.nms_threshold,
+            max_batches=args.eval_batches,
+            is_main=self.is_main,
+            curves=self.curves,
+        )
         if self.is_main:
             print(f"epoch {progress.epoch} COCO evaluation:\n{table}")
             if args.data_backend != "dali":  # a few val images with their detections, in TensorBoard
-                grid = pictures.prediction_grid(self.model, next(iter(self.val_loader)),
-                                                list(self.info.category_names), self.device)
+                grid = pictures.prediction_grid(
+                    self.model, next(iter(self.val_loader)), list(self.info.category_names), self.device
+                )
                 self.log.image("val/predictions", grid, progress.epoch)
             for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
                 record[f"coco/{key}"] = value
@@ -311,9 +381,11 @@ class TrainingRun:
     def report(self, record: dict) -> None:
         """The epoch's line on the screen and its speed in TensorBoard (rank 0)."""
         self.log.scalar("train/images_per_s", record["images_per_s"], record["epoch"])
-        print(f"epoch {record['epoch']}: loss {record['loss']:.4f} (loc {record['loss_loc']:.4f}, conf "
-              f"{record['loss_conf']:.4f}), {record['images_per_s']:.1f} images/s"
-              + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else ""))
+        print(
+            f"epoch {record['epoch']}: loss {record['loss']:.4f} (loc {record['loss_loc']:.4f}, conf "
+            f"{record['loss_conf']:.4f}), {record['images_per_s']:.1f} images/s"
+            + (f", AP {record['coco/AP']:.4f}, AP50 {record['coco/AP50']:.4f}" if "coco/AP" in record else "")
+        )
 
     # --- saving and stopping -----------------------------------------------------------------------------
 
@@ -339,11 +411,22 @@ class TrainingRun:
         also_best: the same state to best.pt first (a kill between the two never leaves best_ap ahead of best.pt)."""
         if position is not None and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             # Another rank's NaN reaches these weights through the all-reduce before this rank's loss shows it.
-            raise NonFiniteLossError(f"the weights became non-finite in epoch {position['epoch']} before iteration "
-                                     f"{position['iteration']}: not saved (last.pt is the one before); try a lower --lr")
-        state = training_state(self.model, self.optimizer, self.scaler, model_name=self.args.model, epoch=epochs_done,
-                               category_ids=self.info.category_ids, category_names=self.info.category_names,
-                               best_ap=self.best_ap, args=vars(self.args), position=position)
+            raise NonFiniteLossError(
+                f"the weights became non-finite in epoch {position['epoch']} before iteration "
+                f"{position['iteration']}: not saved (last.pt is the one before); try a lower --lr"
+            )
+        state = training_state(
+            self.model,
+            self.optimizer,
+            self.scaler,
+            model_name=self.args.model,
+            epoch=epochs_done,
+            category_ids=self.info.category_ids,
+            category_names=self.info.category_names,
+            best_ap=self.best_ap,
+            args=vars(self.args),
+            position=position,
+        )
         if also_best:
             save_checkpoint(self.save_folder / "best.pt", state)
         save_checkpoint(self.last, state)
@@ -356,9 +439,11 @@ class TrainingRun:
         if self.world > 1:
             dist.barrier()
         if self.is_main:
-            print(f"stopped ({self.stop_request.requested or 'another rank was signalled'}) at {where}: {self.last} "
-                  f"holds the run so far; run the same command to resume from there (exit code {EXIT_STOPPED})",
-                  flush=True)
+            print(
+                f"stopped ({self.stop_request.requested or 'another rank was signalled'}) at {where}: {self.last} "
+                f"holds the run so far; run the same command to resume from there (exit code {EXIT_STOPPED})",
+                flush=True,
+            )
         if self.world > 1:
             dist.destroy_process_group()
         return EXIT_STOPPED

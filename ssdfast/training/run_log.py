@@ -3,6 +3,7 @@
 Rank 0 writes them; the other ranks hold a RunLog without files, whose methods do nothing, so the
 training code calls it the same way on every rank.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,13 @@ class RunLog:
     resumed_at: the global step a resumed run continues from; scalars an interrupted run logged after
     its last checkpoint are dropped from there (TensorBoard's purge_step), not doubled."""
 
-    def __init__(self, folder: str | Path | None = None, tensorboard: str | Path | None = None,
-                 steps_per_epoch: int = 1, resumed_at: int = 0):
+    def __init__(
+        self,
+        folder: str | Path | None = None,
+        tensorboard: str | Path | None = None,
+        steps_per_epoch: int = 1,
+        resumed_at: int = 0,
+    ):
         self.steps_per_epoch = steps_per_epoch
         self.file = self.writer = None
         if folder is None:

@@ -3,6 +3,7 @@
 Loss targets are built on the device by the fused match+encode op from the padded ground truth, so the
 step has static shapes; CudaGraphTrainStep captures the whole step once and replays it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,10 @@ class CudaGraphTrainStep(TrainStep):
     def _snapshot(self) -> tuple[dict, dict]:
         """Copies of the model state (parameters and BN buffers) and of the optimizer state."""
         model = {k: v.clone() for k, v in self.model.state_dict().items()}
-        optim = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                 for p, state in self.optimizer.state.items()}
+        optim = {
+            p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            for p, state in self.optimizer.state.items()
+        }
         return model, optim
 
     def _restore(self, snapshot: tuple[dict, dict]) -> None:
