@@ -25,6 +25,18 @@ class Batch:
     sizes: Tensor  # [B, 2] int64 original (height, width)
     skipped: tuple[str, ...] = ()  # paths of unreadable images left out of (or replaced in) this batch
 
+    @classmethod
+    def empty(cls, max_boxes: int, skipped: tuple[str, ...]) -> Batch:
+        """A batch of no image: every image of it was unreadable (`skipped`); the loops pass over it."""
+        return cls(
+            torch.zeros(0, 3, 1, 1),
+            torch.zeros(0, max_boxes, 4),
+            torch.zeros(0, max_boxes, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, 2, dtype=torch.long),
+            skipped,
+        )
+
     def to(self, device, channels_last: bool = False, dtype: torch.dtype | None = None) -> Batch:
         """The batch on `device`, images ImageNet-normalised there (uint8 crosses the bus: 4x fewer bytes)."""
         images = self.images.to(device, non_blocking=True)
@@ -73,14 +85,7 @@ class Collate:
         good = [s for s in samples if "unreadable" not in s]
         skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
-            return Batch(
-                torch.zeros(0, 3, 1, 1),
-                torch.zeros(0, self.max_boxes, 4),
-                torch.zeros(0, self.max_boxes, dtype=torch.long),
-                torch.zeros(0, dtype=torch.long),
-                torch.zeros(0, 2, dtype=torch.long),
-                skipped,
-            )
+            return Batch.empty(self.max_boxes, skipped)
         if self.keep_batch_size:
             good = good + [good[i % len(good)] for i in range(len(skipped))]
         boxes, labels = pad_targets([s["boxes"] for s in good], [s["labels"] for s in good], self.max_boxes)

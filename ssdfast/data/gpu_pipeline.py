@@ -29,7 +29,7 @@ from .batch import Batch, pad_targets
 from .coco import CocoDetection, read_image
 from .image_files import DEFAULT_MAX_PIXELS
 from .jpeg_header import read_jpeg_header
-from .loader import DatasetInfo, EpochKeyedSampler
+from .loader import EpochKeyedSampler, TorchLoader
 from .transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
 
 WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)  # the crop window of "no crop"
@@ -188,14 +188,7 @@ class GpuAugment:
         self, good: list[tuple[dict, torch.Tensor]], skipped: tuple[str, ...], out: torch.Tensor | None = None
     ) -> Batch:
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
-            return Batch(
-                torch.zeros(0, 3, 1, 1),
-                torch.zeros(0, self.max_boxes, 4),
-                torch.zeros(0, self.max_boxes, dtype=torch.long),
-                torch.zeros(0, dtype=torch.long),
-                torch.zeros(0, 2, dtype=torch.long),
-                skipped,
-            )
+            return Batch.empty(self.max_boxes, skipped)
         if self.train:
             good = good + [good[i % len(good)] for i in range(len(skipped))]
         kept = [s for s, _ in good]
@@ -225,7 +218,7 @@ class GpuAugment:
         return out[: len(images)].copy_(normalised)
 
 
-class GpuLoader:
+class GpuLoader(TorchLoader):
     """The GPU data path's Loader: a DataLoader of JpegSamples (the PyTorch path's sampler, so the same
     sharding, shuffling, (seed, epoch, index) keying and mid-epoch restart) feeding GpuAugment.
 
@@ -234,8 +227,8 @@ class GpuLoader:
     after the next one is taken (keep a copy to hold them longer)."""
 
     def __init__(self, dataset: CocoDetection, loader: DataLoader, augment: GpuAugment):
-        self.dataset, self.loader, self.augment, self.info = dataset, loader, augment, DatasetInfo.of(dataset)
-        self.batches = len(loader)
+        super().__init__(dataset, loader)  # set_epoch and __len__ as the PyTorch path's
+        self.augment = augment
         cuda = augment.device.type == "cuda"
         self.stream = torch.cuda.Stream(augment.device) if cuda else None
         shape = (loader.batch_size, 3, augment.size, augment.size)
@@ -247,13 +240,6 @@ class GpuLoader:
             if cuda
             else [None, None]
         )
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.dataset.set_epoch(epoch)
-        self.loader.sampler.set_epoch(epoch, skip=start_batch * self.loader.batch_size)
-
-    def __len__(self) -> int:
-        return self.batches
 
     def __iter__(self):
         if self.stream is None:
