@@ -5,6 +5,8 @@
     python tools/detect.py --weights best.pt --input "photos/*.png" --output annotated/
     python tools/detect.py --weights best.pt --input clip.mp4 --output clip_detections.mp4
     python tools/detect.py --weights ssdlite.onnx --input photos/ --output annotated/    # exported (tools/export.py)
+    python tools/detect.py --weights best.pt --input 0 --output webcam.mp4               # camera 0; Ctrl-C stops
+    python tools/detect.py --weights best.pt --input rtsp://camera/stream --output stream.mp4 --classes person
 
 Writes the annotated image(s) or video and a JSON file of the detections (pixel xyxy boxes,
 scores, class names) next to --output.
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from ssdfast import flag_types as flags
@@ -33,7 +37,9 @@ from ssdfast.visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v)
+VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v), except:
+H264_CONTAINERS = {".mp4", ".m4v", ".mov"}  # H.264 (avc1) where this OpenCV has an encoder
+STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", "file://")
 
 
 def get_args(argv=None):
@@ -43,7 +49,12 @@ def get_args(argv=None):
         required=True,
         help="checkpoint: ssdfast, the seed's, or NVIDIA's; or an exported model.onnx / model.pt2 (tools/export.py)",
     )
-    p.add_argument("--input", required=True, help="an image, a folder of images, a glob pattern, or a video file")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="an image, a folder of images, a glob pattern, a video file, a "
+        "camera index (0) or a stream URL (rtsp://, http://, ...)",
+    )
     p.add_argument(
         "--output",
         required=True,
@@ -57,6 +68,13 @@ def get_args(argv=None):
         "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
     )
     p.add_argument("--batch-size", type=flags.batch_size, default=8, help="images (or video frames) per forward pass")
+    p.add_argument(
+        "--max-det",
+        type=flags.integer(1, flags.MAX_DETECTIONS),
+        default=100,
+        help="at most this many detections per image (the best by score)",
+    )
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
     p.add_argument(
         "--no-cudnn-benchmark",
         action="store_true",
@@ -97,6 +115,32 @@ def image_targets(paths: list[Path], output: Path, single: bool) -> dict[Path, P
     return targets
 
 
+def video_source(spec: str) -> int | str | None:
+    """A camera index ("0") or a stream URL, as cv2.VideoCapture opens them; None for anything else."""
+    if spec.isdigit():
+        return int(spec)
+    return spec if spec.lower().startswith(STREAM_SCHEMES) else None
+
+
+def class_filter(names: list[str], wanted: list[str] | None) -> np.ndarray | None:
+    """The labels (1..C) of --classes, checked against the model's names; None: every class."""
+    if not wanted:
+        return None
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise ValueError(f"--classes: {', '.join(unknown)} not among the model's classes: {', '.join(names)}")
+    return np.array([names.index(name) + 1 for name in wanted])
+
+
+def select(dets: list[dict], labels: np.ndarray | None, max_det: int) -> list[dict]:
+    """Each image's detections of the wanted classes, the best max_det by score (they come sorted)."""
+    out = []
+    for det in dets:
+        keep = np.ones(len(det["labels"]), bool) if labels is None else np.isin(det["labels"], labels)
+        out.append({key: value[keep][:max_det] for key, value in det.items()})
+    return out
+
+
 def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
     targets = image_targets(paths, output, single)
     report = {}
@@ -113,7 +157,7 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
         if not readable:
             continue
         dets = detect(model, [img for _, img in readable], args.score_threshold, args.nms_threshold)
-        for (path, img), det in zip(readable, dets):
+        for (path, img), det in zip(readable, select(dets, args.labels, args.max_det)):
             drawn = draw_detections(
                 cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
             )
@@ -125,22 +169,45 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
     return report
 
 
-def check_video_output(source: Path, output: Path) -> Path:
+def check_video_output(source: Path | int | str, output: Path) -> Path:
     """A video input needs a video output (known before any frame is processed) that is not the input."""
     if output.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(
             f"the input {source} is a video: --output must be a video file "
             f"({', '.join(sorted(VIDEO_SUFFIXES))}), got {output}"
         )
-    if output.resolve() == source.resolve():
+    if isinstance(source, Path) and output.resolve() == source.resolve():
         raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
     return writable_file(output, "output video")
 
 
+def quiet_h264_writer(tmp: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    """An H.264 writer, or a closed one: OpenCV's and FFmpeg's logs are silenced while it probes the
+    encoders (a build without one prints a screenful of errors otherwise)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's AV_LOG_QUIET, read when FFmpeg starts
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"avc1"), fps, size)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """cv2.VideoWriter for `output`'s container (written to `tmp`); OpenCV fails silently, so it is checked."""
-    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS.get(output.suffix.lower(), "mp4v"))
-    writer = cv2.VideoWriter(str(tmp), fourcc, fps, size)
+    """cv2.VideoWriter for `output`'s container (written to `tmp`); OpenCV fails silently, so it is checked.
+    MP4/MOV: H.264 (avc1, which browsers play) where this OpenCV has an encoder, else MPEG-4 part 2 (mp4v)."""
+    suffix = output.suffix.lower()
+    writer = None
+    if suffix in H264_CONTAINERS:
+        writer = quiet_h264_writer(tmp, fps, size)
+        if not writer.isOpened():
+            print(
+                f"note: this OpenCV has no H.264 encoder: {output} is MPEG-4 part 2 (mp4v), which some browsers "
+                "do not play",
+                file=sys.stderr,
+            )
+    if writer is None or not writer.isOpened():
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODECS.get(suffix, "mp4v")), fps, size)
     if not writer.isOpened():
         raise ValueError(
             f"cannot write the video {output}: OpenCV has no encoder for {output.suffix} "
@@ -149,10 +216,11 @@ def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]
     return writer
 
 
-def run_video(model, names, path: Path, output: Path, args) -> dict:
-    capture = cv2.VideoCapture(str(path))
+def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
+    """A video file, a camera or a stream, frame by frame into `output`; {frame index: detections}."""
+    capture = cv2.VideoCapture(path if isinstance(path, int) else str(path))
     if not capture.isOpened():
-        raise ValueError(f"cannot open video {path}")
+        raise ValueError(f"cannot open video {'source ' if not isinstance(path, Path) else ''}{path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # from the header: -1 or 0 if unknown
@@ -180,18 +248,22 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
     with tqdm(total=announced or None, desc="video", unit="frame") as bar:
         while not done:
             frames = []
-            while len(frames) < args.batch_size:
-                ok, frame = capture.read()
-                if not ok:
-                    done = True
-                    break
-                frames.append(frame)
+            try:
+                while len(frames) < args.batch_size:
+                    ok, frame = capture.read()
+                    if not ok:
+                        done = True
+                        break
+                    frames.append(frame)
+            except KeyboardInterrupt:  # a camera or a stream never ends: Ctrl-C finishes the video so far
+                print(f"\nstopped (Ctrl-C): {len(report) + len(frames)} frames", file=sys.stderr)
+                done = True
             if not frames:
                 break
             dets = detect(
                 model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.score_threshold, args.nms_threshold
             )
-            for frame, det in zip(frames, dets):
+            for frame, det in zip(frames, select(dets, args.labels, args.max_det)):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
                 report[str(len(report))] = to_records(det, names)
             bar.update(len(frames))
@@ -203,7 +275,9 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
-    video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
+    stream = video_source(args.input)
+    video = stream is not None or (source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES)
+    source = source if stream is None else stream
     try:
         if video:
             check_video_output(source, output)
@@ -211,6 +285,7 @@ def main(argv=None) -> int:
             args.weights, device, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold
         )
         names = meta["category_names"]
+        args.labels = class_filter(names, args.classes)
         if video:
             report = run_video(model, names, source, output, args)
         else:
@@ -243,7 +318,7 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     count = sum(len(v) for v in report.values())
     print(
-        f"{count} detections in {len(report)} {'frame' if source.suffix.lower() in VIDEO_SUFFIXES else 'image'}(s); "
+        f"{count} detections in {len(report)} {'frame' if video else 'image'}(s); "
         f"drawn to {output}, listed in {json_path}"
     )
     return EXIT_DONE

@@ -1,0 +1,108 @@
+"""tools/detect.py on cameras and streams (a file:// URL stands in for rtsp://), the clean stop on Ctrl-C,
+--classes and --max-det, checked against the tool's own unfiltered output and OpenCV's frame counts."""
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, tool
+
+sys.path.insert(0, str(ROOT / "tools"))
+import detect  # noqa: E402  (tools/detect.py)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 6-frame MJPG video of the synthetic val images (OpenCV writes and reads MJPG everywhere)."""
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        writer.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def frames(path) -> int:
+    capture, n = cv2.VideoCapture(str(path)), 0
+    while capture.read()[0]:
+        n += 1
+    return n
+
+
+def test_a_stream_url_is_read_frame_by_frame_into_a_video(trained_run, clip, tmp_path):
+    folder, _ = trained_run
+    out = tmp_path / "stream.mp4"
+    run = tool("detect", "--weights", folder / "last.pt", "--input", f"file://{clip}", "--output", out)
+    assert frames(out) == 6 and len(json.loads(out.with_suffix(".json").read_text())) == 6
+    has_h264 = cv2.VideoWriter(str(tmp_path / "probe.mp4"), cv2.VideoWriter_fourcc(*"avc1"), 5, (16, 16)).isOpened()
+    assert ("no H.264 encoder" in run.stderr) == (not has_h264)
+
+
+def test_a_camera_that_is_not_there_is_a_named_error(trained_run, tmp_path):
+    if cv2.VideoCapture(7).isOpened():
+        pytest.skip("this machine has a camera 7")
+    run = tool(
+        "detect", "--weights", trained_run[0] / "last.pt", "--input", "7", "--output", tmp_path / "cam.mp4", check=False
+    )
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == "error: cannot open video source 7"
+
+
+VideoCapture = cv2.VideoCapture  # the real one (the test below replaces cv2's)
+
+
+class InterruptedCapture:
+    """cv2.VideoCapture of a file whose read() raises KeyboardInterrupt (as Ctrl-C does) after `frames`."""
+
+    def __init__(self, source, frames=3):
+        self.capture, self.left = VideoCapture(source), frames
+
+    def read(self):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return self.capture.read()
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def test_ctrl_c_on_a_stream_keeps_the_frames_so_far(trained_run, clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(detect.cv2, "VideoCapture", InterruptedCapture)
+    out = tmp_path / "stopped.avi"
+    argv = [
+        "--weights",
+        str(trained_run[0] / "last.pt"),
+        "--input",
+        f"file://{clip}",
+        "--output",
+        str(out),
+        "--batch-size",
+        "1",
+    ]
+    assert detect.main(argv) == 0
+    monkeypatch.undo()
+    assert frames(out) == 3 and "stopped (Ctrl-C): 3 frames" in capsys.readouterr().err
+
+
+def test_classes_and_max_det_select_from_what_the_model_finds(trained_run, synthetic_coco, tmp_path):
+    weights, images = trained_run[0] / "last.pt", synthetic_coco / "val2017"
+    common = ["--weights", weights, "--input", images, "--score-threshold", "0.01"]
+    tool("detect", *common, "--output", tmp_path / "all")
+    everything = json.loads((tmp_path / "all" / "detections.json").read_text())
+    name = max(
+        {r["name"] for recs in everything.values() for r in recs},
+        key=lambda n: sum(r["name"] == n for recs in everything.values() for r in recs),
+    )  # the most frequent class found
+    tool("detect", *common, "--output", tmp_path / "some", "--classes", name, "--max-det", 1)
+    some = json.loads((tmp_path / "some" / "detections.json").read_text())
+    for image, records in everything.items():
+        wanted = [r for r in records if r["name"] == name]  # records come sorted by score
+        assert some[image] == wanted[:1], image
+    assert any(some.values())
+    bad = tool("detect", *common, "--output", tmp_path / "bad", "--classes", "unicorn", check=False)
+    assert bad.returncode == 1 and "--classes: unicorn not among the model's classes" in bad.stderr
