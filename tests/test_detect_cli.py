@@ -3,12 +3,10 @@
 
 import json
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ROOT, tool
 
 sys.path.insert(0, str(ROOT / "tools"))
