@@ -28,10 +28,12 @@ def predict(
     category_ids,
     max_batches=None,
     is_main=True,
+    on_batch=None,
 ) -> tuple[list[dict], list[int], list[str]]:
     """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank.
     model: an SSD module (+ ssdfast.postprocess with the thresholds given) or any detector of
-    ssdfast.inference.as_detector (an exported file: thresholds given when it was loaded)."""
+    ssdfast.inference.as_detector (an exported file: thresholds given when it was loaded).
+    on_batch(batch) sees each batch as the loader gives it (pictures)."""
     detector = as_detector(model, score_threshold=score_threshold, nms_threshold=nms_threshold, amp_dtype=amp_dtype)
     results, image_ids, skipped = [], [], []
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
@@ -39,6 +41,8 @@ def predict(
         if i >= total:
             break
         skipped += batch.skipped
+        if on_batch is not None:
+            on_batch(batch)
         if len(batch.images) == 0:
             continue
         dets = detector(batch.to(device, channels_last=channels_last).images)

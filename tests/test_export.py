@@ -79,7 +79,9 @@ def resnet(data, tmp_path_factory):
 def train_and_export_resnet(data, folder):
     torch.manual_seed(0)
     model = build_model("ssd", num_classes=3)
-    loader = build_loader(data, "train", train=True, batch_size=4, num_workers=0)
+    loader = build_loader(
+        data, "train", train=False, batch_size=4, num_workers=0
+    )  # unaugmented: the same weights whatever the augmentation
     step = TrainStep(model.train(), torch.optim.SGD(model.parameters(), lr=5e-4, momentum=0.9))
     batches = [batch.to("cpu") for _, batch in zip(range(2), loader)]  # images normalised
     for batch in batches:

@@ -221,10 +221,11 @@ def collect(cmd: list[str], log: Path) -> tuple[int, float]:
             Count.items = len(session.items)
 
     start = time.time()
-    args = cmd[cmd.index("pytest") + 1 :]
-    with open(log, "w") as out, contextlib.redirect_stdout(out):
-        pytest.main([*args, "--collect-only", "-q"], plugins=[Count()])
-        print(f"{Count.items} tests collected")
+    # Collecting needs no benchmark options (pytest-benchmark refuses --benchmark-only inside an xdist worker).
+    args = [a for a in cmd[cmd.index("pytest") + 1 :] if not a.startswith("--benchmark")]
+    with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = pytest.main([*args, "--collect-only", "-q", "-p", "no:xdist"], plugins=[Count()])
+        print(f"pytest exit code {code}; {Count.items} tests collected")
     return (0 if Count.items else 5), time.time() - start
 
 

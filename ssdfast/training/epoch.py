@@ -96,13 +96,15 @@ def train_one_epoch(
     on_log=None,
     progress: EpochProgress | None = None,
     after_step=None,
+    on_batch=None,
 ) -> dict:
     """One pass over `loader`, from progress.iteration on (a restarted epoch). Returns mean loss parts,
     images/s, the unreadable images seen and whether after_step asked to stop.
 
     lr_fn(epoch, iteration, iters_per_epoch) -> lr; on_log(epoch, iteration, {loss, loss_loc,
     loss_conf, lr}) at every log point; after_step(progress) -> bool runs after every step (mid-epoch
-    checkpoints, stop requests): True ends the epoch early with stats["stopped"] = True."""
+    checkpoints, stop requests): True ends the epoch early with stats["stopped"] = True. on_batch(batch)
+    sees each batch as the loader gives it, before the step (pictures)."""
     step.model.train()
     progress = progress or EpochProgress(epoch, device)
     loader.set_epoch(epoch, start_batch=progress.iteration)  # a restart skips what was trained already
@@ -120,6 +122,8 @@ def train_one_epoch(
         if it >= num_iters:
             break
         progress.skipped += batch.skipped
+        if on_batch is not None:
+            on_batch(batch)
         if len(batch.images) > 0:
             lr = lr_fn(epoch, it, num_iters)
             set_lr(step.optimizer, lr)

@@ -1,6 +1,6 @@
 """What a training run draws, for people who would rather look than read (rank 0):
-train_batch0.jpg before the first step (augmented images with their ground truth: are the labels read
-right?), predictions on a few val images in TensorBoard at each evaluation, and results.png (loss parts,
+train_batch0.jpg from the first batch trained (augmented images with their ground truth: are the labels
+read right?), predictions on a few val images in TensorBoard at each evaluation, and results.png (loss parts,
 lr, AP) and pr.png (precision-recall per class at IoU 0.5) after each epoch. Every file is written whole
 (ssdfast.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
 """
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 from ..outputs import atomic_output
 from ..plots import batch_grid, plot_precision_recall, plot_run
 from ..postprocess import postprocess, scale_to_image
@@ -40,10 +40,8 @@ def write_jpeg(path: Path, image_bgr: np.ndarray) -> None:
             raise OSError(f"OpenCV could not write {tmp}")
 
 
-def save_first_batch(loader, names: list[str], path: Path) -> None:
-    """train_batch0.jpg: the first training batch of epoch 0 as the model sees it, with its ground truth."""
-    loader.set_epoch(0)
-    batch = next(iter(loader))
+def save_batch(batch, names: list[str], path: Path) -> None:
+    """train_batch0.jpg: a training batch as the model sees it (augmented), with its ground truth."""
     n = min(SHOWN, len(batch.images))
     write_jpeg(
         path,
@@ -52,15 +50,15 @@ def save_first_batch(loader, names: list[str], path: Path) -> None:
 
 
 @torch.no_grad()
-def prediction_grid(model, batch, names: list[str], device) -> np.ndarray:
-    """RGB uint8 grid of the first PREDICTED images of a val batch with the model's detections drawn."""
+def prediction_grid(model, images: torch.Tensor, names: list[str], device) -> np.ndarray:
+    """RGB uint8 grid of val images [N, 3, H, W] (as a loader gives them) with the model's detections drawn."""
     model.eval()
-    n = min(PREDICTED, len(batch.images))
-    images = batch.to(device).images[:n].float()
-    locs, confs = model(images)
+    normalised = images.to(device)
+    normalised = normalise(normalised) if normalised.dtype == torch.uint8 else normalised.float()
+    locs, confs = model(normalised)
     dets = postprocess(locs.float(), confs.float(), model.anchors, score_threshold=SHOW_SCORE)
     pixels = rgb_uint8(images)
-    height, width = pixels.shape[1:3]
+    n, height, width = pixels.shape[:3]
     boxes = scale_to_image(dets.boxes.clamp(0, 1), torch.tensor([[height, width]] * n, device=dets.boxes.device))
     tiles = [
         draw_detections(

@@ -219,7 +219,6 @@ class TrainingRun:
         if self.is_main:
             self.record_arguments()
             self.open_log()
-            self.draw_first_batch()
 
     def record_arguments(self) -> None:
         """SAVE_FOLDER/args.json: this run's arguments. A resumed run lists those that differ from the stored
@@ -239,12 +238,11 @@ class TrainingRun:
                 )
         write_json_atomic(path, current, "arguments file", indent=1)
 
-    def draw_first_batch(self) -> None:
-        """train_batch0.jpg, once per save folder. Not on DALI: reading a batch ahead would move its
-        random stream (the other paths key every draw by (seed, epoch, index))."""
+    def draw_first_batch(self, batch) -> None:
+        """train_batch0.jpg from the first batch a run trains on (once per save folder; no extra read)."""
         picture = self.save_folder / "train_batch0.jpg"
-        if not picture.exists() and self.args.data_backend != "dali":
-            pictures.save_first_batch(self.train_loader, list(self.info.category_names), picture)
+        if len(batch.images) and not picture.exists():
+            pictures.save_batch(batch, list(self.info.category_names), picture)
 
     def open_log(self) -> None:
         steps_per_epoch = len(self.train_loader)
@@ -323,6 +321,7 @@ class TrainingRun:
             on_log=self.log.iteration,
             progress=progress,
             after_step=self.after_step,
+            on_batch=self.draw_first_batch if self.is_main else None,
         )
         return stats, progress
 
@@ -356,6 +355,7 @@ class TrainingRun:
         if self.is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
             self.save_position(progress)
         args = self.args
+        shown = []  # the first val images, kept for the predictions picture (a copy: loaders reuse buffers)
         coco, table, _, _ = engine.evaluate(
             self.ddp_model,
             self.val_loader,
@@ -366,13 +366,12 @@ class TrainingRun:
             max_batches=args.eval_batches,
             is_main=self.is_main,
             curves=self.curves,
+            on_batch=lambda batch: shown or shown.append(batch.images[: pictures.PREDICTED].clone()),
         )
         if self.is_main:
             print(f"epoch {progress.epoch} COCO evaluation:\n{table}")
-            if args.data_backend != "dali":  # a few val images with their detections, in TensorBoard
-                grid = pictures.prediction_grid(
-                    self.model, next(iter(self.val_loader)), list(self.info.category_names), self.device
-                )
+            if shown and len(shown[0]):  # a few val images with their detections, in TensorBoard
+                grid = pictures.prediction_grid(self.model, shown[0], list(self.info.category_names), self.device)
                 self.log.image("val/predictions", grid, progress.epoch)
             for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
                 record[f"coco/{key}"] = value
