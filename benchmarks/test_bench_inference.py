@@ -28,13 +28,13 @@ def make_infer(name, batch, device, post, channels_last=False, amp_dtype=None):
     return infer
 
 
-@pytest.mark.parametrize("post", ["compiled", "seed_style_loop"])
+@pytest.mark.parametrize("post", ["compiled", "older_style_loop"])
 def test_inference_ssdlite_cpu(benchmark, post):
     benchmark.group = "inference ssdlite b8 [cpu]"
     run(
         benchmark,
         make_infer("ssdlite", 8, "cpu", post, channels_last=True),
-        role="baseline" if post == "seed_style_loop" else "candidate",
+        role="baseline" if post == "older_style_loop" else "candidate",
         items=8,
         rounds=3,
     )
@@ -42,15 +42,15 @@ def test_inference_ssdlite_cpu(benchmark, post):
 
 @CUDA
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("post", ["compiled", "seed_style_loop"])
+@pytest.mark.parametrize("post", ["compiled", "older_style_loop"])
 def test_inference_ssd300_cuda(benchmark, batch, post):
     benchmark.group = f"inference ssd300 b{batch} fp16 channels_last [cuda]"
     run(
         benchmark,
         make_infer("ssd", batch, "cuda", post, channels_last=True, amp_dtype=torch.float16),
-        role="baseline" if post == "seed_style_loop" else "candidate",
+        role="baseline" if post == "older_style_loop" else "candidate",
         items=batch,
-        rounds=3 if post == "seed_style_loop" else 10,
-        warmup=1 if post == "seed_style_loop" else 3,
+        rounds=3 if post == "older_style_loop" else 10,
+        warmup=1 if post == "older_style_loop" else 3,
         device="cuda",
     )

@@ -1,4 +1,4 @@
-"""Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the seed-style loop."""
+"""Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the older-implementation-style loop."""
 
 import pytest
 from conftest import DEVICES, run
@@ -9,7 +9,7 @@ from ssdfast.postprocess import postprocess
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["batched_compiled", "seed_style_loop"])
+@pytest.mark.parametrize("impl", ["batched_compiled", "older_style_loop"])
 def test_postprocess(benchmark, device, impl):
     benchmark.group = f"postprocess 32xSSD300 [{device}]"
     locs, confs, anchors = (t.to(device) for t in ssd300_outputs())

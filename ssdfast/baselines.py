@@ -1,4 +1,4 @@
-"""What a user would otherwise run: the seed's per-image, per-class post-processing loop.
+"""What a user would otherwise run: the older implementation's per-image, per-class post-processing loop.
 
 Not part of ssdfast's own path: it is the oracle of ssdfast.postprocess in the tests and the speed
 baseline of the benchmarks, kept out of reference.py so a learner reading that file meets SSD's maths only.
@@ -22,7 +22,7 @@ def postprocess_loop(
     topk_per_class: int = SSD_DEFAULTS.topk_per_class,
     max_det: int = SSD_DEFAULTS.max_detections,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The seed's decode_batch, written the seed's way: per image, per class, a while loop of NMS.
+    """The older implementation's decode_batch, written the older implementation's way: per image, per class, a while loop of NMS.
 
     The oracle for ssdfast.postprocess and its speed baseline. Suppresses IoU > nms_threshold (the
     seed suppressed >=; with continuous scores and boxes the two agree).

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save (through ssdfast.outputs), safe load, and the seed's and NVIDIA's checkpoints.
+"""Checkpoints: atomic save (through ssdfast.outputs), safe load, and the older implementation's and NVIDIA's checkpoints.
 
 The one home of the checkpoint format: training_state builds what train.py saves, resume_training
 reads it back; load_checkpoint/model_state_dict read any supported file for eval and detect.
@@ -6,7 +6,7 @@ reads it back; load_checkpoint/model_state_dict read any supported file for eval
 Formats understood by load_model_weights:
   * ssdfast:   {"model": state_dict, "model_name", "num_classes", "category_ids", "category_names", "epoch",
                 "optimizer", "scaler", "best_ap", "args"}
-  * the seed:  {"epoch", "model_state_dict", "optimizer", "scheduler"}  (SSDLite: extra loc.6/conf.6, ignored)
+  * the older implementation:  {"epoch", "model_state_dict", "optimizer", "scheduler"}  (SSDLite: extra loc.6/conf.6, ignored)
   * NVIDIA DeepLearningExamples SSD300: {"model": state_dict, ...}, keys possibly prefixed "module."
   * a bare state dict.
 Loading never runs code from the file: torch.load(weights_only=True).
@@ -24,7 +24,7 @@ from torch import nn
 
 from .outputs import OutputError, atomic_write
 
-# The seed's unused seventh SSDLite head.
+# The older implementation's unused seventh SSDLite head.
 IGNORED_KEYS = ("loc.6.", "conf.6.")
 
 
@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 def model_state_dict(ckpt: dict, path: str | Path = "<checkpoint>") -> dict:
     """The model weights inside any supported checkpoint format, with 'module.' prefixes removed
-    and the seed's unused SSDLite head dropped."""
+    and the older implementation's unused SSDLite head dropped."""
     if "model" in ckpt and isinstance(ckpt["model"], dict):
         state = ckpt["model"]
     elif "model_state_dict" in ckpt:
@@ -156,7 +156,7 @@ def check_categories(trained: list[str], dataset: list[str], weights, data, comp
 
     Labels are 1..C in the order of sorted category ids, so two category sets with the same count but
     another order or other names would silently swap meanings. `trained`: the checkpoint's category
-    names (COCO's 80 for the seed's and NVIDIA's checkpoints); `dataset`: the dataset's. With
+    names (COCO's 80 for the older implementation's and NVIDIA's checkpoints); `dataset`: the dataset's. With
     compare_names=False (--ignore-category-names) only the counts must agree."""
     if len(trained) != len(dataset):
         raise CheckpointError(f"{weights} predicts {len(trained)} classes but {data} has {len(dataset)} categories")

@@ -17,7 +17,7 @@ class SSDDefaults:
     match_iou: float = 0.5  # a default box with IoU > this with its best ground truth is positive
     neg_pos_ratio: int = 3  # hard negative mining keeps at most this many negatives per positive
     score_threshold: float = 0.05  # post-processing: class scores at or below this are dropped
-    nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the seed trained with 0.5)
+    nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the older implementation trained with 0.5)
     topk_per_class: int = 200  # candidates per class before NMS
     max_detections: int = 200  # detections per image after NMS (K of the fixed-size output)
 

@@ -2,7 +2,7 @@
 
 decode offsets -> softmax -> per class: the top `topk_per_class` scores -> class-aware NMS that
 ignores scores <= `score_threshold` and stops at `max_det` kept boxes (= the best max_det by score).
-The seed's decode_batch did the same with a Python loop per image and per class
+The older implementation's decode_batch did the same with a Python loop per image and per class
 (ssdfast.baselines.postprocess_loop, the test oracle).
 """
 

@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, corruption, and the seed's / NVIDIA's layouts giving the same detections."""
+"""Checkpoints: round trip, corruption, and the older implementation's / NVIDIA's layouts giving the same detections."""
 
 import math
 
@@ -14,9 +14,9 @@ from ssdfast.inference import load_detector
 from ssdfast.models import build_model
 
 
-# ------------------------------------------------ the seed's layout, written here from docs/ssd.md and the seed's module names
+# ------------------------------------------------ the older implementation's layout, written here from docs/ssd.md and the older implementation's module names
 def seed_bbox_view(model, feed, x):
-    """The seed's forward tail: run the extra blocks on x, then view each head's [B, nd*k, H, W] output as
+    """The older implementation's forward tail: run the extra blocks on x, then view each head's [B, nd*k, H, W] output as
     [B, k, nd*H*W] and concatenate -> locs [B, 4, A], confs [B, C+1, A]."""
     for block in model.additional_blocks:
         x = block(x)
@@ -39,7 +39,7 @@ class SeedResNet(nn.Module):
 
 
 class SeedSSD(nn.Module):
-    """Outputs the seed's layout: locs [B, 4, A], confs [B, C+1, A]."""
+    """Outputs the older implementation's layout: locs [B, 4, A], confs [B, C+1, A]."""
 
     def __init__(self, num_classes=81):
         super().__init__()
@@ -70,7 +70,7 @@ class SeedSSD(nn.Module):
 
 
 class SeedSSDLite(nn.Module):
-    """The seed's SSDLite: a forward hook on block 14's expansion, 7 heads (the last unused)."""
+    """The older implementation's SSDLite: a forward hook on block 14's expansion, 7 heads (the last unused)."""
 
     def __init__(self, num_classes=81):
         super().__init__()
@@ -107,7 +107,7 @@ class SeedSSDLite(nn.Module):
 
 
 def seed_decode(locs, confs, spec):
-    """The seed's scale_back_batch (xywh default boxes, scale_xy 0.1, scale_wh 0.2) and softmax."""
+    """The older implementation's scale_back_batch (xywh default boxes, scale_xy 0.1, scale_wh 0.2) and softmax."""
     dboxes = default_boxes(spec, "xywh").t()[None]  # [1, 4, A]
     xy = 0.1 * locs[:, :2] * dboxes[:, 2:] + dboxes[:, :2]
     wh = torch.exp(0.2 * locs[:, 2:]) * dboxes[:, 2:]

@@ -13,8 +13,10 @@ def models():
 
 
 def test_parameter_counts(models):
-    assert sum(p.numel() for p in models["ssd"].parameters()) == 22_894_902  # the seed's count
-    assert sum(p.numel() for p in models["ssdlite"].parameters()) == 4_451_764  # seed's minus its unused head
+    assert sum(p.numel() for p in models["ssd"].parameters()) == 22_894_902  # the older implementation's count
+    assert (
+        sum(p.numel() for p in models["ssdlite"].parameters()) == 4_451_764
+    )  # the older implementation's minus its unused head
 
 
 @pytest.mark.parametrize("name,anchors", [("ssd", 8732), ("ssdlite", 3000)])

@@ -1,4 +1,4 @@
-"""Batched post-processing against the seed-style per-image, per-class loop."""
+"""Batched post-processing against the older-implementation-style per-image, per-class loop."""
 
 import torch
 

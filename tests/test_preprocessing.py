@@ -1,7 +1,7 @@
-"""The evaluation tensor: PyTorch path = PIL pipeline (the seed's, NVIDIA's) = DALI path, on images with
+"""The evaluation tensor: PyTorch path = PIL pipeline (the older implementation's, NVIDIA's) = DALI path, on images with
 high-frequency content (checkerboards, text, noise, hard edges), shrunk, stretched and enlarged.
 
-The oracle is the seed's evaluation pipeline: PIL image -> resize((300, 300), BILINEAR) -> ToTensor ->
+The oracle is the older implementation's evaluation pipeline: PIL image -> resize((300, 300), BILINEAR) -> ToTensor ->
 Normalize(ImageNet). Images are PNG (lossless: every decoder reads the same pixels) in a COCO-layout
 folder, read through the real code paths (CocoDetection; build_loader(dali=True)).
 
@@ -96,7 +96,7 @@ def detailed_coco(tmp_path_factory):
 
 
 def pil_pipeline(path) -> torch.Tensor:
-    """The oracle: the seed's evaluation preprocessing, [3, 300, 300] float32."""
+    """The oracle: the older implementation's evaluation preprocessing, [3, 300, 300] float32."""
     from PIL import Image
     from torchvision import transforms
 

@@ -47,7 +47,7 @@ def get_args(argv=None):
     p.add_argument(
         "--weights",
         required=True,
-        help="checkpoint: ssdfast, the seed's, or NVIDIA's; or an exported model.onnx / model.pt2 (tools/export.py)",
+        help="checkpoint: ssdfast, the older implementation's, or NVIDIA's; or an exported model.onnx / model.pt2 (tools/export.py)",
     )
     p.add_argument(
         "--input",

@@ -1,4 +1,4 @@
-"""COCO mAP of a checkpoint (ssdfast's, the seed's or NVIDIA's) or of an exported model (tools/export.py)
+"""COCO mAP of a checkpoint (ssdfast's, the older implementation's or NVIDIA's) or of an exported model (tools/export.py)
 on a val set in the COCO, Pascal VOC or YOLO layout (on VOC also VOC07 and VOC12 mAP@0.5).
 
     python tools/eval.py --data-path /coco --weights trained_models/best.pt
@@ -46,7 +46,7 @@ def get_args(argv=None):
     p.add_argument(
         "--weights",
         required=True,
-        help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's; "
+        help="checkpoint: ssdfast (last.pt/best.pt), the older implementation's, or NVIDIA's; "
         "or an exported model.onnx / model.pt2 (tools/export.py)",
     )
     p.add_argument(

@@ -46,7 +46,11 @@ def batch_size(text: str) -> int | None:
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint: ssdfast (last.pt/best.pt), the seed's, or NVIDIA's")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint: ssdfast (last.pt/best.pt), the older implementation's, or NVIDIA's",
+    )
     p.add_argument(
         "--format",
         required=True,

@@ -69,7 +69,11 @@ def get_args(argv=None):
         help="lr for a global batch of 32; scaled linearly by global batch / 32",
     )
     p.add_argument("--momentum", type=flags.real(0, 1, high_open=True), default=0.9, help="SGD momentum")
-    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of the seed's Nesterov momentum")
+    p.add_argument(
+        "--no-nesterov",
+        action="store_true",
+        help="plain momentum instead of the older implementation's Nesterov momentum",
+    )
     p.add_argument("--weight-decay", type=flags.real(0), default=5e-4, help="SGD weight decay")
     p.add_argument(
         "--no-bn-weight-decay",

@@ -175,7 +175,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> RGB uint8 [size, size, 3], bilinear, antialiased when shrinking.
 
-    The seed (torchvision Resize on PIL images), NVIDIA's SSD and DALI's fn.resize all filter like PIL's
+    The older implementation (torchvision Resize on PIL images), NVIDIA's SSD and DALI's fn.resize all filter like PIL's
     bilinear: when shrinking, the triangle filter widens with the scale so every source pixel counts.
     Measured against PIL on the detailed images of tests/test_preprocessing.py (normalised units):
     OpenCV INTER_LINEAR (used before) does not widen it and aliases edges, text and texture when

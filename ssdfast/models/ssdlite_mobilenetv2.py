@@ -1,7 +1,7 @@
-"""SSDLite with a MobileNetV2 backbone at 300x300 (the seed's SSDLite, without its unused 7th head).
+"""SSDLite with a MobileNetV2 backbone at 300x300 (the older implementation's SSDLite, without its unused 7th head).
 
 Feature maps: the 576-channel expansion output inside MobileNetV2 block 14 (19x19), the backbone's
-1280-channel output (10x10), and four InvertedResidual extras (5, 3, 2, 1). The seed took the 19x19
+1280-channel output (10x10), and four InvertedResidual extras (5, 3, 2, 1). The older implementation took the 19x19
 map through a forward hook that detached it, so no gradient reached the backbone from that head;
 here it is computed in the forward pass and gradient flows. Heads: depthwise 3x3 -> BN -> ReLU6 -> 1x1.
 """
