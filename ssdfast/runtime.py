@@ -71,7 +71,7 @@ def autocast_dtype(
     device: torch.device, enabled: bool, requested: str | None = None, cuda_graphs: bool = False
 ) -> torch.dtype | None:
     """The autocast dtype of every tool: None when AMP is off; else `requested` ('fp16'/'bf16'), or by
-    default fp16 on CUDA (the fastest there, measured: 1414 vs 1253 images/s on an H100), bf16 with CUDA
+    default fp16 on CUDA (the fastest there: docs/speed.md), bf16 with CUDA
     graphs (fp16 needs a GradScaler, whose step cannot be captured) and bf16 on CPU (CPU autocast's type).
     ValueError for fp16 with CUDA graphs."""
     if not enabled:

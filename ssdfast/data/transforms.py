@@ -175,15 +175,9 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> RGB uint8 [size, size, 3], bilinear, antialiased when shrinking.
 
-    The older implementation (torchvision Resize on PIL images), NVIDIA's SSD and DALI's fn.resize all filter like PIL's
-    bilinear: when shrinking, the triangle filter widens with the scale so every source pixel counts.
-    Measured against PIL on the detailed images of tests/test_preprocessing.py (normalised units):
-    OpenCV INTER_LINEAR (used before) does not widen it and aliases edges, text and texture when
-    shrinking (0.06-1.0 mean |diff|, up to 2.4); INTER_AREA is a box filter (0.02-0.3 mean when
-    shrinking, 0.08-0.4 when enlarging, where it acts like nearest neighbour); torchvision's uint8
-    antialiased kernel is a port of PIL's and stays within 1 uint8 level of it everywhere, shrinking or
-    enlarging. Cost for 640x480 -> 300x300 on one core: 0.4-0.6 ms against 0.2-0.3 ms for INTER_LINEAR
-    (and 2.6 ms through PIL itself, with its array round trip).
+    PIL's bilinear filter (torchvision's uint8 port of it, within 1 uint8 level of PIL), which widens
+    with the scale when shrinking, as the older implementation, NVIDIA's SSD and DALI's fn.resize filter;
+    why not OpenCV's INTER_LINEAR or INTER_AREA, measured: docs/ssd.md section 7.
     """
     if not image.flags.writeable:  # e.g. np.asarray(PIL image): torch.from_numpy would warn
         image = image.copy()
