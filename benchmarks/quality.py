@@ -50,9 +50,11 @@ def shown(cmd: list[str]) -> list[str]:
     return [Path(c).name if c == sys.executable else c for c in cmd]
 
 
-def train_once(data: Path, folder: Path, seed: int, epochs: int, device: str | None, env: dict) -> dict:
-    """One seed of the recipe -> {"seed", "AP", "AP50", "loss", "minutes", "command"}."""
-    cmd = train_command(data, folder, epochs=epochs, seed=seed, device=device, eval_every=epochs)
+def train_once(
+    data: Path, folder: Path, seed: int, epochs: int, device: str | None, env: dict, extra: list[str] = ()
+) -> dict:
+    """One seed of the recipe (+ `extra` flags) -> {"seed", "AP", "AP50", "loss", "minutes", "command"}."""
+    cmd = [*train_command(data, folder, epochs=epochs, seed=seed, device=device, eval_every=epochs), *extra]
     start = time.time()
     run_checked(cmd, env, f"seed {seed}")
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]

@@ -225,6 +225,7 @@ RANGES = {
         "--nms-threshold": ((0, "open"), 1, REAL),
         "--score-threshold": (0, (1, "open"), REAL),
         "--max-pixels": (1, PILLOW_LIMIT, INT),
+        "--max-det": (1, 100_000, INT),
     },
     "export": {
         "--batch": (1, 4096, INT),

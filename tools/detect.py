@@ -71,8 +71,8 @@ def get_args(argv=None):
     p.add_argument(
         "--max-det",
         type=flags.integer(1, flags.MAX_DETECTIONS),
-        default=100,
-        help="at most this many detections per image (the best by score)",
+        default=SSD_DEFAULTS.max_detections,
+        help="at most this many detections per image (the best by score; the model gives at most its own)",
     )
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
     p.add_argument(
