@@ -23,13 +23,13 @@ from torch import Tensor
 
 from .anchors import SSD_DEFAULTS
 from .data.coco import read_image
+from .defaults import IMAGE_SUFFIXES
 from .inference import DISPLAY_SCORE_THRESHOLD, as_detector, load_detector, run_detector, to_records
 from .outputs import writable_file
 from .postprocess import Detections
 from .runtime import pick_device
 from .visualize import draw_detections
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SOURCE_KINDS = (
     "a path, a folder, a list of these, a PIL image, an RGB uint8 numpy array [H, W, 3] or a tensor [3, H, W]"
 )

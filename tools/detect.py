@@ -29,13 +29,13 @@ from ssdfast.anchors import SSD_DEFAULTS
 from ssdfast.checkpoint import CheckpointError
 from ssdfast.data.coco import read_image
 from ssdfast.data.image_files import add_image_limit_args
+from ssdfast.defaults import IMAGE_SUFFIXES
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
 from ssdfast.runtime import configure_cudnn, pick_device
 from ssdfast.visualize import draw_detections
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 VIDEO_CODECS = {".webm": "VP80"}  # the others take MPEG-4 part 2 (mp4v), except:
 H264_CONTAINERS = {".mp4", ".m4v", ".mov"}  # H.264 (avc1) where this OpenCV has an encoder

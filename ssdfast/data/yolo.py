@@ -26,10 +26,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..defaults import IMAGE_SUFFIXES
 from .coco import DataSource
 from .validate import ValidationReport
 
-IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 EXIF_ORIENTATION, TRANSPOSED = 0x0112, {5, 6, 7, 8}  # orientations that swap width and height
 
 
