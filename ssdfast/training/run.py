@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .. import engine
-from ..checkpoint import keep_epoch_copy, resume_training, save_checkpoint, training_state
+from ..checkpoint import save_checkpoint
 from ..data import build_loader
 from ..exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
 from ..finetune import load_source, transfer_weights
@@ -38,6 +38,7 @@ from .checkpoint_schedule import CheckpointSchedule
 from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
 from .optimizer import LrSchedule, build_optimizer, scaled_lr
 from .run_log import RunLog
+from .state import keep_epoch_copy, resume_training, training_state
 from .step import CudaGraphTrainStep, TrainStep
 
 
