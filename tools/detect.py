@@ -72,12 +72,7 @@ def get_args(argv=None):
         help="at most this many detections per image (the best by score; the model gives at most its own)",
     )
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
-    p.add_argument(
-        "--no-cudnn-benchmark",
-        action="store_true",
-        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     add_image_limit_args(p, outside_paths=False)
     return p.parse_args(argv)
 
