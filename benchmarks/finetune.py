@@ -5,7 +5,7 @@ layers and the box heads carry over) against B trained from scratch with the dem
     python benchmarks/finetune.py --epochs 1 2 3        # fine-tuning lengths to try (the scratch run: 12)
 
 Writes benchmarks/results/finetune-<machine>.json: the COCO AP/AP50 on B's val set and the training steps
-of each run, and prints them. Every run is tools/train.py with the demo's recipe (tools/demo.py).
+of each run, and prints them. Every run is tools/train.py with the demo's recipe (ssdfast/demo_recipe.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quality import train_once  # benchmarks/quality.py and report.py, beside this script
+from report import RESULTS, machine_name, this_machine
+
+from ssdfast.demo_recipe import BATCH_SIZE, EPOCHS, write_demo_data
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from demo import BATCH_SIZE, EPOCHS, write_demo_data  # noqa: E402  (the demo's recipe: one home)
-from quality import train_once  # noqa: E402
-from report import RESULTS, machine_name, this_machine  # noqa: E402
 
 RENAMED = {"circle": "disc", "square": "tile", "triangle": "wedge"}
 

@@ -10,12 +10,10 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import CUDA, run
+from workloads import ssd300_fp16_step, time_fed_epoch
 
 from ssdfast.data import build_loader
-from ssdfast.models import build_model
-from ssdfast.training.step import TrainStep
 
 CPU_IMAGES, CUDA_IMAGES = 64, 1536
 
@@ -109,11 +107,7 @@ def test_train_from_gpu_loader_cuda(benchmark, coco_sized_large, source):
     the data keeps up."""
     batch = 128
     benchmark.group = f"train ssd300 b{batch} fp16 channels_last: gpu data path [cuda]"
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
-    model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
-    train_step = TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
+    train_step = ssd300_fp16_step()
     loader = build_loader(
         coco_sized_large,
         "train",
@@ -124,29 +118,4 @@ def test_train_from_gpu_loader_cuda(benchmark, coco_sized_large, source):
         backend="gpu",
         max_boxes=128,
     )
-    batches = len(loader)
-    if source == "synthetic_tensors":
-        first = next(iter(loader)).to("cuda", channels_last=True)
-        fixed = (first.images.clone(), first.boxes.clone(), first.labels.clone())
-
-        def one_epoch():
-            for _ in range(batches):
-                loss = train_step(*fixed)
-            return loss
-    else:
-
-        def one_epoch():
-            for data in loader:
-                data = data.to("cuda", channels_last=True)
-                loss = train_step(data.images, data.boxes, data.labels)
-            return loss
-
-    run(
-        benchmark,
-        one_epoch,
-        role="baseline" if source == "synthetic_tensors" else "candidate",
-        items=batch * batches,
-        rounds=3,
-        warmup=1,
-        device="cuda",
-    )
+    time_fed_epoch(benchmark, train_step, loader, batch, step_alone=source == "synthetic_tensors")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import CUDA, run
 from torch.utils.flop_counter import FlopCounterMode
-from workloads import coco_like_ground_truth
+from workloads import coco_like_ground_truth, ssd300_fp16_step, time_fed_epoch
 
 from ssdfast import ops, reference
 from ssdfast.data import build_loader
@@ -126,37 +126,9 @@ def test_train_from_loader_cuda(benchmark, loader_coco, source):
     (JPEG decode + SSD augmentation on CPU workers, pinned copies). Equal rates: data keeps up."""
     batch = 128
     benchmark.group = f"train ssd300 b{batch} fp16 channels_last: data path [cuda]"
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
-    model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
-    train_step = TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
+    train_step = ssd300_fp16_step()
     loader = build_loader(
         loader_coco, "train", train=True, batch_size=batch, num_workers=16, device="cuda", max_boxes=128
     )
-    batches = len(loader)
-    if source == "synthetic_tensors":
-        fixed = next(iter(loader)).to("cuda", channels_last=True)
-
-        def epoch():
-            for _ in range(batches):
-                loss = train_step(fixed.images, fixed.boxes, fixed.labels)
-            return loss
-    else:
-
-        def epoch():
-            for data in loader:
-                data = data.to("cuda", channels_last=True)
-                loss = train_step(data.images, data.boxes, data.labels)
-            return loss
-
     benchmark.extra_info["flop_per_item"] = train_flop_per_image("ssd")
-    run(
-        benchmark,
-        epoch,
-        role="baseline" if source == "synthetic_tensors" else "candidate",
-        items=batch * batches,
-        rounds=3,
-        warmup=1,
-        device="cuda",
-    )
+    time_fed_epoch(benchmark, train_step, loader, batch, step_alone=source == "synthetic_tensors")

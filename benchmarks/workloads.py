@@ -1,10 +1,13 @@
-"""SSD-shaped inputs for the benchmarks (deterministic)."""
+"""SSD-shaped workloads for the benchmarks: deterministic inputs, and the data-fed training epoch."""
 
 from __future__ import annotations
 
 import torch
+from conftest import run
 
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
+from ssdfast.models import build_model
+from ssdfast.training.step import TrainStep
 
 
 def coco_like_ground_truth(batch: int = 32, max_boxes: int = 50, mean_boxes: float = 7.0, seed: int = 0):
@@ -53,3 +56,38 @@ def nms_candidates(batch: int = 32, classes: int = 80, per_class: int = 200, see
     scores = torch.rand(batch, n, generator=g) ** 3  # most candidates weak
     labels = torch.arange(1, classes + 1).repeat_interleave(per_class).expand(batch, -1).contiguous()
     return boxes, scores, labels
+
+
+def ssd300_fp16_step() -> TrainStep:
+    """The step the data-fed benchmarks time: SSD300 (80 classes) on CUDA, channels_last, fp16 autocast with
+    GradScaler, fused SGD; seeded, cuDNN autotuning on (as the tools run on CUDA)."""
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
+    return TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
+
+
+def time_fed_epoch(benchmark, train_step: TrainStep, loader, batch: int, *, step_alone: bool) -> None:
+    """Time one CUDA training epoch (3 rounds after 1 warm-up): `train_step` on every batch of `loader` (a
+    candidate), or (step_alone: the baseline) on the loader's first batch len(loader) times, the rate the
+    data path has to keep up with. Equal rates: the data keeps up."""
+    batches = len(loader)
+    if step_alone:
+        first = next(iter(loader)).to("cuda", channels_last=True)
+        fixed = (first.images.clone(), first.boxes.clone(), first.labels.clone())  # kept whatever the loader reuses
+
+        def epoch():
+            for _ in range(batches):
+                loss = train_step(*fixed)
+            return loss
+    else:
+
+        def epoch():
+            for data in loader:
+                data = data.to("cuda", channels_last=True)
+                loss = train_step(data.images, data.boxes, data.labels)
+            return loss
+
+    role = "baseline" if step_alone else "candidate"
+    run(benchmark, epoch, role=role, items=batch * batches, rounds=3, warmup=1, device="cuda")

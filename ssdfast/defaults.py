@@ -26,5 +26,7 @@ SSD_DEFAULTS = SSDDefaults()
 
 DEFAULT_MAX_BOXES = 128  # ground-truth boxes per image after padding (G): static shapes for the step
 DATA_BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (docs/training.md: which to pick)
+DATA_FORMATS = ("coco", "voc", "yolo")  # the dataset layouts read (ssdfast/data/formats.py; --data-format)
 MODEL_CHOICES = ("ssd", "ssdlite", "ssd300_resnet50", "ssdlite300_mobilenetv2")  # short names and full ones
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # files read as images from a folder
+EXPORT_FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # tools/export.py --format -> the file suffix it writes

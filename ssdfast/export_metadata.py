@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .defaults import EXPORT_FORMATS
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
-FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 
 
 class ExportMetadataError(CheckpointError):
@@ -67,7 +67,7 @@ def _problems(info: dict, suffix: str):
     n, score, iou = info.get("num_classes"), info.get("score_threshold"), info.get("nms_threshold")
     checks = {
         "format": (
-            info.get("format") in FORMATS and FORMATS[info.get("format")] == suffix,
+            info.get("format") in EXPORT_FORMATS and EXPORT_FORMATS[info.get("format")] == suffix,
             f"the format of a {suffix} file",
         ),
         "model_name": (isinstance(info.get("model_name"), str) and info.get("model_name") != "", "a non-empty string"),

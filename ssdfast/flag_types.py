@@ -1,10 +1,13 @@
-"""Range-checked argparse types for the tools' numeric flags: a bad value is one usage error naming
-the flag and its range, before any work (not a traceback, a silent AP of 0, or a loss of 0 after an
-epoch). NaN and infinity are refused everywhere: every comparison with NaN is false, so a NaN
-passes any check written as `if x < low: refuse`.
+"""The tools' flags, defined once: range-checked argparse types for the numeric flags, and the groups of
+flags several tools share with one meaning (add_data_flags, add_device_flags). Without PyTorch.
+
+A bad numeric value is one usage error naming the flag and its range, before any work (not a traceback,
+a silent AP of 0, or a loss of 0 after an epoch). NaN and infinity are refused everywhere: every
+comparison with NaN is false, so a NaN passes any check written as `if x < low: refuse`.
 
     p.add_argument("--max-boxes", type=integer(1, MAX_BOXES), default=128)
     p.add_argument("--nms-threshold", type=real(0, 1, low_open=True), default=0.5)
+    add_device_flags(p)    # --device, --no-cudnn-benchmark
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+
+from .defaults import DATA_BACKENDS, DATA_FORMATS
 
 MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
 MAX_WORKERS = 256  # data loading processes (or DALI threads)
@@ -73,3 +78,29 @@ batch_size = integer(1, MAX_BATCH)
 workers = integer(0, MAX_WORKERS)
 score_threshold = real(0, 1, high_open=True)  # 1 would drop every detection: AP 0, silently
 nms_threshold = real(0, 1, low_open=True)  # IoU above which the lower-scored of two boxes is dropped
+
+
+# The flag groups several tools share (each tool adds its own flags around them).
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """How a dataset is read (tools/train.py, eval.py): --data-format, --data-backend and its alias --dali."""
+    p.add_argument(
+        "--data-format", choices=DATA_FORMATS, default=None, help="layout of --data-path (default: detected)"
+    )
+    p.add_argument(
+        "--data-backend",
+        choices=DATA_BACKENDS,
+        default="pytorch",
+        help="data path: pytorch (CPU workers), "
+        "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)",
+    )
+    p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """Where a tool computes (tools/train.py, eval.py, detect.py): --device and --no-cudnn-benchmark."""
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--no-cudnn-benchmark",
+        action="store_true",
+        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
+    )

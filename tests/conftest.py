@@ -12,8 +12,10 @@ Fixtures
                    test's report says it ("rerun with SSDFAST_TEST_SEED=..."). SSDFAST_TEST_SEEDS=0-19
                    runs each such test once per seed.
 Helpers (`from conftest import ...`)
-  tool(name, *args, check=True, prefix=())   runs tools/<name>.py in a subprocess; train_args(...),
-                                              resume_args(...): tools/train.py's flags for the runs above
+  tool(name, *args, check=True, prefix=(), env=None)
+                                              runs tools/<name>.py in a subprocess (env: variables to add);
+                                              train_args(...), resume_args(...): tools/train.py's flags for
+                                              the runs above (a flag given again in *extra wins: argparse)
   shared_once(tmp_path_factory, name, build)  a folder built once for the whole run, xdist workers included
   free_port()                                 a free TCP port for torchrun's --master_port
   CUDA, DEVICES, random_boxes, grid_boxes
@@ -62,10 +64,12 @@ def grid_boxes(n: int, generator: torch.Generator, cells: int = 4, device="cpu")
     return (torch.cat([a, b], dim=1).float() / (2 * cells)).to(device)
 
 
-def tool(name, *args, check=True, prefix=()):
-    """tools/<name>.py run as a user runs it (its own process): the CompletedProcess, text output."""
+def tool(name, *args, check=True, prefix=(), env=None):
+    """tools/<name>.py run as a user runs it (its own process): the CompletedProcess, text output.
+    env: environment variables to set for it, on top of this process's."""
     cmd = [*(prefix or [sys.executable]), str(ROOT / "tools" / f"{name}.py"), *map(str, args)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **env} if env else None
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -8,13 +8,12 @@ hand-computed case.
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tool, train_args
 from PIL import Image
 
 from ssdfast.data import build_loader
@@ -23,8 +22,6 @@ from ssdfast.data.formats import detect_format, resolve_source
 from ssdfast.data.voc import VOC_CLASSES, read_voc
 from ssdfast.data.yolo import image_size, read_yolo
 from ssdfast.voc_eval import voc_map
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def coco_split(root: Path, split: str) -> dict:
@@ -354,18 +351,6 @@ def test_voc_ap_of_a_hand_computed_case():
 
 
 # ------------------------------------------------------------------ end to end, through the tools
-def tool(name, *args):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    return result
-
-
 def detections_and_ap(detections_file: Path, categories: list[dict]) -> tuple[list, float]:
     """The detections by category name without image ids (the formats number both their own way), and the AP."""
     name_of = {c["id"]: c["name"] for c in categories}
@@ -380,27 +365,7 @@ def detections_and_ap(detections_file: Path, categories: list[dict]) -> tuple[li
 @pytest.mark.parametrize("data_format", ["voc", "yolo"])
 def test_train_and_evaluate_on_voc_and_yolo_sets(synthetic_coco, voc_set, yolo_set, tmp_path, data_format):
     data = voc_set if data_format == "voc" else yolo_set / "data.yaml"
-    tool(
-        "train",
-        "--data-path",
-        data,
-        "--save-folder",
-        tmp_path,
-        "--iters-per-epoch",
-        2,
-        "--eval-batches",
-        1,
-        "--epochs",
-        1,
-        "--backbone-weights",
-        "none",
-        "--model",
-        "ssdlite",
-        "--batch-size",
-        4,
-        "--num-workers",
-        0,
-    )
+    tool("train", *train_args(data, tmp_path, 1, "--iters-per-epoch", 2, "--eval-batches", 1))
     evaluate = (
         "--weights",
         tmp_path / "last.pt",

@@ -2,15 +2,12 @@
 --classes and --max-det, checked against the tool's own unfiltered output and OpenCV's frame counts."""
 
 import json
-import sys
 
 import cv2
+import detect  # tools/detect.py (pyproject.toml puts tools/ on pytest's path)
 import numpy as np
 import pytest
-from conftest import ROOT, tool
-
-sys.path.insert(0, str(ROOT / "tools"))
-import detect  # noqa: E402  (tools/detect.py)
+from conftest import tool
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, shared_once, tool
+from export import main as export_main  # tools/export.py (pyproject.toml puts tools/ on pytest's path)
 
 from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
@@ -21,14 +22,10 @@ from ssdfast.data.coco import read_image
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.deployed import Deployed
 from ssdfast.export import check_against_pytorch, compare_detections, export
-from ssdfast.inference import detect, load_detector
+from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 from ssdfast.training.step import TrainStep
-
-sys.path.insert(0, str(ROOT / "tools"))
-from detect import to_records  # noqa: E402  (tools/detect.py: how the tool writes a detection)
-from export import main as export_main  # noqa: E402  (tools/export.py)
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -2,15 +2,11 @@
 spent finding a typo in a phase."""
 
 import json
-import sys
 import time
-from pathlib import Path
 
+import gpu_check  # tools/gpu_check.py (pyproject.toml puts tools/ on pytest's path)
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import gpu_check  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
 

@@ -1,18 +1,15 @@
 """The GPU data path (--data-backend gpu) against the PyTorch path, on CPU tensors: same boxes and labels
 exactly, pixels within one uint8 level, same unreadable files, same batches on a restart, same sharding."""
 
-import importlib.util
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import train  # tools/train.py (pyproject.toml puts tools/ on pytest's path)
+from conftest import tool, train_args
 from PIL import Image
 
 from ssdfast.data import CocoDetection, build_loader, read_image
@@ -21,6 +18,7 @@ from ssdfast.data.gpu_pipeline import JpegSamples, augment, crop_resize, decode,
 from ssdfast.data.jpeg_header import read_jpeg_header
 
 EPOCHS = (0, 3)
+TOOL_THREADS = {"OMP_NUM_THREADS": "1"}  # the tools this file runs compute with one thread too: see one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -290,48 +288,15 @@ def test_unknown_backend_is_refused(coco_sized):
         build_loader(coco_sized, "train", train=True, batch_size=2, backend="gpus")
 
 
-def run_tool(name, *args):
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
-    result = subprocess.run(
-        [sys.executable, str(root / "tools" / f"{name}.py"), *map(str, args)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result
-
-
 def test_tools_train_and_eval_on_the_gpu_backend(synthetic_coco, tmp_path):
     """--data-backend gpu end to end on CPU (train one short epoch, evaluate); --dali stays an alias."""
-    result = run_tool(
+    result = tool(
         "train",
-        "--data-path",
-        synthetic_coco,
-        "--save-folder",
-        tmp_path,
-        "--model",
-        "ssdlite",
-        "--backbone-weights",
-        "none",
-        "--epochs",
-        1,
-        "--batch-size",
-        4,
-        "--num-workers",
-        0,
-        "--iters-per-epoch",
-        2,
-        "--eval-batches",
-        1,
-        "--data-backend",
-        "gpu",
+        *train_args(synthetic_coco, tmp_path, 1, "--iters-per-epoch", 2, "--eval-batches", 1, "--data-backend", "gpu"),
+        env=TOOL_THREADS,
     )
     assert "gpu data" in result.stdout and (tmp_path / "last.pt").is_file()
-    run_tool(
+    tool(
         "eval",
         "--data-path",
         synthetic_coco,
@@ -345,11 +310,7 @@ def test_tools_train_and_eval_on_the_gpu_backend(synthetic_coco, tmp_path):
         "gpu",
         "--output",
         tmp_path / "d.json",
+        env=TOOL_THREADS,
     )
     assert json.loads((tmp_path / "d.metrics.json").read_text())["images_evaluated"] == 8
-    spec = importlib.util.spec_from_file_location(
-        "train_tool", Path(__file__).resolve().parent.parent / "tools/train.py"
-    )
-    train_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_tool)
-    assert train_tool.get_args(["--data-path", str(synthetic_coco), "--dali"]).data_backend == "dali"
+    assert train.get_args(["--data-path", str(synthetic_coco), "--dali"]).data_backend == "dali"

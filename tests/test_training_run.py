@@ -3,11 +3,12 @@ the weights of an uninterrupted run; best.pt follows the best AP; a stop before 
 The oracle is an uninterrupted run of the same arguments (tests/test_preemption.py does the same
 through subprocesses and signals)."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import train  # tools/train.py (on pytest's path: pyproject.toml): its argument parser makes the runs' arguments
+from conftest import resume_args
 
 from ssdfast.checkpoint import load_checkpoint
 from ssdfast.exit_codes import EXIT_DONE, EXIT_STOPPED
@@ -16,45 +17,14 @@ from ssdfast.preemption import StopRequest
 from ssdfast.training import run as run_module
 from ssdfast.training.run import TrainingRun
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import train  # noqa: E402  (tools/train.py: its argument parser makes the runs' arguments)
-
 
 def arguments(data, folder, *extra, epochs=1):
-    """A tiny run: SSDLite from scratch, 2 steps of 4 images per epoch, no evaluation."""
-    args = train.get_args(
-        [
-            "--data-path",
-            str(data),
-            "--save-folder",
-            str(folder),
-            "--model",
-            "ssdlite",
-            "--backbone-weights",
-            "none",
-            "--epochs",
-            str(epochs),
-            "--iters-per-epoch",
-            "2",
-            "--batch-size",
-            "4",
-            "--num-workers",
-            "0",
-            "--lr",
-            "0.05",
-            "--log-every",
-            "1",
-            "--eval-every",
-            "0",
-            "--checkpoint-every",
-            "0",
-            "--seed",
-            "5",
-            *map(str, extra),
-        ]
+    """A tiny run: conftest's resume_args (SSDLite from scratch, 4 images a step, no evaluation, seed 5) with
+    2 steps per epoch, a log line every step and last.pt at epoch ends only; later flags win (argparse)."""
+    flags = resume_args(
+        data, folder, "--iters-per-epoch", 2, "--log-every", 1, "--checkpoint-every", 0, *extra, epochs=epochs
     )
+    args = train.get_args([str(flag) for flag in flags])
     args.model = canonical_name(args.model)
     return args
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import tool, train_args
 from PIL import Image
 from test_bad_input import fake_weights, names_of
 from test_data import needs_dali
-from test_tools import tool
 
 from ssdfast.data import CocoDetection, build_loader, read_image, write_synthetic_coco
 
@@ -125,29 +125,8 @@ def run_injected(tmp_path, point: str, cmd: list, timeout: float = 120):
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["load", "step", "evaluation"])
 def test_a_training_failure_with_workers_ends_within_seconds(point, synthetic_coco, tmp_path):
-    cmd = [
-        ROOT / "tools" / "train.py",
-        "--data-path",
-        synthetic_coco,
-        "--save-folder",
-        tmp_path / "run",
-        "--model",
-        "ssdlite",
-        "--backbone-weights",
-        "none",
-        "--epochs",
-        1,
-        "--batch-size",
-        2,
-        "--num-workers",
-        2,
-        "--iters-per-epoch",
-        2,
-        "--eval-batches",
-        1,
-        "--log-every",
-        1,
-    ]
+    extra = ("--batch-size", 2, "--num-workers", 2, "--iters-per-epoch", 2, "--eval-batches", 1, "--log-every", 1)
+    cmd = [ROOT / "tools" / "train.py", *train_args(synthetic_coco, tmp_path / "run", 1, *extra)]
     code, output, record, took = run_injected(tmp_path, point, cmd)
     assert code == 1 and f"RuntimeError: injected failure at {point}" in output, output[-3000:]
     assert took < 30, f"{point}: {took:.1f} s from the error's report to the exit"
@@ -223,25 +202,7 @@ def test_train_eval_detect_skip_and_count_images_over_the_cap(tmp_path):
     for split in ("train", "val"):
         claimed_jpeg(first_image(root, split), 65500, 65500)
     run = tmp_path / "run"
-    trained = tool(
-        "train",
-        "--data-path",
-        root,
-        "--save-folder",
-        run,
-        "--model",
-        "ssdlite",
-        "--backbone-weights",
-        "none",
-        "--epochs",
-        1,
-        "--batch-size",
-        4,
-        "--num-workers",
-        0,
-        "--log-every",
-        1,
-    )
+    trained = tool("train", *train_args(root, run, 1, "--log-every", 1))
     assert "warning: epoch 0: 1 unreadable image(s) skipped" in trained.stdout, trained.stdout[-2000:]
     assert "1 unreadable image(s) left out of evaluation" in trained.stdout
 

@@ -16,21 +16,20 @@ import time
 from pathlib import Path
 
 import cv2
+import demo  # tools/*.py: pyproject.toml puts tools/ on pytest's path
+import detect
+import eval as eval_tool
+import export
 import numpy as np
 import pytest
 import torch
+import train
 from test_bad_input import fake_weights, names_of
 from test_tools import ROOT, tool, train_args
 
 from ssdfast.models import build_model
 from ssdfast.outputs import atomic_write
 from ssdfast.run_lock import FolderInUseError, SaveFolderLock
-
-sys.path.insert(0, str(ROOT / "tools"))
-import detect  # noqa: E402
-import eval as eval_tool  # noqa: E402
-import export  # noqa: E402
-import train  # noqa: E402
 
 QUICK = ("--iters-per-epoch", 1, "--eval-every", 0)
 
@@ -233,14 +232,20 @@ RANGES = {
         "--score-threshold": (0, (1, "open"), REAL),
         "--max-det": (1, 100_000, INT),
     },
+    "demo": {
+        "--epochs": (1, None, INT),
+        "--batch-size": (1, 4096, INT),
+        "--seed": (0, 2**32 - 1, INT),
+    },
 }
 REQUIRED = {
     "train": ["--data-path", "d", "--no-nesterov"],
     "eval": ["--data-path", "d", "--weights", "w"],
     "detect": ["--weights", "w", "--input", "i", "--output", "o"],
     "export": ["--weights", "w", "--format", "onnx", "--output", "o.onnx"],
+    "demo": [],
 }
-TOOLS = {"train": train, "eval": eval_tool, "detect": detect, "export": export}
+TOOLS = {"train": train, "eval": eval_tool, "detect": detect, "export": export, "demo": demo}
 BOUNDARIES = [
     "0",
     "-1",

@@ -4,7 +4,8 @@
     python tools/demo.py --out demo_output
 
 1. writes a COCO-layout dataset of coloured shapes (256 train, 64 val images) to OUT/data;
-2. trains SSDLite-MobileNetV2 from scratch (tools/train.py; ~5 minutes on 2 CPU cores, AP50 ~0.9);
+2. trains SSDLite-MobileNetV2 from scratch (tools/train.py with ssdfast/demo_recipe.py's recipe; ~5 minutes
+   on 2 CPU cores, AP50 ~0.9);
 3. evaluates it (tools/eval.py: the 12-number COCO table);
 4. draws its detections on a few val images (tools/detect.py).
 Every step is one of the real tools, run with the command line printed before it.
@@ -20,65 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from ssdfast import flag_types as flags
+from ssdfast.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# The recipe's length: 384 steps of 8 images. Batch 16 for 8 epochs (128 steps) left 2 seeds in 5 below
-# AP50 0.6, batch 8 for 8 epochs 1 in 5 (benchmarks/quality.py; docs/quality.md).
-EPOCHS, BATCH_SIZE = 12, 8
-
-
-def train_command(
-    data: Path,
-    model_dir: Path,
-    *,
-    seed: int,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    device: str | None = None,
-    eval_every: int = 1,
-    fresh: bool = False,
-) -> list[str]:
-    """The demo's training recipe (benchmarks/quality.py measures it over seeds): SSDLite from scratch,
-    lr 0.1 for a batch of 32 (scaled), warm-up 30 iterations, x0.1 two epochs before the end."""
-    return [
-        sys.executable,
-        "tools/train.py",
-        "--data-path",
-        str(data),
-        "--save-folder",
-        str(model_dir),
-        "--model",
-        "ssdlite",
-        "--backbone-weights",
-        "none",
-        "--epochs",
-        str(epochs),
-        "--multistep",
-        str(max(epochs - 2, 1)),
-        "--batch-size",
-        str(batch_size),
-        "--lr",
-        "0.1",
-        "--warmup",
-        "30",
-        "--num-workers",
-        "1",
-        "--channels-last",
-        "--seed",
-        str(seed),
-        "--eval-every",
-        str(eval_every),
-        *(["--no-resume"] if fresh else []),
-        *(["--device", device] if device else []),
-    ]
-
-
-def write_demo_data(root: Path) -> Path:
-    """The demo's synthetic set (256 train, 64 val images; always the same: seed 0) under root."""
-    from ssdfast.data import write_synthetic_coco
-
-    return write_synthetic_coco(root, num_train=256, num_val=64, seed=0)
 
 
 def run(cmd: list[str]) -> None:
@@ -88,23 +34,31 @@ def run(cmd: list[str]) -> None:
         sys.exit(f"demo: step failed (exit {result.returncode}): {shlex.join(cmd)}")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
     p.add_argument("--out", default="demo_output", help="everything the demo writes goes here")
     p.add_argument(
         "--epochs",
-        type=int,
+        type=flags.positive,
         default=EPOCHS,
         help="training epochs (README and docs/quality.md give the AP50 they reach)",
     )
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training batch size (lr scales with it)")
+    p.add_argument(
+        "--batch-size", type=flags.batch_size, default=BATCH_SIZE, help="training batch size (lr scales with it)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--fresh", action="store_true", help="retrain even if OUT/model/last.pt exists")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the training run (initialisation, data order, augmentation)"
+        "--seed",
+        type=flags.integer(0, flags.MAX_SEED),
+        default=0,
+        help="seed of the training run (initialisation, data order, augmentation)",
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = get_args(argv)
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     data, model_dir, detections = out / "data", out / "model", out / "detections"
     py = sys.executable

@@ -24,16 +24,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+# Only modules without PyTorch up here: --help answers at once; main() and the detection loops import the
+# rest. OpenCV stays (a tenth of a second): the drawing and video helpers below use it throughout.
 from ssdfast import flag_types as flags
-from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError
-from ssdfast.data.coco import read_image
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import IMAGE_SUFFIXES
+from ssdfast.defaults import IMAGE_SUFFIXES, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.inference import detect, load_detector, to_records
 from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
-from ssdfast.runtime import configure_cudnn, pick_device
 from ssdfast.visualize import draw_detections
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -75,12 +72,7 @@ def get_args(argv=None):
         help="at most this many detections per image (the best by score; the model gives at most its own)",
     )
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
-    p.add_argument(
-        "--no-cudnn-benchmark",
-        action="store_true",
-        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     add_image_limit_args(p, outside_paths=False)
     return p.parse_args(argv)
 
@@ -142,6 +134,9 @@ def select(dets: list[dict], labels: np.ndarray | None, max_det: int) -> list[di
 
 
 def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
+    from ssdfast.data.coco import read_image
+    from ssdfast.inference import detect, to_records
+
     targets = image_targets(paths, output, single)
     report = {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
@@ -244,6 +239,8 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
 
 def draw_video(model, names, capture, writer, args, announced: int) -> dict:
     """Detect on every frame `capture` yields, draw into `writer`; {frame index: detections}."""
+    from ssdfast.inference import detect, to_records
+
     report, done = {}, False
     with tqdm(total=announced or None, desc="video", unit="frame") as bar:
         while not done:
@@ -271,7 +268,11 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
 
 
 def main(argv=None) -> int:
-    args = get_args(argv)
+    args = get_args(argv)  # --help and usage errors before PyTorch is imported
+    from ssdfast.checkpoint import CheckpointError
+    from ssdfast.inference import load_detector
+    from ssdfast.runtime import configure_cudnn, pick_device
+
     device = pick_device(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)

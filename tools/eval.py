@@ -23,7 +23,7 @@ from pathlib import Path
 # Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import DATA_BACKENDS, SSD_DEFAULTS
+from ssdfast.defaults import SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 from ssdfast.voc_eval import voc_map
@@ -36,9 +36,7 @@ def get_args(argv=None):
         default=None,
         help="dataset: COCO layout root, VOCdevkit year folder, or YOLO data.yaml (or its folder)",
     )
-    p.add_argument(
-        "--data-format", choices=["coco", "voc", "yolo"], default=None, help="layout of --data-path (default: detected)"
-    )
+    flags.add_data_flags(p)  # --data-format, --data-backend, --dali
     p.add_argument(
         "--ann", default=None, help="a COCO annotation file, anywhere (with --images; instead of --data-path)"
     )
@@ -57,14 +55,6 @@ def get_args(argv=None):
     )
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
-    p.add_argument(
-        "--data-backend",
-        choices=DATA_BACKENDS,
-        default="pytorch",
-        help="data path: pytorch (CPU workers), "
-        "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)",
-    )
-    p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
     p.add_argument(
         "--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)"
     )
@@ -98,12 +88,7 @@ def get_args(argv=None):
     p.add_argument(
         "--max-batches", type=flags.positive, default=None, help="evaluate only this many batches (quick checks)"
     )
-    p.add_argument(
-        "--no-cudnn-benchmark",
-        action="store_true",
-        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     add_image_limit_args(p)
     args = p.parse_args(argv)
     if args.data_path is None and not (args.ann and args.images):

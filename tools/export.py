@@ -20,13 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+# Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
-from ssdfast.anchors import SSD_DEFAULTS
-from ssdfast.checkpoint import CheckpointError
+from ssdfast.defaults import EXPORT_FORMATS, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.export import check_against_pytorch, export
-from ssdfast.export_metadata import FORMATS
-from ssdfast.inference import load_detector
 from ssdfast.outputs import OutputError, atomic_output, writable_file
 
 
@@ -54,7 +51,7 @@ def get_args(argv=None):
     p.add_argument(
         "--format",
         required=True,
-        choices=sorted(FORMATS),
+        choices=sorted(EXPORT_FORMATS),
         help="onnx (.onnx, NMS as ONNX's "
         "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)",
     )
@@ -93,15 +90,19 @@ def get_args(argv=None):
 
 def check_args(args) -> Path:
     output = Path(args.output)
-    if output.suffix.lower() != FORMATS[args.format]:
-        raise ValueError(f"--format {args.format} writes a {FORMATS[args.format]} file, got --output {output}")
+    if output.suffix.lower() != EXPORT_FORMATS[args.format]:
+        raise ValueError(f"--format {args.format} writes a {EXPORT_FORMATS[args.format]} file, got --output {output}")
     if output.exists() and output.resolve() == Path(args.weights).resolve():
         raise ValueError(f"the output would overwrite the weights {output}: choose another --output")
     return writable_file(output, "output file")
 
 
 def main(argv=None) -> int:
-    args = get_args(argv)
+    args = get_args(argv)  # --help and usage errors before PyTorch is imported
+    from ssdfast.checkpoint import CheckpointError
+    from ssdfast.export import check_against_pytorch, export
+    from ssdfast.inference import load_detector
+
     try:
         output = check_args(args)
         model, meta = load_detector(args.weights, "cpu")

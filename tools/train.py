@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 # Only modules without PyTorch up here: --help answers at once; main() and run() import the rest.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
+from ssdfast.defaults import DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 
 if TYPE_CHECKING:
@@ -39,9 +39,7 @@ def get_args(argv=None):
         help="dataset: COCO layout root (annotations/, train2017/, val2017/), "
         "VOCdevkit year folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO data.yaml (or its folder)",
     )
-    p.add_argument(
-        "--data-format", choices=["coco", "voc", "yolo"], default=None, help="layout of --data-path (default: detected)"
-    )
+    flags.add_data_flags(p)  # --data-format, --data-backend, --dali
     p.add_argument(
         "--train-ann", default=None, help="a COCO annotation file for training, anywhere (with --train-images)"
     )
@@ -115,19 +113,7 @@ def get_args(argv=None):
         action="store_true",
         help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)",
     )
-    p.add_argument(
-        "--no-cudnn-benchmark",
-        action="store_true",
-        help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
-    )
-    p.add_argument(
-        "--data-backend",
-        choices=DATA_BACKENDS,
-        default="pytorch",
-        help="data path: pytorch (CPU workers), "
-        "gpu (JPEG decode and augmentation on the device; on CPU without one), dali (NVIDIA DALI)",
-    )
-    p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
+    flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     p.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
     p.add_argument(
         "--eval-batches",
@@ -190,7 +176,6 @@ def get_args(argv=None):
     p.add_argument(
         "--log-every", type=flags.positive, default=10, help="iterations between loss checks/logs (each is a host sync)"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument(
         "--ignore-category-names",
         action="store_true",

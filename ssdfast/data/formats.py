@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import DATA_FORMATS
 from .coco import DataSource, coco_paths, coco_source
 from .voc import is_voc_root, read_voc
 from .yolo import find_data_yaml, read_yolo
 
-FORMATS = ("coco", "voc", "yolo")
 LOOKED_FOR = (
     "the COCO layout (annotations/instances_{train,val}2017.json)",
     "a VOCdevkit folder (Annotations/ and ImageSets/Main/)",
@@ -80,4 +80,4 @@ def resolve_source(
         return read_voc(voc_root(path) or path, split)
     if data_format == "yolo":
         return read_yolo(path, split)
-    raise ValueError(f"unknown data format {data_format!r}: one of {', '.join(FORMATS)}")
+    raise ValueError(f"unknown data format {data_format!r}: one of {', '.join(DATA_FORMATS)}")
