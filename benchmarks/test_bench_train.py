@@ -1,5 +1,5 @@
 """Training-step throughput on synthetic tensors (data loading excluded): memory formats, AMP,
-CUDA graphs, torch.compile, and loss targets from the compiled op vs the pure-PyTorch twin; then the
+CUDA graphs, the compiled step (--compile), and loss targets from the compiled op vs the pure-PyTorch twin; then the
 same step fed by the real data path, to show whether loading keeps up."""
 
 import functools
@@ -14,7 +14,8 @@ from ssdfast import ops, reference
 from ssdfast.data import build_loader
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.models import build_model
-from ssdfast.training.step import CudaGraphTrainStep, TrainStep
+from ssdfast.training.optimizer import zero_momentum_buffers
+from ssdfast.training.step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
 
 STEPS = 3  # optimisation steps per timed call
 
@@ -31,8 +32,17 @@ def train_flop_per_image(name: str) -> float:
 
 
 def make_step(
-    name, batch, device, *, channels_last=False, amp_dtype=None, cuda_graphs=False, targets="compiled", compiled=False
+    name,
+    batch,
+    device,
+    *,
+    channels_last=False,
+    amp_dtype=None,
+    cuda_graphs=False,
+    targets="compiled",
+    compile_mode=None,
 ):
+    """compile_mode: the step of tools/train.py --compile --compile-mode COMPILE_MODE (inductor)."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device == "cuda"  # what the tools do on CUDA (ssdfast.runtime)
     model = build_model(name, num_classes=80).to(device)
@@ -40,15 +50,15 @@ def make_step(
         model = model.to(memory_format=torch.channels_last)
     lr = torch.tensor(1e-3, device=device) if cuda_graphs else 1e-3
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=device == "cuda" or None)
+    if device == "cuda":
+        zero_momentum_buffers(optimizer)  # as build_optimizer does for fused SGD
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     targets_fn = reference.match_encode if targets == "reference" else ops.match_encode
-    step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(
-        torch.compile(model) if compiled else model,
-        optimizer,
-        amp_dtype=amp_dtype,
-        scaler=scaler,
-        targets_fn=targets_fn,
-    )
+    common = dict(amp_dtype=amp_dtype, scaler=scaler, targets_fn=targets_fn)
+    if compile_mode:
+        step = CompiledTrainStep(model, optimizer, mode=compile_mode, **common)
+    else:
+        step = (CudaGraphTrainStep if cuda_graphs else TrainStep)(model, optimizer, **common)
     images = torch.randn(batch, 3, 300, 300, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -89,8 +99,15 @@ GPU_CONFIGS = {
         "cuda_graphs": True,
         "targets": "reference",
     },
-    # torch.compile fuses BatchNorm/ReLU/add (memory-bound in eager mode); compiling takes minutes.
-    "amp_fp16_channels_last_compiled": {"channels_last": True, "amp_dtype": torch.float16, "compiled": True},
+    # --compile: torch.compile fuses BatchNorm/ReLU/add (memory-bound in eager mode); compiling takes minutes.
+    "amp_fp16_channels_last_compiled": {"channels_last": True, "amp_dtype": torch.float16, "compile_mode": "default"},
+    "amp_bf16_channels_last_compiled": {"channels_last": True, "amp_dtype": torch.bfloat16, "compile_mode": "default"},
+    # --compile-mode reduce-overhead: the compiled forward and backward replayed from CUDA graphs.
+    "amp_bf16_channels_last_compiled_reduce_overhead": {
+        "channels_last": True,
+        "amp_dtype": torch.bfloat16,
+        "compile_mode": "reduce-overhead",
+    },
 }
 GPU_MODELS = [("ssd", 64), ("ssd", 128), ("ssdlite", 128)]
 

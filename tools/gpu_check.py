@@ -10,7 +10,7 @@ venv is made. Phases, most important first, each logged to --logs/<phase>.log:
   build        compile ssdfast._C in place against the installed torch, for the visible GPU (+ compiler check)
   cuda_tests   the CUDA tests (pytest -m cuda; xdist when installed)
   ladder       training-step ladder: SSD300 b128 and SSDLite b128, fp32 -> AMP -> CUDA graphs
-  compiled     the training step with torch.compile (Inductor cache kept under --logs for a warm rerun)
+  compiled     the step of --compile: fp16, bf16, bf16 reduce-overhead (Inductor cache under --logs: a rerun is warm)
   data_fed     SSD300 b128 fed by the PyTorch data path vs the same step on synthetic tensors
   inference    end-to-end inference (post-processing included), batch 1 and 64
   ops          CUDA ops against torchvision and the pure-PyTorch twins
@@ -44,7 +44,15 @@ BENCH_PARTS = {
         ("train_ssdlite_b128", "test_train_step_cuda and ssdlite-b128 and not compiled"),
         ("train_ssd_b64", "test_train_step_cuda and ssd-b64 and not compiled"),
     ],
-    "compiled": [("train_compiled", "test_train_step_cuda and ssd-b128 and compiled")],
+    # The step of --compile (CompiledTrainStep, inductor): fp16 with its GradScaler, bf16, bf16 reduce-overhead.
+    "compiled": [
+        ("train_compiled_fp16", "test_train_step_cuda and ssd-b128 and amp_fp16_channels_last_compiled"),
+        (
+            "train_compiled_bf16",
+            "test_train_step_cuda and ssd-b128 and amp_bf16_channels_last_compiled and not reduce_overhead",
+        ),
+        ("train_compiled_bf16_graphs", "test_train_step_cuda and ssd-b128 and compiled_reduce_overhead"),
+    ],
     "data_fed": [("train_data", "test_train_from_loader_cuda")],
     "inference": [("inference", "test_inference and cuda"), ("postprocess", "test_postprocess and cuda")],
     "ops": [("ops", "cuda and (test_match_encode or test_batched_nms or test_box_iou or test_box_decode)")],

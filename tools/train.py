@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 # Only modules without PyTorch up here: --help answers at once; main() and run() import the rest.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
+from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
 from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 
 if TYPE_CHECKING:
@@ -113,6 +113,28 @@ def get_args(argv=None):
         action="store_true",
         help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the step's targets, forward and loss (and so their backward; the optimizer step "
+        "stays eager): the first step compiles (SSDLite on a 2-core CPU: about 2 minutes), later ones run "
+        "fused kernels. Not with --cuda-graphs (--compile-mode reduce-overhead is the compiled way to CUDA graphs)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="with --compile: default (fused kernels, the shortest compile), reduce-overhead (also replays the "
+        "compiled forward and backward from CUDA graphs: fewer launches, more memory; on CPU as default), "
+        "max-autotune (also times kernel variants of each matmul/convolution, with CUDA graphs: the longest compile)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default="inductor",
+        help="with --compile: inductor (generated kernels) or aot_eager (the same graphs run by eager kernels: "
+        "compiles in seconds, no speed-up; tells a compiler bug from a tracing one)",
+    )
     flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     p.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
     p.add_argument(
@@ -187,6 +209,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.data_path is None and not (args.train_ann and args.train_images):
         p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
+    if not args.compile and (args.compile_mode != "default" or args.compile_backend != "inductor"):
+        p.error("--compile-mode and --compile-backend need --compile")
     if args.momentum == 0 and not args.no_nesterov:
         p.error("argument --momentum: Nesterov momentum needs a momentum > 0 (or pass --no-nesterov)")
     return args

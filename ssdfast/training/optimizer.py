@@ -72,4 +72,24 @@ def build_optimizer(
     fused = device.type == "cuda" or None
     if lr_as_tensor:
         lr = torch.tensor(lr, device=device)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    if fused:
+        zero_momentum_buffers(optimizer)
+    return optimizer
+
+
+def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter without one a zero momentum buffer (SGD with dampening 0: the same steps).
+
+    Why, for fused SGD with a GradScaler: its first step allocates the buffers with torch.empty_like and
+    the kernel fills them, unless the step is skipped for an inf gradient (fp16's usual first steps):
+    the kernel then returns at once (torch/optim/sgd.py _fused_sgd, torch 2.15; FusedSgdKernel.cu), the
+    buffers stay uninitialised memory, and the next step reads them as momentum (tests/test_compiled_step.py
+    shows it on CPU). The unfused step is not called at all then, so it starts clean. A zero buffer is
+    what the first step writes in effect: with dampening 0, buf = momentum * 0 + grad = grad."""
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0 or group.get("dampening", 0) != 0:
+            continue
+        for param in group["params"]:
+            if "momentum_buffer" not in optimizer.state[param]:
+                optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)

@@ -39,7 +39,7 @@ from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
 from .optimizer import LrSchedule, build_optimizer, scaled_lr
 from .run_log import RunLog
 from .state import keep_epoch_copy, resume_training, training_state
-from .step import CudaGraphTrainStep, TrainStep
+from .step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
 
 
 class TrainingRun:
@@ -54,6 +54,11 @@ class TrainingRun:
         self.args = args
         self.stop_request = stop_request or StopRequest()  # tools/train.py's run() installs its handlers
         self.schedule = CheckpointSchedule(args.checkpoint_every)
+        if args.compile and args.cuda_graphs:  # a compiled region inside the step's own capture: not tried
+            raise ValueError(
+                "--compile and --cuda-graphs exclude each other: --compile-mode reduce-overhead replays the "
+                "compiled forward and backward from CUDA graphs"
+            )
         if args.keep_checkpoints < 0:
             raise ValueError(f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
         self.timeout = process_group_timeout(args.dist_timeout)
@@ -215,8 +220,13 @@ class TrainingRun:
         if self.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        step_class = CudaGraphTrainStep if self.args.cuda_graphs else TrainStep
-        self.step = step_class(self.ddp_model, self.optimizer, amp_dtype=self.amp_dtype, scaler=self.scaler)
+        args, common = self.args, dict(amp_dtype=self.amp_dtype, scaler=self.scaler)
+        if args.compile:
+            compiled = dict(mode=args.compile_mode, backend=args.compile_backend)
+            self.step = CompiledTrainStep(self.ddp_model, self.optimizer, **common, **compiled)
+        else:
+            step_class = CudaGraphTrainStep if args.cuda_graphs else TrainStep
+            self.step = step_class(self.ddp_model, self.optimizer, **common)
         if self.is_main:
             self.record_arguments()
             self.open_log()
@@ -253,7 +263,8 @@ class TrainingRun:
         print(
             f"ssd: {args.model}, {len(self.info.category_ids)} classes, {self.info.num_images} train images, "
             f"world {self.world}, device {self.device}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
-            f"cuda graphs {args.cuda_graphs}, cudnn.benchmark {self.cudnn_benchmark}, "
+            f"cuda graphs {args.cuda_graphs}, compile {args.compile_mode if args.compile else False}, "
+            f"cudnn.benchmark {self.cudnn_benchmark}, "
             f"{args.data_backend} data, lr {self.base_lr:.2e}"
         )
 
