@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_tools import tool
 
+from ssdfast.defaults import DETECTION_POLICY
 from ssdfast.deployed import Deployed
 from ssdfast.export import check_against_pytorch, export
 from ssdfast.models import build_model
@@ -53,9 +54,7 @@ def tied(tmp_path_factory):
             folder / f"m{suffix}",
             batch=None,
             with_nms=True,
-            score_threshold=0.05,
-            nms_threshold=0.45,
-            max_det=200,
+            policy=DETECTION_POLICY,  # score 0.05, NMS 0.45, K 200
         )
     return folder, model, info
 
@@ -233,7 +232,7 @@ def test_ties_really_make_onnx_and_pytorch_choose_differently(tied):
     folder, model, _ = tied
     images = torch.randn(4, 3, 300, 300, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = postprocess(*model(images), model.anchors)
+        expected = postprocess(*model(images), model.anchors, model.anchor_spec.variances)
     got = Deployed(folder / "m.onnx")(images)
     assert not torch.equal(expected.counts, got.counts) or not torch.allclose(expected.boxes, got.boxes, atol=1e-4)
 
@@ -282,10 +281,7 @@ def test_nms_check_on_a_hand_computed_chain(kept, valid):
         boxes[index],
         scores[index, 0],
         torch.ones(len(kept), dtype=torch.long),
-        score_threshold=0.05,
-        nms_threshold=0.45,
-        topk_per_class=200,
-        max_det=200,
+        policy=DETECTION_POLICY,  # score 0.05, NMS 0.45, top 200, K 200
     )
     assert (problem is None) == valid, problem
 
@@ -302,9 +298,6 @@ def test_nms_check_lets_either_of_two_tied_boxes_win(kept, valid):
         boxes[index],
         scores[index, 0],
         torch.ones(len(kept), dtype=torch.long),
-        score_threshold=0.05,
-        nms_threshold=0.45,
-        topk_per_class=200,
-        max_det=200,
+        policy=DETECTION_POLICY,  # score 0.05, NMS 0.45, top 200, K 200
     )
     assert (problem is None) == valid, problem

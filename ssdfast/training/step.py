@@ -18,16 +18,23 @@ class TrainStep:
 
     images [B, 3, H, W], gt_boxes [B, G, 4], gt_labels [B, G] -> LossOutput (no host sync).
     targets_fn builds the loss targets: the compiled op by default, or its twin
-    ssdfast.reference.match_encode (what the benchmarks compare)."""
+    ssdfast.reference.match_encode (what the benchmarks compare); it encodes with the model's own
+    anchor_spec variances, the ones its outputs are decoded with."""
 
     def __init__(self, model, optimizer, amp_dtype=None, scaler=None, loss_fn=None, targets_fn=ops.match_encode):
         self.model, self.optimizer, self.amp_dtype, self.scaler = model, optimizer, amp_dtype, scaler
         self.loss_fn = loss_fn or MultiBoxLoss()
         self.targets_fn = targets_fn
-        self.anchors = unwrap(model).anchors
+        self.anchors, self.spec = unwrap(model).anchors, unwrap(model).anchor_spec
 
     def compute(self, images, gt_boxes, gt_labels) -> LossOutput:
-        offsets, labels = self.targets_fn(gt_boxes, gt_labels, self.anchors)
+        offsets, labels = self.targets_fn(
+            gt_boxes,
+            gt_labels,
+            self.anchors,
+            center_variance=self.spec.center_variance,
+            size_variance=self.spec.size_variance,
+        )
         with autocast(images.device, self.amp_dtype):
             locs, confs = self.model(images)
         loss = self.loss_fn(locs, confs, offsets, labels)
