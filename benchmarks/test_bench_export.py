@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import CUDA, run
 
+from ssdfast.defaults import DETECTION_POLICY
 from ssdfast.export import export
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
@@ -35,9 +36,7 @@ def exported(tmp_path_factory):
         model = build_model(name, num_classes=80).eval()
         path = tmp_path_factory.mktemp("export") / f"{short}.onnx"
         meta = {"model_name": name, "num_classes": 80, "category_names": [str(i) for i in range(80)]}
-        export(
-            model, meta, "onnx", path, batch=None, with_nms=True, score_threshold=0.05, nms_threshold=0.45, max_det=200
-        )
+        export(model, meta, "onnx", path, batch=None, with_nms=True, policy=DETECTION_POLICY)
         out[short] = model, path
     return out
 
@@ -49,7 +48,7 @@ def make_call(model, path, how: str, device: str):
         return Deployed(path, device)
 
     def eager(images):
-        return postprocess(*model(images), model.anchors)
+        return postprocess(*model(images), model.anchors, model.anchor_spec.variances)
 
     fn = torch.compile(eager, dynamic=False) if how == "torch_compile" else eager
     return torch.no_grad()(fn)

@@ -22,8 +22,8 @@ def make_infer(name, batch, device, post, channels_last=False, amp_dtype=None):
         with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
             locs, confs = model(images)
         if post == "compiled":
-            return postprocess(locs, confs, model.anchors)
-        return baselines.postprocess_loop(locs, confs, model.anchors)
+            return postprocess(locs, confs, model.anchors, model.anchor_spec.variances)
+        return baselines.postprocess_loop(locs, confs, model.anchors, model.anchor_spec.variances)
 
     return infer
 

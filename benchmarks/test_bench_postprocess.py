@@ -5,7 +5,10 @@ from conftest import DEVICES, run
 from workloads import ssd300_outputs
 
 from ssdfast import baselines
+from ssdfast.anchors import SSD300_RESNET50
 from ssdfast.postprocess import postprocess
+
+VARIANCES = SSD300_RESNET50.variances  # ssd300_outputs' anchors
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -14,13 +17,15 @@ def test_postprocess(benchmark, device, impl):
     benchmark.group = f"postprocess 32xSSD300 [{device}]"
     locs, confs, anchors = (t.to(device) for t in ssd300_outputs())
     if impl == "batched_compiled":
-        out = run(benchmark, lambda: postprocess(locs, confs, anchors), role="candidate", items=32, device=device)
+        out = run(
+            benchmark, lambda: postprocess(locs, confs, anchors, VARIANCES), role="candidate", items=32, device=device
+        )
         assert out.boxes.shape == (32, 200, 4)
     else:
         # One round on CUDA: the loop syncs with the host for every kept box (minutes per call there).
         run(
             benchmark,
-            lambda: baselines.postprocess_loop(locs, confs, anchors),
+            lambda: baselines.postprocess_loop(locs, confs, anchors, VARIANCES),
             role="baseline",
             items=32,
             rounds=1 if device == "cuda" else 2,

@@ -7,6 +7,8 @@ For each feature map k (size f_k, step s_k, scales S_k and S_k+1 in pixels of a 
     fk = fig_size / s_k (note: 300 / 8 = 37.5, not 38: the published models were trained like that);
   * the (cx, cy, w, h) boxes are clamped to [0, 1].
 The flattened order (map, shape, location) is the order of the heads' outputs (see models/ssd_base.py).
+A spec also carries the box coding's variances: the offsets a model learns are relative to its anchors and
+scaled by them, so encoding the training targets and decoding the outputs must use the same two numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ class AnchorSpec:
     steps: tuple[int, ...]
     scales: tuple[int, ...]  # one more than feature maps
     aspect_ratios: tuple[tuple[int, ...], ...]
+    center_variance: float = SSD_DEFAULTS.center_variance  # box coding: centre offsets are divided by this
+    size_variance: float = SSD_DEFAULTS.size_variance  # ... and log-size ratios by this
+
+    @property
+    def variances(self) -> tuple[float, float]:
+        """(center_variance, size_variance): what ops.match_encode (training targets) and ops.box_decode
+        (post-processing, export) take, passed from here so that they always agree."""
+        return self.center_variance, self.size_variance
 
     @property
     def boxes_per_location(self) -> list[int]:

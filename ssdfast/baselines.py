@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .anchors import SSD_DEFAULTS
+from .defaults import DETECTION_POLICY, DetectionPolicy
 from .reference import _iou, box_decode
 
 
@@ -17,38 +17,36 @@ def postprocess_loop(
     locs: Tensor,
     confs: Tensor,
     anchors: Tensor,
-    score_threshold: float = SSD_DEFAULTS.score_threshold,
-    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
-    max_det: int = SSD_DEFAULTS.max_detections,
+    variances: tuple[float, float],
+    policy: DetectionPolicy = DETECTION_POLICY,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """The older implementation's decode_batch, written the older implementation's way: per image, per class, a while loop of NMS.
 
-    The oracle for ssdfast.postprocess and its speed baseline. Suppresses IoU > nms_threshold (the
+    The oracle for ssdfast.postprocess (same arguments) and its speed baseline. Suppresses IoU > policy.nms_threshold (the
     seed suppressed >=; with continuous scores and boxes the two agree).
     Returns, per image, (boxes [n, 4] xyxy, scores [n], labels [n]) sorted by decreasing score.
     """
     results = []
-    all_boxes = box_decode(locs, anchors)
+    all_boxes = box_decode(locs, anchors, *variances)
     all_probs = confs.float().softmax(dim=-1)
     for boxes, probs in zip(all_boxes, all_probs):
         out_boxes, out_scores, out_labels = [], [], []
         for c in range(1, probs.shape[1]):
             score = probs[:, c]
-            mask = score > score_threshold
+            mask = score > policy.score_threshold
             cls_boxes, score = boxes[mask], score[mask]
-            order = score.argsort(descending=True)[:topk_per_class]
+            order = score.argsort(descending=True)[: policy.topk_per_class]
             kept = []
             while order.numel() > 0:
                 best = order[0]
                 kept.append(int(best))
                 overlap = _iou(cls_boxes[best], cls_boxes[order[1:]])
-                order = order[1:][overlap <= nms_threshold]
+                order = order[1:][overlap <= policy.nms_threshold]
             out_boxes.append(cls_boxes[kept])
             out_scores.append(score[kept])
             out_labels += [c] * len(kept)
         scores = torch.cat(out_scores) if out_scores else torch.zeros(0, device=locs.device)
-        best = scores.argsort(descending=True)[:max_det]
+        best = scores.argsort(descending=True)[: policy.max_detections]
         labels = torch.tensor(out_labels, dtype=torch.long, device=locs.device)
         results.append((torch.cat(out_boxes)[best], scores[best], labels[best]))
     return results

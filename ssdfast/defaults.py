@@ -4,25 +4,64 @@ their defaults from here, so `--help` answers at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
 class SSDDefaults:
-    """SSD's constants in one place (docs/ssd.md sections 2-5), as NVIDIA's DefaultBoxes carries its
-    scale_xy/scale_wh: every signature, the loss and the tools take their defaults from SSD_DEFAULTS."""
+    """SSD's constants in one place (docs/ssd.md sections 2-4), as NVIDIA's DefaultBoxes carries its
+    scale_xy/scale_wh: the anchor specifications (their variances), the loss and the ops take their
+    defaults from SSD_DEFAULTS. The post-processing's settings are a DetectionPolicy (below)."""
 
     center_variance: float = 0.1  # box coding: offsets of the centre are divided by this
     size_variance: float = 0.2  # ... and log-size ratios by this
     match_iou: float = 0.5  # a default box with IoU > this with its best ground truth is positive
     neg_pos_ratio: int = 3  # hard negative mining keeps at most this many negatives per positive
-    score_threshold: float = 0.05  # post-processing: class scores at or below this are dropped
+
+
+SSD_DEFAULTS = SSDDefaults()
+
+
+def _number(value) -> bool:
+    """A finite int or float, not a bool (True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# What each setting of a DetectionPolicy must be: (test, the words an error uses). An exported file's
+# metadata is checked against the same ranges (ssdfast.export_metadata).
+POLICY_RANGES = {
+    "score_threshold": (lambda v: _number(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "nms_threshold": (lambda v: _number(v) and 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "topk_per_class": (_count, "an integer >= 1"),
+    "max_detections": (_count, "an integer >= 1"),
+}
+
+
+@dataclass(frozen=True)
+class DetectionPolicy:
+    """What the post-processing keeps of a network's outputs (docs/ssd.md section 5): every function that
+    post-processes takes one, so a setting has one name and one default. Checked when made: a bad
+    value is one ValueError naming the setting, not a silent AP of 0 (score 1) or an empty tensor (K 0)."""
+
+    score_threshold: float = 0.05  # class scores at or below this are dropped (>= 0: ONNX's NMS needs it)
     nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the older implementation trained with 0.5)
     topk_per_class: int = 200  # candidates per class before NMS
     max_detections: int = 200  # detections per image after NMS (K of the fixed-size output)
 
+    def __post_init__(self):
+        for name, (ok, must) in POLICY_RANGES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"DetectionPolicy: {name} must be {must}, got {value!r}")
 
-SSD_DEFAULTS = SSDDefaults()
+
+DETECTION_POLICY = DetectionPolicy()  # evaluation's: weak detections still add AP
+DISPLAY_POLICY = replace(DETECTION_POLICY, score_threshold=0.3)  # for showing detections to people
 
 DEFAULT_MAX_BOXES = 128  # ground-truth boxes per image after padding (G): static shapes for the step
 DATA_BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (docs/training.md: which to pick)

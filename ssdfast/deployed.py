@@ -6,18 +6,22 @@ A .pt2 is loaded only if it cannot run code (``ssdfast.pt2_guard``).
 A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
 applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
 nothing above them), a lower one or another NMS threshold cannot (re-export). Without NMS, the
-post-processing after the graph (``ssdfast.postprocess.select``) takes any thresholds.
+post-processing after the graph (``ssdfast.postprocess.select``) takes any thresholds. Top-k and K are
+the file's own either way (a caller who wants fewer detections cuts the sorted rows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .export_metadata import PT2_METADATA, validate
+from .defaults import DetectionPolicy
+from .export_metadata import PT2_METADATA, exported_policy, validate
 from .onnx_digest import verified_metadata
 from .postprocess import Detections, select
 from .pt2_guard import load_pt2
@@ -74,15 +78,16 @@ class Deployed:
     """An exported detector. deployed(images [B, 3, 300, 300] normalised) -> Detections (on `device`).
 
     meta: what the export stored (model_name, num_classes, category_names, category_ids, with_nms,
-    score_threshold, nms_threshold, max_det, ...). score_threshold / nms_threshold: what the caller
-    wants (None: the file's); checked against a file with NMS inside (ValueError if impossible)."""
+    score_threshold, nms_threshold, max_det, ...); exported: its post-processing as a DetectionPolicy.
+    policy: the thresholds the caller wants: a DetectionPolicy, a mapping of changes to the file's own
+    ({"score_threshold": 0.3}), or None (the file's own); checked against a file with NMS inside
+    (ValueError if impossible). self.policy: what is applied (thresholds the caller's, top-k and K the file's)."""
 
     def __init__(
         self,
         path: str | Path,
         device: str | torch.device = "cpu",
-        score_threshold: float | None = None,
-        nms_threshold: float | None = None,
+        policy: DetectionPolicy | Mapping[str, float] | None = None,
     ):
         self.path, self.device = Path(path), torch.device(device)
         if not self.path.is_file():
@@ -92,19 +97,25 @@ class Deployed:
         else:
             self.program, text = _pt2_program(self.path, self.device)
         self.meta = validate(self.path, text)
-        self.score_threshold = self.meta["score_threshold"] if score_threshold is None else score_threshold
-        self.nms_threshold = self.meta["nms_threshold"] if nms_threshold is None else nms_threshold
-        if self.meta["with_nms"] and self.nms_threshold != self.meta["nms_threshold"]:
+        self.exported = exported_policy(self.meta)
+        self.policy = self._applicable(policy)
+
+    def _applicable(self, policy: DetectionPolicy | Mapping[str, float] | None) -> DetectionPolicy:
+        """The policy this file runs with, given the caller's (see the class docstring)."""
+        own = self.exported
+        wanted = policy if isinstance(policy, DetectionPolicy) else replace(own, **(policy or {}))
+        if self.meta["with_nms"] and wanted.nms_threshold != own.nms_threshold:
             raise ValueError(
-                f"{self.path} was exported with NMS IoU threshold {self.meta['nms_threshold']} inside: "
-                f"export it again with --nms-threshold {self.nms_threshold} (or --no-nms)"
+                f"{self.path} was exported with NMS IoU threshold {own.nms_threshold} inside: "
+                f"export it again with --nms-threshold {wanted.nms_threshold} (or --no-nms)"
             )
-        if self.meta["with_nms"] and self.score_threshold < self.meta["score_threshold"]:
+        if self.meta["with_nms"] and wanted.score_threshold < own.score_threshold:
             raise ValueError(
-                f"{self.path} was exported with score threshold {self.meta['score_threshold']}: it "
-                f"cannot give detections down to {self.score_threshold}; export it again with "
-                f"--score-threshold {self.score_threshold} (or --no-nms)"
+                f"{self.path} was exported with score threshold {own.score_threshold}: it "
+                f"cannot give detections down to {wanted.score_threshold}; export it again with "
+                f"--score-threshold {wanted.score_threshold} (or --no-nms)"
             )
+        return replace(wanted, topk_per_class=own.topk_per_class, max_detections=own.max_detections)
 
     def raw(self, images: Tensor) -> list[Tensor]:
         """The file's outputs as they are (see ssdfast.export), on self.device."""
@@ -117,9 +128,9 @@ class Deployed:
     def __call__(self, images: Tensor) -> Detections:
         outputs = self.raw(images)
         if not self.meta["with_nms"]:
-            return select(*outputs, self.score_threshold, self.nms_threshold, max_det=self.meta["max_det"])
+            return select(*outputs, self.policy)
         dets = Detections(*outputs)
-        if self.score_threshold == self.meta["score_threshold"]:
+        if self.policy.score_threshold == self.exported.score_threshold:
             return dets
-        real = dets.scores > self.score_threshold  # rows are sorted by decreasing score
+        real = dets.scores > self.policy.score_threshold  # rows are sorted by decreasing score
         return Detections(dets.boxes * real[..., None], dets.scores * real, dets.labels * real, real.sum(dim=1))

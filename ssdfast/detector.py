@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .anchors import SSD_DEFAULTS
 from .data.coco import read_image
-from .defaults import IMAGE_SUFFIXES
-from .inference import DISPLAY_SCORE_THRESHOLD, as_detector, load_detector, run_detector, to_records
+from .defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
+from .inference import as_detector, load_detector, run_detector, to_records
 from .outputs import writable_file
 from .postprocess import Detections
 from .runtime import pick_device
@@ -50,11 +49,12 @@ def load(
     most detections per image (default 200; an exported file gives at most what it was exported with).
     Raises ssdfast.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use."""
     device = pick_device(None if device is None else str(device))
-    score = DISPLAY_SCORE_THRESHOLD if score_threshold is None else score_threshold
-    max_det = SSD_DEFAULTS.max_detections if max_det is None else max_det
-    model, meta = load_detector(path, device, score_threshold=score, nms_threshold=nms_threshold)
-    nms = SSD_DEFAULTS.nms_threshold if nms_threshold is None else nms_threshold
-    return Detector(as_detector(model, score_threshold=score, nms_threshold=nms, max_det=max_det), meta, max_det)
+    given = {"score_threshold": score_threshold, "nms_threshold": nms_threshold, "max_detections": max_det}
+    policy = replace(DISPLAY_POLICY, **{name: value for name, value in given.items() if value is not None})
+    # An exported file: this score threshold, and the NMS threshold inside it unless one is given.
+    nms = {} if nms_threshold is None else {"nms_threshold": nms_threshold}
+    model, meta = load_detector(path, device, policy={"score_threshold": policy.score_threshold, **nms})
+    return Detector(as_detector(model, policy=policy), meta, policy.max_detections)
 
 
 class Detector:
@@ -63,7 +63,7 @@ class Detector:
 
     names: the class names, label i is names[i - 1]; meta: model_name, num_classes, category_ids, ..."""
 
-    def __init__(self, core, meta: dict, max_det: int = SSD_DEFAULTS.max_detections):
+    def __init__(self, core, meta: dict, max_det: int = DISPLAY_POLICY.max_detections):
         self.core = core  # ssdfast.inference.as_detector's: a Deployed, or a PyTorch SSD + postprocess
         self.meta, self.max_det = meta, max_det
         self.names: list[str] = list(meta["category_names"])

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .anchors import SSD_DEFAULTS
 from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
+from .defaults import DETECTION_POLICY, DetectionPolicy
 from .inference import as_detector
 
 
@@ -23,18 +23,17 @@ def predict(
     *,
     amp_dtype=None,
     channels_last=False,
-    nms_threshold=SSD_DEFAULTS.nms_threshold,
-    score_threshold=SSD_DEFAULTS.score_threshold,
+    policy: DetectionPolicy = DETECTION_POLICY,
     category_ids,
     max_batches=None,
     is_main=True,
     on_batch=None,
 ) -> tuple[list[dict], list[int], list[str]]:
     """Run the detector over `loader` -> (COCO results, evaluated image ids, unreadable images) of this rank.
-    model: an SSD module (+ ssdfast.postprocess with the thresholds given) or any detector of
-    ssdfast.inference.as_detector (an exported file: thresholds given when it was loaded).
+    model: an SSD module (+ ssdfast.postprocess with `policy`) or any detector of
+    ssdfast.inference.as_detector (an exported file: its policy given when it was loaded).
     on_batch(batch) sees each batch as the loader gives it (pictures)."""
-    detector = as_detector(model, score_threshold=score_threshold, nms_threshold=nms_threshold, amp_dtype=amp_dtype)
+    detector = as_detector(model, policy=policy, amp_dtype=amp_dtype)
     results, image_ids, skipped = [], [], []
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     for i, batch in enumerate(tqdm(loader, total=total, desc="eval", disable=not is_main, leave=False)):

@@ -3,12 +3,14 @@
 What is exported, ``ExportedDetector``: images float32 [B, 3, 300, 300], RGB resized to 300x300 and
 normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet mean) / std), ->
   with NMS:    boxes [B, K, 4] (normalised xyxy), scores [B, K], labels [B, K] (int64, 1..C), counts [B]
-               (int64): the fixed-size layout of ``ssdfast.postprocess`` (K = max_det, padding 0);
+               (int64): the fixed-size layout of ``ssdfast.postprocess`` (K = max_detections, padding 0);
   without NMS: boxes [B, A, 4] (decoded, normalised xyxy), scores [B, A, C] (softmax, background
                dropped): the input of an NMS stage of one's own (e.g. TensorRT's EfficientNMS).
 ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.onnx_nms``); the ``.pt2`` holds the
 ssdfast ops themselves (their fake kernels trace them), so loading it needs the extension ssdfast._C.
-The artifact carries its metadata (``ssdfast.export_metadata``): model, categories, thresholds; an
+Boxes are decoded with the model's own box coding (``model.anchor_spec.variances``), detections kept by a
+``DetectionPolicy``. The artifact carries its metadata (``ssdfast.export_metadata``): model, categories,
+the policy; an
 .onnx also its content hash (``ssdfast.onnx_digest``).
 """
 
@@ -22,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from . import onnx_digest, ops, reference
-from .anchors import SSD_DEFAULTS
-from .export_metadata import ONNX_METADATA, PT2_METADATA, describe, output_names
+from .defaults import DETECTION_POLICY, DetectionPolicy
+from .export_metadata import ONNX_METADATA, PT2_METADATA, describe, exported_policy, output_names
 from .nms_check import match_candidates, nms_problem
 from .onnx_nms import _onnx_translation, postprocess_onnx
 from .postprocess import Detections, decode_scores, postprocess, select
@@ -42,22 +44,19 @@ class ExportedDetector(nn.Module):
         *,
         for_onnx: bool,
         with_nms: bool,
-        score_threshold: float,
-        nms_threshold: float,
-        max_det: int,
+        policy: DetectionPolicy,
     ):
         super().__init__()
-        self.model, self.for_onnx, self.with_nms = model, for_onnx, with_nms
-        self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
+        self.model, self.for_onnx, self.with_nms, self.policy = model, for_onnx, with_nms, policy
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         locs, confs = self.model(images)
-        anchors = self.model.anchors
+        anchors, variances = self.model.anchors, self.model.anchor_spec.variances
         if not self.with_nms:
             decode = reference.box_decode if self.for_onnx else ops.box_decode
-            return decode(locs, anchors), confs.float().softmax(dim=-1)[..., 1:]
+            return decode(locs, anchors, *variances), confs.float().softmax(dim=-1)[..., 1:]
         post = postprocess_onnx if self.for_onnx else postprocess
-        return tuple(post(locs, confs, anchors, self.score_threshold, self.nms_threshold, max_det=self.max_det))
+        return tuple(post(locs, confs, anchors, variances, self.policy))
 
 
 def export(
@@ -68,32 +67,15 @@ def export(
     *,
     batch: int | None,
     with_nms: bool,
-    score_threshold: float,
-    nms_threshold: float,
-    max_det: int,
+    policy: DetectionPolicy = DETECTION_POLICY,
 ) -> dict:
-    """Write `model` (eval mode, CPU) with its post-processing to `path` as `fmt` ('onnx' or 'torch-export');
-    batch None: dynamic batch axis. Returns the metadata stored in the file."""
-    detector = ExportedDetector(
-        model.eval(),
-        for_onnx=fmt == "onnx",
-        with_nms=with_nms,
-        score_threshold=score_threshold,
-        nms_threshold=nms_threshold,
-        max_det=max_det,
-    ).eval()
+    """Write `model` (eval mode, CPU) with its post-processing (`policy`) to `path` as `fmt` ('onnx' or
+    'torch-export'); batch None: dynamic batch axis. Returns the metadata stored in the file."""
+    detector = ExportedDetector(model.eval(), for_onnx=fmt == "onnx", with_nms=with_nms, policy=policy).eval()
     # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
     example = torch.randn(batch or 2, 3, 300, 300)
     dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
-    info = describe(
-        meta,
-        fmt,
-        batch=batch,
-        with_nms=with_nms,
-        score_threshold=score_threshold,
-        nms_threshold=nms_threshold,
-        max_det=max_det,
-    )
+    info = describe(meta, fmt, batch=batch, with_nms=with_nms, policy=policy)
     with torch.no_grad():
         if fmt == "onnx":
             program = torch.onnx.export(
@@ -184,6 +166,7 @@ def check_against_pytorch(
     from .deployed import Deployed  # deployed imports this module's constants
 
     deployed, generator = Deployed(path), torch.Generator().manual_seed(seed)
+    policy = exported_policy(info)
     out = {
         "ok": True,
         "problem": None,
@@ -198,14 +181,14 @@ def check_against_pytorch(
     for size in batches:
         images = torch.randn(size, 3, 300, 300, generator=generator)
         with torch.no_grad():
-            boxes, scores = decode_scores(*model(images), model.anchors)
+            boxes, scores = decode_scores(*model(images), model.anchors, model.anchor_spec.variances)
         start = time.perf_counter()
         got = deployed(images)
         out["seconds"] += time.perf_counter() - start
-        theirs = select(boxes, scores, info["score_threshold"], info["nms_threshold"], max_det=info["max_det"])
+        theirs = select(boxes, scores, policy)
         problem = None if info["with_nms"] else _raw_problem(deployed.raw(images), boxes, scores, tol)
         for i in range(size):
-            problem = problem or _image_problem(boxes[i], scores[i], got, theirs, i, info, tol, out)
+            problem = problem or _image_problem(boxes[i], scores[i], got, theirs, i, policy, tol, out)
             if problem:
                 return {**out, "ok": False, "problem": f"image {out['images'] + i}: {problem}"}
         out["images"] += size
@@ -221,22 +204,20 @@ def _raw_problem(raw: list[Tensor], boxes: Tensor, scores: Tensor, tol: float) -
 
 
 def _image_problem(
-    boxes: Tensor, scores: Tensor, got: Detections, theirs: Detections, i: int, info: dict, tol: float, out: dict
+    boxes: Tensor,
+    scores: Tensor,
+    got: Detections,
+    theirs: Detections,
+    i: int,
+    policy: DetectionPolicy,
+    tol: float,
+    out: dict,
 ) -> str | None:
     """Image i: the file's detections `got` checked against PyTorch's boxes [A, 4] and scores [A, C]
-    (nms_check); adds its counts and differences to `out`."""
+    under `policy` (nms_check); adds its counts and differences to `out`."""
     n = int(got.counts[i])
     mine = got.boxes[i, :n].float().cpu(), got.scores[i, :n].float().cpu(), got.labels[i, :n].cpu()
-    problem = nms_problem(
-        boxes,
-        scores,
-        *mine,
-        score_threshold=info["score_threshold"],
-        nms_threshold=info["nms_threshold"],
-        topk_per_class=SSD_DEFAULTS.topk_per_class,
-        max_det=info["max_det"],
-        tol=tol,
-    )
+    problem = nms_problem(boxes, scores, *mine, policy=policy, tol=tol)
     if problem or n == 0:
         return problem
     anchors = match_candidates(boxes, scores, *mine, tol)

@@ -2,20 +2,30 @@
 
 The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the ``.onnx`` metadata_props
 key ``ssdfast``). Loading validates every key that is used (type and range), so an edited or foreign
-file fails with one ExportMetadataError naming the key, not a KeyError deep inside a tool.
+file fails with one ExportMetadataError naming the key, not a KeyError deep inside a tool. The
+post-processing is stored under the keys files have always had (score_threshold, nms_threshold, max_det;
+topk_per_class since it could differ from SSD's), read back as a DetectionPolicy by ``exported_policy``.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .defaults import EXPORT_FORMATS
+from .defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_RANGES, DetectionPolicy
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
+# {metadata key: DetectionPolicy field}; topk_per_class may be missing (files written before it was stored).
+POLICY_KEYS = {
+    "score_threshold": "score_threshold",
+    "nms_threshold": "nms_threshold",
+    "max_det": "max_detections",
+    "topk_per_class": "topk_per_class",
+}
+OPTIONAL_POLICY_KEYS = {"topk_per_class"}
 
 
 class ExportMetadataError(CheckpointError):
@@ -32,11 +42,9 @@ def describe(
     *,
     batch: int | None,
     with_nms: bool,
-    score_threshold: float,
-    nms_threshold: float,
-    max_det: int,
+    policy: DetectionPolicy,
 ) -> dict:
-    """The metadata stored in a file exported as `fmt` from a model with checkpoint metadata `meta`."""
+    """The metadata stored in a file exported as `fmt` with `policy` from a model with checkpoint metadata `meta`."""
     return {
         "format": fmt,
         "model_name": meta["model_name"],
@@ -44,9 +52,7 @@ def describe(
         "category_names": meta["category_names"],
         "category_ids": meta.get("category_ids"),
         "with_nms": with_nms,
-        "score_threshold": score_threshold,
-        "nms_threshold": nms_threshold,
-        "max_det": max_det,
+        **{key: getattr(policy, field) for key, field in POLICY_KEYS.items()},
         "batch": batch or "dynamic",
         "outputs": output_names(with_nms),
         "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
@@ -54,17 +60,27 @@ def describe(
     }
 
 
+def exported_policy(info: dict) -> DetectionPolicy:
+    """The DetectionPolicy a file was exported with, from its validated metadata `info`."""
+    return replace(DETECTION_POLICY, **{field: info[key] for key, field in POLICY_KEYS.items() if key in info})
+
+
 def _is_int(value, low: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _policy_checks(info: dict) -> dict:
+    """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges."""
+    checks = {}
+    for key, field in POLICY_KEYS.items():
+        ok, must = POLICY_RANGES[field]
+        checks[key] = (ok(info.get(key)) or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
+    return checks
 
 
 def _problems(info: dict, suffix: str):
     """(key, what it must be) for each invalid key of `info`, in a fixed order."""
-    n, score, iou = info.get("num_classes"), info.get("score_threshold"), info.get("nms_threshold")
+    n = info.get("num_classes")
     checks = {
         "format": (
             info.get("format") in EXPORT_FORMATS and EXPORT_FORMATS[info.get("format")] == suffix,
@@ -88,9 +104,7 @@ def _problems(info: dict, suffix: str):
             "null or num_classes integers >= 0",
         ),
         "with_nms": (isinstance(info.get("with_nms"), bool), "true or false"),
-        "score_threshold": (_number(score) and 0.0 <= score < 1.0, "a number in [0, 1)"),
-        "nms_threshold": (_number(iou) and 0.0 < iou <= 1.0, "a number in (0, 1]"),
-        "max_det": (_is_int(info.get("max_det")), "an integer >= 1"),
+        **_policy_checks(info),
         "batch": (info.get("batch") == "dynamic" or _is_int(info.get("batch")), "'dynamic' or an integer >= 1"),
         "outputs": (info.get("outputs") == output_names(info.get("with_nms") is True), "the outputs with_nms implies"),
     }

@@ -1,5 +1,6 @@
-"""The tools' flags, defined once: range-checked argparse types for the numeric flags, and the groups of
-flags several tools share with one meaning (add_data_flags, add_device_flags). Without PyTorch.
+"""The tools' flags, defined once: range-checked argparse types for the numeric flags, the groups of
+flags several tools share with one meaning (add_data_flags, add_device_flags), and the DetectionPolicy
+a tool's parsed flags make (detection_policy). Without PyTorch.
 
 A bad numeric value is one usage error naming the flag and its range, before any work (not a traceback,
 a silent AP of 0, or a loss of 0 after an epoch). NaN and infinity are refused everywhere: every
@@ -15,8 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
-from .defaults import DATA_BACKENDS, DATA_FORMATS
+from .defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, DetectionPolicy
 
 MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
 MAX_WORKERS = 256  # data loading processes (or DALI threads)
@@ -104,3 +106,17 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not let cuDNN autotune its convolutions (on by default on CUDA)",
     )
+
+
+# The tools' flags that set post-processing, {argparse dest: DetectionPolicy field}; each tool has some.
+POLICY_FLAGS = {"score_threshold": "score_threshold", "nms_threshold": "nms_threshold", "max_det": "max_detections"}
+
+
+def detection_policy(
+    args: argparse.Namespace, base: DetectionPolicy = DETECTION_POLICY, *, max_det_flag: bool = True
+) -> DetectionPolicy:
+    """The DetectionPolicy of a tool's parsed flags: `base` with the POLICY_FLAGS the tool has.
+    max_det_flag False: the tool's --max-det is not the policy's K but a cut made later (tools/detect.py
+    cuts after --classes, so the post-processing must keep its full K)."""
+    flags = {dest: field for dest, field in POLICY_FLAGS.items() if max_det_flag or dest != "max_det"}
+    return replace(base, **{field: getattr(args, dest) for dest, field in flags.items() if hasattr(args, dest)})

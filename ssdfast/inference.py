@@ -1,23 +1,24 @@
 """Load a trained detector from any supported checkpoint, or an exported .onnx/.pt2, and run it on plain images.
 
 A detector is anything that maps normalised images [B, 3, 300, 300] to ssdfast Detections and knows its
-`device`: an exported file (ssdfast.deployed.Deployed, thresholds bound when loaded) or a PyTorch SSD
-with ssdfast.postprocess (PostProcessed). `as_detector` turns what load_detector gave into one, so
+`device`: an exported file (ssdfast.deployed.Deployed, its DetectionPolicy bound when loaded) or a PyTorch
+SSD with ssdfast.postprocess and a DetectionPolicy (PostProcessed). `as_detector` turns what load_detector gave into one, so
 callers never ask which kind of file they hold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .anchors import SSD_DEFAULTS
 from .checkpoint import infer_model_name, infer_num_classes, load_checkpoint, load_model_weights, model_state_dict
 from .data.coco import COCO_CLASSES
 from .data.transforms import SSDTransform
+from .defaults import DETECTION_POLICY, DISPLAY_POLICY, DetectionPolicy
 from .models import SSDBase, build_model
 from .postprocess import Detections, postprocess, scale_to_image
 from .runtime import autocast, unwrap
@@ -25,21 +26,19 @@ from .runtime import autocast, unwrap
 if TYPE_CHECKING:
     from .deployed import Deployed
 
-# For showing detections: evaluation keeps weaker ones (SSD_DEFAULTS.score_threshold) because they add AP.
-DISPLAY_SCORE_THRESHOLD = 0.3
-
 
 def load_detector(
-    weights, device="cpu", *, score_threshold: float | None = None, nms_threshold: float | None = None
+    weights, device="cpu", *, policy: DetectionPolicy | Mapping[str, float] | None = None
 ) -> tuple[SSDBase | Deployed, dict]:
     """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
     "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint; or, for a .onnx/.pt2 written
-    by tools/export.py, a ssdfast.deployed.Deployed, told the thresholds it will be used with (None: its own;
-    checked against the NMS inside the file)."""
+    by tools/export.py, a ssdfast.deployed.Deployed, told the policy it will be used with (a DetectionPolicy,
+    changes to the file's own, or None: its own; checked against the NMS inside the file). A checkpoint's
+    model gets its policy from as_detector."""
     from .deployed import Deployed, is_deployed  # imported here: only exported files need the export code
 
     if is_deployed(weights):
-        deployed = Deployed(weights, device, score_threshold=score_threshold, nms_threshold=nms_threshold)
+        deployed = Deployed(weights, device, policy)
         keys = ("model_name", "num_classes", "category_names", "category_ids")
         return deployed, {**{k: deployed.meta[k] for k in keys}, "epoch": None}
     ckpt = load_checkpoint(weights)
@@ -63,20 +62,14 @@ def load_detector(
 
 class PostProcessed:
     """A PyTorch SSD (or its DistributedDataParallel wrapper) and ssdfast.postprocess as one detector:
-    images [B, 3, 300, 300] -> Detections, with these thresholds; the network runs under autocast when
-    amp_dtype is given. Puts the model in eval mode."""
+    images [B, 3, 300, 300] -> Detections, with this policy and the model's own box coding
+    (anchor_spec.variances); the network runs under autocast when amp_dtype is given. Puts the model in
+    eval mode."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        score_threshold: float,
-        nms_threshold: float,
-        max_det: int,
-        amp_dtype: torch.dtype | None = None,
+        self, model: nn.Module, *, policy: DetectionPolicy = DETECTION_POLICY, amp_dtype: torch.dtype | None = None
     ):
-        self.model, self.amp_dtype = model.eval(), amp_dtype
-        self.score_threshold, self.nms_threshold, self.max_det = score_threshold, nms_threshold, max_det
+        self.model, self.policy, self.amp_dtype = model.eval(), policy, amp_dtype
 
     @property
     def device(self) -> torch.device:
@@ -86,45 +79,24 @@ class PostProcessed:
     def __call__(self, images: Tensor) -> Detections:
         with autocast(self.device, self.amp_dtype):
             locs, confs = self.model(images)
-        return postprocess(
-            locs,
-            confs,
-            unwrap(self.model).anchors,
-            score_threshold=self.score_threshold,
-            nms_threshold=self.nms_threshold,
-            max_det=self.max_det,
-        )
+        net = unwrap(self.model)
+        return postprocess(locs, confs, net.anchors, net.anchor_spec.variances, self.policy)
 
 
-def as_detector(
-    model,
-    *,
-    score_threshold: float,
-    nms_threshold: float,
-    max_det: int = SSD_DEFAULTS.max_detections,
-    amp_dtype: torch.dtype | None = None,
-):
-    """`model` as a detector (see the module docstring). A PyTorch SSD gets ssdfast.postprocess with these
-    settings; anything else already is a detector (a Deployed applies the thresholds it was loaded with)."""
+def as_detector(model, *, policy: DetectionPolicy = DETECTION_POLICY, amp_dtype: torch.dtype | None = None):
+    """`model` as a detector (see the module docstring). A PyTorch SSD gets ssdfast.postprocess with this
+    policy; anything else already is a detector (a Deployed applies the policy it was loaded with)."""
     if isinstance(model, nn.Module):
-        return PostProcessed(
-            model, score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det, amp_dtype=amp_dtype
-        )
+        return PostProcessed(model, policy=policy, amp_dtype=amp_dtype)
     return model
 
 
-def detect(
-    model,
-    images_rgb: list[np.ndarray],
-    score_threshold: float = DISPLAY_SCORE_THRESHOLD,
-    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-    max_det: int = SSD_DEFAULTS.max_detections,
-) -> list[dict]:
+def detect(model, images_rgb: list[np.ndarray], policy: DetectionPolicy = DISPLAY_POLICY) -> list[dict]:
     """Detect objects in RGB uint8 images [H, W, 3] (any sizes) with a model from load_detector.
-    A Deployed model applies the thresholds it was loaded with and its own max_det.
+    A Deployed model applies the policy it was loaded with.
 
     Returns per image {"boxes": float32 [n, 4] pixel xyxy inside the image, "scores": [n], "labels": int [n] (1..C)}."""
-    detector = as_detector(model, score_threshold=score_threshold, nms_threshold=nms_threshold, max_det=max_det)
+    detector = as_detector(model, policy=policy)
     return run_detector(detector, images_rgb)
 
 

@@ -8,7 +8,7 @@ scores (ties free) if and only if
   1. each detection is a candidate: label, score and box within `tol` of one anchor's, no anchor twice;
   2. each is above the score threshold and among its class's top-k scores (ties with the k-th allowed);
   3. no two kept boxes of one class overlap with IoU > the NMS threshold;
-  4. each candidate that must be there (above the threshold and, when max_det rows are full, the
+  4. each candidate that must be there (above the threshold and, when max_detections rows are full, the
      weakest kept score; among the top k whatever the order of ties) is kept or covered: a kept box of its class with
      a score at least as high (within `tol`) overlaps it with IoU > the threshold.
 (Sufficiency: order tied candidates kept ones first; greedy NMS then keeps exactly these.) Slack:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .defaults import DetectionPolicy
 from .reference import box_iou
 
 
@@ -41,14 +42,12 @@ def nms_problem(
     det_scores: Tensor,
     det_labels: Tensor,
     *,
-    score_threshold: float,
-    nms_threshold: float,
-    topk_per_class: int,
-    max_det: int,
+    policy: DetectionPolicy,
     tol: float = 1e-4,
     iou_slack: float = 1e-3,
 ) -> str | None:
-    """The first violated condition (module docstring) for one image's K real detections, or None."""
+    """The first violated condition (module docstring) for one image's K real detections under `policy`, or None."""
+    max_det = policy.max_detections
     if len(det_scores) > max_det:
         return f"{len(det_scores)} detections, more than max_det {max_det}"
     anchors = match_candidates(boxes, scores, det_boxes, det_scores, det_labels, tol)
@@ -69,9 +68,7 @@ def nms_problem(
             anchors[det_labels == label],
             label,
             weakest,
-            score_threshold,
-            nms_threshold,
-            topk_per_class,
+            policy,
             tol,
             iou_slack,
         )
@@ -86,13 +83,12 @@ def _class_problem(
     kept: Tensor,
     label: int,
     weakest: float,
-    score_threshold: float,
-    nms_threshold: float,
-    topk_per_class: int,
+    policy: DetectionPolicy,
     tol: float,
     iou_slack: float,
 ) -> str | None:
     """Conditions 2-4 for one class: scores [A] of the class, kept [N] anchor indices kept for it."""
+    score_threshold, nms_threshold, topk_per_class = policy.score_threshold, policy.nms_threshold, policy.topk_per_class
     ascending, k, n = scores.sort().values, min(topk_per_class, len(scores)), len(scores)
     if len(kept) and float(scores[kept].min()) <= score_threshold - tol:
         return f"a label {label} detection scores at or below the score threshold {score_threshold}"

@@ -17,8 +17,8 @@ How ONNX NMS is made to match ssdfast's post-processing:
     set to -1 (never above a score threshold >= 0) before NMS; ties with the k-th score aside, the
     candidates are the same;
   * the thresholds: ONNX suppresses IoU > iou_threshold and keeps score > score_threshold, as ssdfast;
-  * best ``max_det`` overall: NMS keeps up to k boxes per class; the kept entries are scattered into a
-    [B, C, A] mask and the best max_det masked scores per image are taken with topk.
+  * best ``max_detections`` overall: NMS keeps up to k boxes per class; the kept entries are scattered into
+    a [B, C, A] mask and the best max_detections masked scores per image are taken with topk.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torchvision
 from torch import Tensor
 
 from . import reference
-from .anchors import SSD_DEFAULTS
+from .defaults import DETECTION_POLICY, DetectionPolicy
 from .postprocess import Detections
 
 
@@ -76,19 +76,19 @@ def postprocess_onnx(
     locs: Tensor,
     confs: Tensor,
     anchors: Tensor,
-    score_threshold: float = SSD_DEFAULTS.score_threshold,
-    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
-    max_det: int = SSD_DEFAULTS.max_detections,
+    variances: tuple[float, float],
+    policy: DetectionPolicy = DETECTION_POLICY,
 ) -> Detections:
-    """``ssdfast.postprocess.postprocess`` with ONNX NMS: locs [B, A, 4], confs [B, A, C+1] -> Detections
-    (boxes [B, K, 4], scores [B, K], labels [B, K], counts [B]; K = max_det). Needs score_threshold >= 0."""
-    boxes = reference.box_decode(locs, anchors)  # [B, A, 4], plain tensor ops (no custom op to export)
+    """``ssdfast.postprocess.postprocess`` with ONNX NMS, the same arguments: locs [B, A, 4], confs [B, A, C+1]
+    -> Detections (boxes [B, K, 4], scores [B, K], labels [B, K], counts [B]; K = policy.max_detections)."""
+    boxes = reference.box_decode(locs, anchors, *variances)  # [B, A, 4], plain tensor ops (no custom op to export)
     probs = confs.float().softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C, A]
     batch, num_classes, num_anchors = probs.shape
-    kth = probs.topk(min(topk_per_class, num_anchors), dim=-1).values[..., -1:]  # [B, C, 1]
+    k, max_det = policy.topk_per_class, policy.max_detections
+    kth = probs.topk(min(k, num_anchors), dim=-1).values[..., -1:]  # [B, C, 1]
+    # -1 is below every threshold a DetectionPolicy allows (>= 0): masked scores are never candidates.
     probs = torch.where(probs >= kth, probs, torch.full_like(probs, -1.0))
-    selected = non_max_suppression(boxes, probs, topk_per_class, nms_threshold, score_threshold)  # [M, 3]
+    selected = non_max_suppression(boxes, probs, k, policy.nms_threshold, policy.score_threshold)  # [M, 3]
     # Kept entries as a flat [B * C * A] mask: a scatter, not an index_put, exports to one ScatterElements.
     flat = (selected[:, 0] * num_classes + selected[:, 1]) * num_anchors + selected[:, 2]
     kept = torch.zeros(batch * num_classes * num_anchors, dtype=probs.dtype, device=probs.device)

@@ -1,9 +1,10 @@
 """From network outputs to detections, batched, fixed-size, no host synchronisation.
 
-decode offsets -> softmax -> per class: the top `topk_per_class` scores -> class-aware NMS that
-ignores scores <= `score_threshold` and stops at `max_det` kept boxes (= the best max_det by score).
-The older implementation's decode_batch did the same with a Python loop per image and per class
-(ssdfast.baselines.postprocess_loop, the test oracle).
+decode offsets (with the model's anchor_spec.variances) -> softmax -> per class: the top
+`policy.topk_per_class` scores -> class-aware NMS that ignores scores <= `policy.score_threshold` and
+stops at `policy.max_detections` kept boxes (= the best K by score). The older implementation's
+decode_batch did the same with a Python loop per image and per class (ssdfast.baselines.postprocess_loop,
+the test oracle).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .anchors import SSD_DEFAULTS
+from .defaults import DETECTION_POLICY, DetectionPolicy
 
 
 class Detections(NamedTuple):
@@ -28,44 +29,40 @@ def postprocess(
     locs: Tensor,
     confs: Tensor,
     anchors: Tensor,
-    score_threshold: float = SSD_DEFAULTS.score_threshold,
-    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
-    max_det: int = SSD_DEFAULTS.max_detections,
+    variances: tuple[float, float],
+    policy: DetectionPolicy = DETECTION_POLICY,
 ) -> Detections:
     """
     Args:
         locs (Tensor[B, A, 4]), confs (Tensor[B, A, C+1]): the model's outputs.
         anchors (Tensor[A, 4]): xyxy default boxes (model.anchors).
+        variances: the box coding the model was trained with (model.anchor_spec.variances).
     """
-    boxes, probs = decode_scores(locs, confs, anchors)
-    return select(boxes, probs, score_threshold, nms_threshold, topk_per_class, max_det)
+    boxes, probs = decode_scores(locs, confs, anchors, variances)
+    return select(boxes, probs, policy)
 
 
-def decode_scores(locs: Tensor, confs: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+def decode_scores(
+    locs: Tensor, confs: Tensor, anchors: Tensor, variances: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """The first half of :func:`postprocess` (what an export without NMS outputs): locs [B, A, 4],
     confs [B, A, C+1] -> boxes [B, A, 4] xyxy normalised, scores [B, A, C] (softmax, background dropped)."""
-    return ops.box_decode(locs, anchors), confs.float().softmax(dim=-1)[..., 1:]
+    return ops.box_decode(locs, anchors, *variances), confs.float().softmax(dim=-1)[..., 1:]
 
 
-def select(
-    boxes: Tensor,
-    probs: Tensor,
-    score_threshold: float = SSD_DEFAULTS.score_threshold,
-    nms_threshold: float = SSD_DEFAULTS.nms_threshold,
-    topk_per_class: int = SSD_DEFAULTS.topk_per_class,
-    max_det: int = SSD_DEFAULTS.max_detections,
-) -> Detections:
+def select(boxes: Tensor, probs: Tensor, policy: DetectionPolicy = DETECTION_POLICY) -> Detections:
     """The second half of :func:`postprocess`: boxes [B, A, 4], scores [B, A, C] -> Detections."""
     batch, num_anchors, num_classes = probs.shape
-    k = min(topk_per_class, num_anchors)
+    k = min(policy.topk_per_class, num_anchors)
     scores, index = probs.transpose(1, 2).topk(k, dim=-1)  # [B, C, k]
     index = index.reshape(batch, num_classes * k)
     cand_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, C*k, 4]
     cand_scores = scores.reshape(batch, num_classes * k)
     cand_labels = torch.arange(1, num_classes + 1, device=boxes.device).repeat_interleave(k).expand(batch, -1)
 
-    keep, counts = ops.batched_nms_padded(cand_boxes, cand_scores, cand_labels, nms_threshold, score_threshold, max_det)
+    keep, counts = ops.batched_nms_padded(
+        cand_boxes, cand_scores, cand_labels, policy.nms_threshold, policy.score_threshold, policy.max_detections
+    )
     real = keep >= 0
     keep = keep.clamp(min=0)
     return Detections(

@@ -22,8 +22,10 @@ from PIL import Image
 from torch import nn
 
 import ssdfast
+from ssdfast.anchors import SSDLITE300
 from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
+from ssdfast.defaults import DetectionPolicy
 from ssdfast.detector import Detector
 from ssdfast.engine import predict as engine_predict
 from ssdfast.inference import as_detector, detect, load_detector
@@ -180,6 +182,8 @@ class OneBox(nn.Module):
     centre (0.5 - 10 * 0.1 * 0.5, 0.5 + 8 * 0.1 * 0.5) = (0, 0.9), size 0.5 x 0.5: normalised xyxy
     (-0.25, 0.65, 0.25, 1.15), partly left of and below the image."""
 
+    anchor_spec = SSDLITE300  # what the post-processing reads of it: the box coding, variances (0.1, 0.2)
+
     def __init__(self):
         super().__init__()
         self.register_buffer("anchors", torch.tensor([[0.25, 0.25, 0.75, 0.75]]))
@@ -195,8 +199,10 @@ def test_boxes_are_clipped_to_the_image():
     image = np.zeros((100, 200, 3), np.uint8)  # H 100, W 200: unclipped (-50, 65, 50, 115) pixels
     clipped = [[0.0, 65.0, 50.0, 100.0]]
     np.testing.assert_allclose(detect(OneBox(), [image])[0]["boxes"], clipped, atol=1e-3)
-    policy = {"score_threshold": 0.3, "nms_threshold": 0.45}
-    detector = Detector(as_detector(OneBox(), **policy), {"model_name": "one box", "category_names": ["a", "b", "c"]})
+    policy = DetectionPolicy(score_threshold=0.3, nms_threshold=0.45)
+    detector = Detector(
+        as_detector(OneBox(), policy=policy), {"model_name": "one box", "category_names": ["a", "b", "c"]}
+    )
     result = detector.predict(image)[0]
     np.testing.assert_allclose(result.boxes, clipped, atol=1e-3)
     assert result.names == ["b"]
@@ -260,10 +266,10 @@ def test_to_dict_matches_detect_tool_json_which_is_clipped(checkpoint, folder, t
 
 def test_evaluation_loop_takes_a_detector_as_it_takes_the_model(checkpoint, synthetic_coco):
     loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=0)
-    policy = {"score_threshold": 0.3, "nms_threshold": 0.45, "category_ids": loader.info.category_ids}
+    settings = {"policy": DetectionPolicy(score_threshold=0.3), "category_ids": loader.info.category_ids}
     model, _ = load_detector(checkpoint)
-    from_model = engine_predict(model, loader, "cpu", **policy)
-    from_detector = engine_predict(ssdfast.load(checkpoint, device="cpu"), loader, "cpu", **policy)
+    from_model = engine_predict(model, loader, "cpu", **settings)
+    from_detector = engine_predict(ssdfast.load(checkpoint, device="cpu"), loader, "cpu", **settings)
     assert len(from_model[0]) > 0 and from_model == from_detector
 
 
@@ -292,9 +298,7 @@ def test_exported_onnx_predicts_what_its_checkpoint_predicts(checkpoint, folder,
         tmp_path / "m.onnx",
         batch=None,
         with_nms=True,
-        score_threshold=0.05,
-        nms_threshold=0.45,
-        max_det=200,
+        policy=DetectionPolicy(score_threshold=0.05, nms_threshold=0.45, max_detections=200),
     )
     # A high threshold keeps the counts well under max_det: no detection cut off by rounding at the end.
     from_pt = ssdfast.load(checkpoint, device="cpu", score_threshold=0.5).predict(folder)

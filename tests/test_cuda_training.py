@@ -72,7 +72,7 @@ def test_one_graph_for_targets_loss_and_postprocess():
     def pipeline(boxes, labels, locs, confs):
         offsets, target_labels = ops.match_encode(boxes, labels, anchors)
         loss = loss_fn(locs, confs, offsets, target_labels)
-        dets = postprocess(locs, confs, anchors)
+        dets = postprocess(locs, confs, anchors, SSD300_RESNET50.variances)
         return loss.total, dets.boxes, dets.scores, dets.labels, dets.counts
 
     def inputs(seed):

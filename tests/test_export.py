@@ -20,6 +20,7 @@ from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
 from ssdfast.data.coco import read_image
 from ssdfast.data.synthetic import write_synthetic_coco
+from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
 from ssdfast.deployed import Deployed
 from ssdfast.export import check_against_pytorch, compare_detections, export
 from ssdfast.inference import detect, load_detector, to_records
@@ -111,16 +112,14 @@ def train_and_export_resnet(data, folder):
             folder / f"m{suffix}",
             batch=None,
             with_nms=True,
-            score_threshold=0.05,
-            nms_threshold=0.45,
-            max_det=200,
+            policy=DETECTION_POLICY,  # score 0.05, NMS 0.45, K 200
         )
 
 
 def pytorch_detections(weights, images):
     model, _ = load_detector(weights)
     with torch.no_grad():
-        return postprocess(*model(images), model.anchors)
+        return postprocess(*model(images), model.anchors, model.anchor_spec.variances)
 
 
 def files(request, name):
@@ -212,7 +211,9 @@ def test_detect_tool_takes_an_onnx_file(lite, data, tmp_path):
     )
     onnx_dets = json.loads((tmp_path / "one.json").read_text())[str(image)]
     model, meta = load_detector(folder / "last.pt")
-    pt_dets = to_records(detect(model, [read_image(image)], score_threshold=0.1)[0], meta["category_names"])
+    pt_dets = to_records(
+        detect(model, [read_image(image)], DetectionPolicy(score_threshold=0.1))[0], meta["category_names"]
+    )
     assert len(onnx_dets) == len(pt_dets) > 0
     key = lambda d: (d["score"], d["label"], d["box"])  # noqa: E731
     assert sorted(onnx_dets, key=key) == sorted(pt_dets, key=key)
@@ -299,19 +300,10 @@ def test_onnx_counts_below_max_det(lite, val_images, tmp_path):
     folder, _ = lite
     model, meta = load_detector(folder / "last.pt")
     threshold = round(float(pytorch_detections(folder / "last.pt", val_images).scores[:, 100].median()), 3)
-    export(
-        model,
-        meta,
-        "onnx",
-        tmp_path / "t.onnx",
-        batch=None,
-        with_nms=True,
-        score_threshold=threshold,
-        nms_threshold=0.45,
-        max_det=200,
-    )
+    policy = DetectionPolicy(score_threshold=threshold, nms_threshold=0.45, max_detections=200)
+    export(model, meta, "onnx", tmp_path / "t.onnx", batch=None, with_nms=True, policy=policy)
     with torch.no_grad():
-        expected = postprocess(*model(val_images), model.anchors, score_threshold=threshold)
+        expected = postprocess(*model(val_images), model.anchors, model.anchor_spec.variances, policy)
     assert int(expected.counts.min()) < 200 and int(expected.counts.max()) > 0, expected.counts
     got = Deployed(tmp_path / "t.onnx")(val_images)
     report = compare_detections(expected, got)
@@ -325,7 +317,7 @@ def test_a_file_without_nms_gives_the_same_detections_through_deployed(lite, val
     NMS after it, so the detections are PyTorch's."""
     model, meta = load_detector(lite[0] / "last.pt")
     path = tmp_path / f"raw{suffix}"
-    export(model, meta, fmt, path, batch=None, with_nms=False, score_threshold=0.05, nms_threshold=0.45, max_det=200)
+    export(model, meta, fmt, path, batch=None, with_nms=False, policy=DETECTION_POLICY)
     deployed = Deployed(path)
     expected = pytorch_detections(lite[0] / "last.pt", val_images[:8])
     got = deployed(val_images[:8])

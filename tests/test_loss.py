@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ssdfast import ops
 from ssdfast.data.batch import Collate
 from ssdfast.data.coco import CocoDetection
+from ssdfast.defaults import DISPLAY_POLICY
 from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
@@ -76,7 +77,10 @@ def test_overfit_two_images(synthetic_coco):
     model = build_model("ssdlite", num_classes=data.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = MultiBoxLoss()
-    offsets, labels = ops.match_encode(batch.boxes, batch.labels, model.anchors)
+    center, size = model.anchor_spec.variances
+    offsets, labels = ops.match_encode(
+        batch.boxes, batch.labels, model.anchors, center_variance=center, size_variance=size
+    )
     losses = []
     for _ in range(100):
         optimizer.zero_grad()
@@ -87,7 +91,7 @@ def test_overfit_two_images(synthetic_coco):
     assert losses[-1] < 0.25 * losses[0], losses[::10]
     model.eval()
     with torch.no_grad():
-        dets = postprocess(*model(batch.images), model.anchors, score_threshold=0.3)
+        dets = postprocess(*model(batch.images), model.anchors, model.anchor_spec.variances, DISPLAY_POLICY)
     for i in range(2):
         truth = batch.boxes[i][batch.labels[i] > 0]
         found = dets.boxes[i, : dets.counts[i]]

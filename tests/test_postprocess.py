@@ -4,7 +4,10 @@ import torch
 
 from ssdfast import baselines
 from ssdfast.anchors import SSDLITE300, default_boxes
+from ssdfast.defaults import DetectionPolicy
 from ssdfast.postprocess import postprocess, scale_to_image
+
+VARIANCES = SSDLITE300.variances
 
 
 def outputs(seed, batch=3, classes=6, sharp=4.0):
@@ -40,25 +43,25 @@ def assert_same(dets, loop, max_det):
 def test_matches_reference_loop():
     for seed in range(3):
         locs, confs, anchors = outputs(seed)
-        dets = postprocess(locs, confs, anchors, nms_threshold=0.45)
+        policy = DetectionPolicy(nms_threshold=0.45)
+        dets = postprocess(locs, confs, anchors, VARIANCES, policy)
         assert dets.boxes.shape == (3, 200, 4) and dets.scores.shape == (3, 200) and dets.counts.shape == (3,)
-        assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, nms_threshold=0.45), 200)
+        assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, VARIANCES, policy), 200)
 
 
 def test_max_det_truncation_and_topk():
     locs, confs, anchors = outputs(5)
-    dets = postprocess(locs, confs, anchors, max_det=7, topk_per_class=50, nms_threshold=0.6)
+    policy = DetectionPolicy(max_detections=7, topk_per_class=50, nms_threshold=0.6)
+    dets = postprocess(locs, confs, anchors, VARIANCES, policy)
     assert dets.boxes.shape == (3, 7, 4) and (dets.counts == 7).all()
-    assert_same(
-        dets, baselines.postprocess_loop(locs, confs, anchors, max_det=7, topk_per_class=50, nms_threshold=0.6), 7
-    )
+    assert_same(dets, baselines.postprocess_loop(locs, confs, anchors, VARIANCES, policy), 7)
     assert (dets.scores[:, :-1] >= dets.scores[:, 1:]).all()
 
 
 def test_empty_detections():
     locs, confs, anchors = outputs(1)
     confs[..., 0] = 50.0  # everything is background
-    dets = postprocess(locs, confs, anchors)
+    dets = postprocess(locs, confs, anchors, VARIANCES)
     assert (dets.counts == 0).all() and (dets.boxes == 0).all() and (dets.labels == 0).all()
 
 

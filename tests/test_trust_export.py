@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_tools import tool
 
+from ssdfast.defaults import DETECTION_POLICY
 from ssdfast.deployed import Deployed
 from ssdfast.export import check_against_pytorch, export
 from ssdfast.models import build_model
@@ -53,9 +54,7 @@ def tied(tmp_path_factory):
             folder / f"m{suffix}",
             batch=None,
             with_nms=True,
-            score_threshold=0.05,
-            nms_threshold=0.45,
-            max_det=200,
+            policy=DETECTION_POLICY,  # score 0.05, NMS 0.45, K 200
         )
     return folder, model, info
 
@@ -233,7 +232,7 @@ def test_ties_really_make_onnx_and_pytorch_choose_differently(tied):
     folder, model, _ = tied
     images = torch.randn(4, 3, 300, 300, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = postprocess(*model(images), model.anchors)
+        expected = postprocess(*model(images), model.anchors, model.anchor_spec.variances)
     got = Deployed(folder / "m.onnx")(images)
     assert not torch.equal(expected.counts, got.counts) or not torch.allclose(expected.boxes, got.boxes, atol=1e-4)
 
@@ -260,6 +259,16 @@ def boxes_and_scores(*rows):
     return boxes, torch.tensor([[s] for _, s in rows])
 
 
+def problem_keeping(boxes, scores, kept):
+    """ssdfast.nms_check's verdict on keeping the rows `kept` (label 1) of boxes_and_scores' candidates,
+    under SSD's policy (score 0.05, NMS 0.45, top 200, K 200)."""
+    from ssdfast.nms_check import nms_problem
+
+    index = torch.tensor(kept, dtype=torch.long)
+    labels = torch.ones(len(kept), dtype=torch.long)
+    return nms_problem(boxes, scores, boxes[index], scores[index, 0], labels, policy=DETECTION_POLICY)
+
+
 @pytest.mark.parametrize(
     "kept,valid",
     [
@@ -272,39 +281,11 @@ def boxes_and_scores(*rows):
 def test_nms_check_on_a_hand_computed_chain(kept, valid):
     """x ranges A = [0, 1], B = [0.25, 1.25], C = [0.55, 1.55] (unit height), scores 0.9, 0.8, 0.7:
     IoU(A, B) = 0.75 / 1.25 = 0.6, IoU(B, C) = 0.7 / 1.3 = 0.54, IoU(A, C) = 0.45 / 1.55 = 0.29; threshold 0.45."""
-    from ssdfast.nms_check import nms_problem
-
-    boxes, scores = boxes_and_scores((0.0, 0.9), (0.25, 0.8), (0.55, 0.7))
-    index = torch.tensor(kept)
-    problem = nms_problem(
-        boxes,
-        scores,
-        boxes[index],
-        scores[index, 0],
-        torch.ones(len(kept), dtype=torch.long),
-        score_threshold=0.05,
-        nms_threshold=0.45,
-        topk_per_class=200,
-        max_det=200,
-    )
+    problem = problem_keeping(*boxes_and_scores((0.0, 0.9), (0.25, 0.8), (0.55, 0.7)), kept)
     assert (problem is None) == valid, problem
 
 
 @pytest.mark.parametrize("kept,valid", [([0], True), ([1], True), ([0, 1], False), ([], False)])
 def test_nms_check_lets_either_of_two_tied_boxes_win(kept, valid):
-    from ssdfast.nms_check import nms_problem
-
-    boxes, scores = boxes_and_scores((0.0, 0.6), (0.1, 0.6))  # IoU 0.82, the same score
-    index = torch.tensor(kept, dtype=torch.long)
-    problem = nms_problem(
-        boxes,
-        scores,
-        boxes[index],
-        scores[index, 0],
-        torch.ones(len(kept), dtype=torch.long),
-        score_threshold=0.05,
-        nms_threshold=0.45,
-        topk_per_class=200,
-        max_det=200,
-    )
+    problem = problem_keeping(*boxes_and_scores((0.0, 0.6), (0.1, 0.6)), kept)  # IoU 0.82, the same score
     assert (problem is None) == valid, problem

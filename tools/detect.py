@@ -28,7 +28,7 @@ from tqdm import tqdm
 # rest. OpenCV stays (a tenth of a second): the drawing and video helpers below use it throughout.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import IMAGE_SUFFIXES, SSD_DEFAULTS
+from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
 from ssdfast.visualize import draw_detections
@@ -59,16 +59,19 @@ def get_args(argv=None):
         "name ending in '/'), or video; drawings keep the input file names",
     )
     p.add_argument(
-        "--score-threshold", type=flags.score_threshold, default=0.3, help="draw detections above this score"
+        "--score-threshold",
+        type=flags.score_threshold,
+        default=DISPLAY_POLICY.score_threshold,
+        help="draw detections above this score",
     )
     p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+        "--nms-threshold", type=flags.nms_threshold, default=DISPLAY_POLICY.nms_threshold, help="NMS IoU threshold"
     )
     p.add_argument("--batch-size", type=flags.batch_size, default=8, help="images (or video frames) per forward pass")
     p.add_argument(
         "--max-det",
         type=flags.integer(1, flags.MAX_DETECTIONS),
-        default=SSD_DEFAULTS.max_detections,
+        default=DISPLAY_POLICY.max_detections,
         help="at most this many detections per image (the best by score; the model gives at most its own)",
     )
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
@@ -151,7 +154,7 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue
-        dets = detect(model, [img for _, img in readable], args.score_threshold, args.nms_threshold)
+        dets = detect(model, [img for _, img in readable], args.policy)
         for (path, img), det in zip(readable, select(dets, args.labels, args.max_det)):
             drawn = draw_detections(
                 cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
@@ -257,9 +260,7 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
                 done = True
             if not frames:
                 break
-            dets = detect(
-                model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.score_threshold, args.nms_threshold
-            )
+            dets = detect(model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.policy)
             for frame, det in zip(frames, select(dets, args.labels, args.max_det)):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
                 report[str(len(report))] = to_records(det, names)
@@ -282,9 +283,9 @@ def main(argv=None) -> int:
     try:
         if video:
             check_video_output(source, output)
-        model, meta = load_detector(
-            args.weights, device, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold
-        )
+        # --max-det cuts each image's detections after --classes (select): the post-processing keeps its K.
+        args.policy = flags.detection_policy(args, DISPLAY_POLICY, max_det_flag=False)
+        model, meta = load_detector(args.weights, device, policy=args.policy)
         names = meta["category_names"]
         args.labels = class_filter(names, args.classes)
         if video:

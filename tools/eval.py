@@ -23,7 +23,7 @@ from pathlib import Path
 # Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import SSD_DEFAULTS
+from ssdfast.defaults import DETECTION_POLICY
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 from ssdfast.voc_eval import voc_map
@@ -59,12 +59,12 @@ def get_args(argv=None):
         "--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)"
     )
     p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+        "--nms-threshold", type=flags.nms_threshold, default=DETECTION_POLICY.nms_threshold, help="NMS IoU threshold"
     )
     p.add_argument(
         "--score-threshold",
         type=flags.score_threshold,
-        default=SSD_DEFAULTS.score_threshold,
+        default=DETECTION_POLICY.score_threshold,
         help="drop detections at or below this score",
     )
     p.add_argument(
@@ -147,9 +147,8 @@ def main(argv=None) -> int:
         deployed = is_deployed(args.weights)
         if deployed and args.amp:
             raise ValueError("--amp applies to checkpoints: an exported model runs in the precision it was exported in")
-        model, meta = load_detector(
-            args.weights, device, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold
-        )
+        policy = flags.detection_policy(args)
+        model, meta = load_detector(args.weights, device, policy=policy)
         loader = build_loader(
             args.data_path,
             args.split,
@@ -188,8 +187,7 @@ def main(argv=None) -> int:
         backend=args.backend,
         amp_dtype=amp_dtype,
         channels_last=channels_last,
-        nms_threshold=args.nms_threshold,
-        score_threshold=args.score_threshold,
+        policy=policy,
         max_batches=args.max_batches,
         is_main=rank == 0,
     )

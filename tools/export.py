@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
-from ssdfast.defaults import EXPORT_FORMATS, SSD_DEFAULTS
+from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS
 from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
 from ssdfast.outputs import OutputError, atomic_output, writable_file
 
@@ -73,16 +73,16 @@ def get_args(argv=None):
     p.add_argument(
         "--score-threshold",
         type=flags.score_threshold,
-        default=SSD_DEFAULTS.score_threshold,
+        default=DETECTION_POLICY.score_threshold,
         help="drop detections at or below this score (inside the graph)",
     )
     p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=SSD_DEFAULTS.nms_threshold, help="NMS IoU threshold"
+        "--nms-threshold", type=flags.nms_threshold, default=DETECTION_POLICY.nms_threshold, help="NMS IoU threshold"
     )
     p.add_argument(
         "--max-det",
         type=flags.integer(1, flags.MAX_DETECTIONS),
-        default=SSD_DEFAULTS.max_detections,
+        default=DETECTION_POLICY.max_detections,
         help="K: detections per image",
     )
     return p.parse_args(argv)
@@ -130,9 +130,7 @@ def main(argv=None) -> int:
                 partial,
                 batch=args.batch,
                 with_nms=args.with_nms,
-                score_threshold=args.score_threshold,
-                nms_threshold=args.nms_threshold,
-                max_det=args.max_det,
+                policy=flags.detection_policy(args),
             )
             exported_in = time.perf_counter() - start
             batches = [1, 3] if args.batch is None else [args.batch, args.batch]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 # Only modules without PyTorch up here: --help answers at once; main() and run() import the rest.
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
-from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, MODEL_CHOICES, SSD_DEFAULTS
+from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, DETECTION_POLICY, MODEL_CHOICES
 from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def get_args(argv=None):
     p.add_argument(
         "--nms-threshold",
         type=flags.nms_threshold,
-        default=SSD_DEFAULTS.nms_threshold,
+        default=DETECTION_POLICY.nms_threshold,
         help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)",
     )
     p.add_argument(

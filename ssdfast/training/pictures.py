@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
+from ..defaults import DISPLAY_POLICY
 from ..outputs import atomic_output
 from ..plots import batch_grid, plot_precision_recall, plot_run
 from ..postprocess import postprocess, scale_to_image
@@ -21,7 +22,6 @@ from ..visualize import draw_detections
 
 SHOWN = 8  # images in train_batch0.jpg
 PREDICTED = 4  # val images shown with their predictions in TensorBoard
-SHOW_SCORE = 0.3  # detections drawn (ssdfast.inference.DISPLAY_SCORE_THRESHOLD's value)
 
 
 def rgb_uint8(images: torch.Tensor) -> np.ndarray:
@@ -56,7 +56,7 @@ def prediction_grid(model, images: torch.Tensor, names: list[str], device) -> np
     normalised = images.to(device)
     normalised = normalise(normalised) if normalised.dtype == torch.uint8 else normalised.float()
     locs, confs = model(normalised)
-    dets = postprocess(locs.float(), confs.float(), model.anchors, score_threshold=SHOW_SCORE)
+    dets = postprocess(locs.float(), confs.float(), model.anchors, model.anchor_spec.variances, DISPLAY_POLICY)
     pixels = rgb_uint8(images)
     n, height, width = pixels.shape[:3]
     boxes = scale_to_image(dets.boxes.clamp(0, 1), torch.tensor([[height, width]] * n, device=dets.boxes.device))

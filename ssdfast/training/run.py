@@ -28,6 +28,7 @@ from ..checkpoint import save_checkpoint
 from ..data import build_loader
 from ..exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
 from ..finetune import load_source, transfer_weights
+from ..flag_types import detection_policy
 from ..models import build_model
 from ..outputs import writable_folder, write_json_atomic
 from ..preemption import StopAgreement, StopRequest, process_group_timeout
@@ -374,7 +375,7 @@ class TrainingRun:
             self.device,
             amp_dtype=self.amp_dtype,
             channels_last=self.channels_last,
-            nms_threshold=args.nms_threshold,
+            policy=detection_policy(args),
             max_batches=args.eval_batches,
             is_main=self.is_main,
             curves=self.curves,

@@ -21,13 +21,14 @@ class TrainStep:
 
     images [B, 3, H, W], gt_boxes [B, G, 4], gt_labels [B, G] -> LossOutput (no host sync).
     targets_fn builds the loss targets: the compiled op by default, or its twin
-    ssdfast.reference.match_encode (what the benchmarks compare)."""
+    ssdfast.reference.match_encode (what the benchmarks compare); it encodes with the model's own
+    anchor_spec variances, the ones its outputs are decoded with."""
 
     def __init__(self, model, optimizer, amp_dtype=None, scaler=None, loss_fn=None, targets_fn=ops.match_encode):
         self.model, self.optimizer, self.amp_dtype, self.scaler = model, optimizer, amp_dtype, scaler
         self.loss_fn = loss_fn or MultiBoxLoss()
         self.targets_fn = targets_fn
-        self.anchors = unwrap(model).anchors
+        self.anchors, self.spec = unwrap(model).anchors, unwrap(model).anchor_spec
 
     def compute(self, images, gt_boxes, gt_labels) -> LossOutput:
         loss = self.forward_loss(images, gt_boxes, gt_labels)
@@ -35,8 +36,14 @@ class TrainStep:
         return LossOutput(*(t.detach() for t in loss))
 
     def forward_loss(self, images, gt_boxes, gt_labels) -> LossOutput:
-        """Targets -> forward (autocast) -> loss: what CompiledTrainStep compiles."""
-        offsets, labels = self.targets_fn(gt_boxes, gt_labels, self.anchors)
+        """Targets (with the model's variances) -> forward (autocast) -> loss: what CompiledTrainStep compiles."""
+        offsets, labels = self.targets_fn(
+            gt_boxes,
+            gt_labels,
+            self.anchors,
+            center_variance=self.spec.center_variance,
+            size_variance=self.spec.size_variance,
+        )
         with autocast(images.device, self.amp_dtype):
             locs, confs = self.model(images)
         return self.loss_fn(locs, confs, offsets, labels)
