@@ -41,6 +41,15 @@ POLICY_RANGES = {
     "max_detections": (_count, "an integer >= 1"),
 }
 
+# The names a DetectionPolicy's settings have outside it, {name: field}: the tools' flags (argparse dests;
+# no tool has a top-k flag) and an exported file's metadata keys (files have always said max_det).
+POLICY_NAMES = {
+    "score_threshold": "score_threshold",
+    "nms_threshold": "nms_threshold",
+    "max_det": "max_detections",
+    "topk_per_class": "topk_per_class",
+}
+
 
 @dataclass(frozen=True)
 class DetectionPolicy:

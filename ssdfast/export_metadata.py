@@ -14,17 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_RANGES, DetectionPolicy
+from .defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
-# {metadata key: DetectionPolicy field}; topk_per_class may be missing (files written before it was stored).
-POLICY_KEYS = {
-    "score_threshold": "score_threshold",
-    "nms_threshold": "nms_threshold",
-    "max_det": "max_detections",
-    "topk_per_class": "topk_per_class",
-}
+# The post-processing's metadata keys are defaults.POLICY_NAMES; topk_per_class may be missing (files
+# written before it was stored).
 OPTIONAL_POLICY_KEYS = {"topk_per_class"}
 
 
@@ -52,7 +47,7 @@ def describe(
         "category_names": meta["category_names"],
         "category_ids": meta.get("category_ids"),
         "with_nms": with_nms,
-        **{key: getattr(policy, field) for key, field in POLICY_KEYS.items()},
+        **{key: getattr(policy, field) for key, field in POLICY_NAMES.items()},
         "batch": batch or "dynamic",
         "outputs": output_names(with_nms),
         "input": "images float32 [B, 3, 300, 300]: RGB resized to 300x300, (x / 255 - mean) / std with "
@@ -62,7 +57,7 @@ def describe(
 
 def exported_policy(info: dict) -> DetectionPolicy:
     """The DetectionPolicy a file was exported with, from its validated metadata `info`."""
-    return replace(DETECTION_POLICY, **{field: info[key] for key, field in POLICY_KEYS.items() if key in info})
+    return replace(DETECTION_POLICY, **{field: info[key] for key, field in POLICY_NAMES.items() if key in info})
 
 
 def _is_int(value, low: int = 1) -> bool:
@@ -72,7 +67,7 @@ def _is_int(value, low: int = 1) -> bool:
 def _policy_checks(info: dict) -> dict:
     """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges."""
     checks = {}
-    for key, field in POLICY_KEYS.items():
+    for key, field in POLICY_NAMES.items():
         ok, must = POLICY_RANGES[field]
         checks[key] = (ok(info.get(key)) or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
     return checks

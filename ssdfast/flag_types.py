@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from .defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, DetectionPolicy
+from .defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, POLICY_NAMES, DetectionPolicy
 
 MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
 MAX_WORKERS = 256  # data loading processes (or DALI threads)
@@ -108,15 +108,12 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-# The tools' flags that set post-processing, {argparse dest: DetectionPolicy field}; each tool has some.
-POLICY_FLAGS = {"score_threshold": "score_threshold", "nms_threshold": "nms_threshold", "max_det": "max_detections"}
-
-
 def detection_policy(
     args: argparse.Namespace, base: DetectionPolicy = DETECTION_POLICY, *, max_det_flag: bool = True
 ) -> DetectionPolicy:
-    """The DetectionPolicy of a tool's parsed flags: `base` with the POLICY_FLAGS the tool has.
+    """The DetectionPolicy of a tool's parsed flags: `base` with the policy flags the tool has
+    (defaults.POLICY_NAMES: argparse dest -> field).
     max_det_flag False: the tool's --max-det is not the policy's K but a cut made later (tools/detect.py
     cuts after --classes, so the post-processing must keep its full K)."""
-    flags = {dest: field for dest, field in POLICY_FLAGS.items() if max_det_flag or dest != "max_det"}
+    flags = {dest: field for dest, field in POLICY_NAMES.items() if max_det_flag or dest != "max_det"}
     return replace(base, **{field: getattr(args, dest) for dest, field in flags.items() if hasattr(args, dest)})
