@@ -16,10 +16,11 @@ from conftest import CUDA, free_port, random_boxes, resume_args, tool, train_arg
 from torch import nn
 
 from ssdfast.anchors import AnchorSpec
-from ssdfast.checkpoint import load_checkpoint
+from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssdfast.models import build_model
 from ssdfast.models.ssd_base import SSDBase
 from ssdfast.training.optimizer import build_optimizer, zero_momentum_buffers
+from ssdfast.training.state import resume_training, training_state
 from ssdfast.training.step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
 
 TINY = AnchorSpec(
@@ -188,6 +189,78 @@ def test_fused_sgd_skips_an_inf_step_like_the_unfused_one(inf_at):
         assert all(torch.equal(a, b) for a, b in zip(params[inf_at], before))
         assert scales[inf_at] == (scales[inf_at - 1] if inf_at else 2.0**8) * 0.5
         assert torch.isfinite(losses).all()
+
+
+def test_a_resumed_fused_sgd_without_momentum_buffers_skips_its_first_step_like_the_unfused_one(tmp_path):
+    """A checkpoint whose optimizer holds no momentum buffers (saved before any step was taken) resumed
+    into fused SGD, whose first step then has an inf gradient: loading the state drops the zero buffers
+    build_optimizer made, so resume_training gives them back; the steps equal the unfused oracle's."""
+    names = ["a", "b", "c"]
+    path = tmp_path / "last.pt"
+    model = tiny()
+    state = training_state(
+        model,
+        sgd(model),
+        None,
+        model_name="tiny",
+        epoch=-1,
+        category_ids=[1, 2, 3],
+        category_names=names,
+        best_ap=-1.0,
+        args={},
+    )
+    assert not state["optimizer"]["state"]  # no buffers in the file
+    save_checkpoint(path, state)
+    model = tiny()
+    optimizer = sgd(model, fused=True)
+    resume_training(path, model, optimizer, None, model_name="tiny", category_names=names)
+    data = batches(4, 4, 64)
+    fused = train(TrainStep, model, data, inf_at=(0,), amp_dtype=torch.float16, optimizer=optimizer)
+    unfused = train(TrainStep, tiny(), data, inf_at=(0,), amp_dtype=torch.float16)
+    assert_same_training(fused, unfused, 1e-5)
+
+
+def test_resuming_keeps_this_runs_optimizer_settings_and_takes_the_saved_momentum(tmp_path):
+    """torch's load_state_dict would put back the saved groups' settings; a resume keeps those this run
+    built (its lr tensor, which a CUDA graph reads; its weight decay and momentum flags; fused) and takes
+    the saved momentum buffers. Another group layout (--no-bn-weight-decay on one run only) is a
+    CheckpointError naming the flag."""
+    names = ["a", "b", "c"]
+    model = tiny()
+    saved_optimizer = build_optimizer(model, 0.05, torch.device("cpu"), momentum=0.9, nesterov=True, weight_decay=5e-4)
+    train(TrainStep, model, batches(2, 4, 64), optimizer=saved_optimizer)
+    save_checkpoint(
+        tmp_path / "last.pt",
+        training_state(
+            model,
+            saved_optimizer,
+            None,
+            model_name="tiny",
+            epoch=0,
+            category_ids=[1, 2, 3],
+            category_names=names,
+            best_ap=-1.0,
+            args={},
+        ),
+    )
+    resumed = tiny()
+    optimizer = build_optimizer(
+        resumed, 0.01, torch.device("cpu"), momentum=0.8, nesterov=False, weight_decay=1e-4, lr_as_tensor=True
+    )
+    optimizer.param_groups[0]["fused"] = True  # as a CUDA run builds it
+    lr = optimizer.param_groups[0]["lr"]
+    resume_training(tmp_path / "last.pt", resumed, optimizer, None, model_name="tiny", category_names=names)
+    group = optimizer.param_groups[0]
+    assert group["lr"] is lr and float(lr) == pytest.approx(0.01)
+    assert (group["momentum"], group["nesterov"], group["weight_decay"], group["fused"]) == (0.8, False, 1e-4, True)
+    for before, after in zip(saved_optimizer.param_groups[0]["params"], group["params"]):
+        assert torch.equal(optimizer.state[after]["momentum_buffer"], saved_optimizer.state[before]["momentum_buffer"])
+
+    split = build_optimizer(
+        tiny(), 0.01, torch.device("cpu"), momentum=0.9, nesterov=True, weight_decay=5e-4, decay_norms_and_biases=False
+    )
+    with pytest.raises(CheckpointError, match="--no-bn-weight-decay"):
+        resume_training(tmp_path / "last.pt", tiny(), split, None, model_name="tiny", category_names=names)
 
 
 def test_graph_step_creates_the_scaler_state_before_the_warm_up_and_restores_it_in_place():

@@ -93,3 +93,20 @@ def zero_momentum_buffers(optimizer: torch.optim.SGD) -> None:
         for param in group["params"]:
             if "momentum_buffer" not in optimizer.state[param]:
                 optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def load_optimizer_state(optimizer: torch.optim.SGD, saved: dict) -> None:
+    """Load the momentum buffers of `saved` (an optimizer.state_dict()) into `optimizer`; every setting
+    stays as this run built it. torch's load_state_dict also replaces each group's settings with the
+    saved ones, and a resumed run must not inherit them: not `fused` (a checkpoint of a CPU run would
+    make a GPU run's GradScaler hand its inf check to the unfused step, which refuses it), not the lr
+    tensor a captured CUDA graph reads (a float would be baked into the graph), not the momentum or weight
+    decay given on this command line (the run says it goes on with the new values).
+    Raises ValueError when the parameter groups differ in number or size."""
+    built = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, built):
+        group.update(settings)
+    if optimizer.defaults.get("fused"):
+        # Saved before any step (or after skipped ones only), the state has no buffers: see zero_momentum_buffers.
+        zero_momentum_buffers(optimizer)

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from ..checkpoint import CheckpointError, check_categories, load_checkpoint
+from .optimizer import load_optimizer_state
 
 
 def training_state(
@@ -68,7 +69,13 @@ def resume_training(
         )
     check_categories(ckpt.get("category_names", []), category_names, path, data, compare_names=check_names)
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        load_optimizer_state(optimizer, ckpt["optimizer"])
+    except ValueError as error:  # torch's message: another number or size of parameter groups
+        raise CheckpointError(
+            f"{path}: its optimizer state does not fit this run ({error}); was --no-bn-weight-decay given to "
+            "one run and not the other? Use the same flags or --no-resume"
+        ) from error
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     position = ckpt.get("position")
