@@ -68,13 +68,15 @@ def ssd300_fp16_step() -> TrainStep:
     return TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
 
 
-def time_fed_epoch(benchmark, train_step: TrainStep, loader, batch: int, *, step_alone: bool) -> None:
-    """Time one CUDA training epoch (3 rounds after 1 warm-up): `train_step` on every batch of `loader` (a
+def time_fed_epoch(
+    benchmark, train_step: TrainStep, loader, batch: int, *, step_alone: bool, device: str = "cuda", rounds: int = 3
+) -> None:
+    """Time one training epoch (`rounds` after 1 warm-up): `train_step` on every batch of `loader` (a
     candidate), or (step_alone: the baseline) on the loader's first batch len(loader) times, the rate the
     data path has to keep up with. Equal rates: the data keeps up."""
     batches = len(loader)
     if step_alone:
-        first = next(iter(loader)).to("cuda", channels_last=True)
+        first = next(iter(loader)).to(device, channels_last=True)
         fixed = (first.images.clone(), first.boxes.clone(), first.labels.clone())  # kept whatever the loader reuses
 
         def epoch():
@@ -85,9 +87,9 @@ def time_fed_epoch(benchmark, train_step: TrainStep, loader, batch: int, *, step
 
         def epoch():
             for data in loader:
-                data = data.to("cuda", channels_last=True)
+                data = data.to(device, channels_last=True)
                 loss = train_step(data.images, data.boxes, data.labels)
             return loss
 
     role = "baseline" if step_alone else "candidate"
-    run(benchmark, epoch, role=role, items=batch * batches, rounds=3, warmup=1, device="cuda")
+    run(benchmark, epoch, role=role, items=batch * batches, rounds=rounds, warmup=1, device=device)

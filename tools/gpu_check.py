@@ -53,7 +53,13 @@ BENCH_PARTS = {
         ),
         ("train_compiled_bf16_graphs", "test_train_step_cuda and ssd-b128 and compiled_reduce_overhead"),
     ],
-    "data_fed": [("train_data", "test_train_from_loader_cuda")],
+    # The GPU data path first (loader alone with 4 and 14 workers, then feeding SSD300 b128), then the PyTorch
+    # path feeding the same step.
+    "data_fed": [
+        ("loader_coco_sized", "test_loader_coco_sized_cuda"),
+        ("train_gpu_data", "test_train_from_gpu_loader_cuda"),
+        ("train_data", "test_train_from_loader_cuda"),
+    ],
     "inference": [("inference", "test_inference and cuda"), ("postprocess", "test_postprocess and cuda")],
     "ops": [("ops", "cuda and (test_match_encode or test_batched_nms or test_box_iou or test_box_decode)")],
 }
@@ -63,7 +69,7 @@ PHASE_CAPS = {
     "cuda_tests": 150,
     "ladder": 150,
     "compiled": 240,
-    "data_fed": 120,
+    "data_fed": 150,
     "inference": 60,
     "ops": 60,
     "sanitizers": 160,
