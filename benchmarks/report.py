@@ -197,13 +197,13 @@ def main(argv: list[str]) -> int:
         ((START, END), False, ROOT / "docs" / "speed.md"),
         ((EXPORT_START, EXPORT_END), True, ROOT / "docs" / "deploy.md"),
     ):
-        tables = [
-            table(json.loads(p.read_text()))
+        results = [
+            json.loads(p.read_text())
             for p in sorted(RESULTS.glob("*.json"))
-            if p.name != "latest.json"
-            and not p.name.startswith("quality-")  # quality.py's own table
-            and p.name.startswith("export-") == export
+            if p.name != "latest.json" and p.name.startswith("export-") == export
         ]
+        # quality.py and finetune.py write results of another kind (no groups), with tables of their own.
+        tables = [table(result) for result in results if "groups" in result]
         text = page.read_text()
         if start in text and end in text:
             page.write_text(fill_between(text, start, end, "\n\n".join(tables)))
