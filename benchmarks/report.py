@@ -164,6 +164,25 @@ def fill_between(text: str, start: str, end: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+# results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to docs/deploy.md,
+# the others to docs/speed.md: (start marker, end marker, export results?, page).
+PAGES = [
+    (START, END, False, ROOT / "docs" / "speed.md"),
+    (EXPORT_START, EXPORT_END, True, ROOT / "docs" / "deploy.md"),
+]
+
+
+def tables(export: bool) -> str:
+    """The tables of every results file of one page (export results or the others), as the page shows them."""
+    results = [
+        json.loads(p.read_text())
+        for p in sorted(RESULTS.glob("*.json"))
+        if p.name != "latest.json" and p.name.startswith("export-") == export
+    ]
+    # quality.py and finetune.py write results of another kind (no groups), with tables of their own.
+    return "\n\n".join(table(result) for result in results if "groups" in result)
+
+
 def merge(paths: list[str]) -> dict:
     """One pytest-benchmark JSON from several runs on the same machine (benchmarks concatenated)."""
     raws = [json.loads(Path(p).read_text()) for p in paths]
@@ -191,22 +210,10 @@ def main(argv: list[str]) -> int:
     target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
-    # results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to docs/deploy.md,
-    # the others to docs/speed.md.
-    for (start, end), export, page in (
-        ((START, END), False, ROOT / "docs" / "speed.md"),
-        ((EXPORT_START, EXPORT_END), True, ROOT / "docs" / "deploy.md"),
-    ):
-        results = [
-            json.loads(p.read_text())
-            for p in sorted(RESULTS.glob("*.json"))
-            if p.name != "latest.json" and p.name.startswith("export-") == export
-        ]
-        # quality.py and finetune.py write results of another kind (no groups), with tables of their own.
-        tables = [table(result) for result in results if "groups" in result]
+    for start, end, export, page in PAGES:
         text = page.read_text()
         if start in text and end in text:
-            page.write_text(fill_between(text, start, end, "\n\n".join(tables)))
+            page.write_text(fill_between(text, start, end, tables(export)))
             print(f"updated the {'export' if export else 'speed'} table in {page}")
     print(table(result))
     return 0

@@ -1,4 +1,4 @@
-"""What the code cites lives in the repository."""
+"""What the code cites lives in the repository, and the speed tables are generated, not typed."""
 
 import re
 from pathlib import Path
@@ -31,3 +31,13 @@ def test_cited_sections_of_the_design_document_exist():
         for n in re.findall(r"docs/ssd\.md(?:;[^)]*)? section (\d+)", p.read_text())
     }
     assert cited and all(n in sections for _, n in cited), sorted(cited)
+
+
+def test_the_speed_tables_are_generated_from_the_results_files():
+    """docs/speed.md and docs/deploy.md show between their markers exactly what benchmarks/report.py makes of
+    benchmarks/results/*.json: no table is typed by hand, and every results file can be read."""
+    import report  # benchmarks/report.py (on pytest's path: pyproject.toml)
+
+    for start, end, export, page in report.PAGES:
+        shown = page.read_text().split(start, 1)[1].split(end, 1)[0].strip()
+        assert shown == report.tables(export).strip(), page.name
