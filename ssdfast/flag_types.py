@@ -108,6 +108,23 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_policy_flags(
+    p: argparse.ArgumentParser,
+    base: DetectionPolicy,
+    *,
+    score_help: str | None = None,
+    max_det_help: str | None = None,
+    nms_help: str = "NMS IoU threshold",
+) -> None:
+    """The detection policy's flags of a tool, defaulting to `base` (read back by detection_policy):
+    --score-threshold and --max-det when their help is given, --nms-threshold always."""
+    if score_help:
+        p.add_argument("--score-threshold", type=score_threshold, default=base.score_threshold, help=score_help)
+    p.add_argument("--nms-threshold", type=nms_threshold, default=base.nms_threshold, help=nms_help)
+    if max_det_help:
+        p.add_argument("--max-det", type=integer(1, MAX_DETECTIONS), default=base.max_detections, help=max_det_help)
+
+
 def detection_policy(
     args: argparse.Namespace, base: DetectionPolicy = DETECTION_POLICY, *, max_det_flag: bool = True
 ) -> DetectionPolicy:

@@ -58,22 +58,13 @@ def get_args(argv=None):
         help="output image (one input image), folder (several images, or a "
         "name ending in '/'), or video; drawings keep the input file names",
     )
-    p.add_argument(
-        "--score-threshold",
-        type=flags.score_threshold,
-        default=DISPLAY_POLICY.score_threshold,
-        help="draw detections above this score",
-    )
-    p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=DISPLAY_POLICY.nms_threshold, help="NMS IoU threshold"
+    flags.add_policy_flags(
+        p,
+        DISPLAY_POLICY,
+        score_help="draw detections above this score",
+        max_det_help="at most this many detections per image (the best by score; the model gives at most its own)",
     )
     p.add_argument("--batch-size", type=flags.batch_size, default=8, help="images (or video frames) per forward pass")
-    p.add_argument(
-        "--max-det",
-        type=flags.integer(1, flags.MAX_DETECTIONS),
-        default=DISPLAY_POLICY.max_detections,
-        help="at most this many detections per image (the best by score; the model gives at most its own)",
-    )
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these class names")
     flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
     add_image_limit_args(p, outside_paths=False)

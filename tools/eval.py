@@ -58,15 +58,7 @@ def get_args(argv=None):
     p.add_argument(
         "--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)"
     )
-    p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=DETECTION_POLICY.nms_threshold, help="NMS IoU threshold"
-    )
-    p.add_argument(
-        "--score-threshold",
-        type=flags.score_threshold,
-        default=DETECTION_POLICY.score_threshold,
-        help="drop detections at or below this score",
-    )
+    flags.add_policy_flags(p, DETECTION_POLICY, score_help="drop detections at or below this score")
     p.add_argument(
         "--backend",
         choices=["pycocotools", "faster-coco-eval"],

@@ -70,20 +70,11 @@ def get_args(argv=None):
         action="store_false",
         help="output decoded boxes [B, A, 4] and class scores [B, A, C] instead (NMS left to the runtime)",
     )
-    p.add_argument(
-        "--score-threshold",
-        type=flags.score_threshold,
-        default=DETECTION_POLICY.score_threshold,
-        help="drop detections at or below this score (inside the graph)",
-    )
-    p.add_argument(
-        "--nms-threshold", type=flags.nms_threshold, default=DETECTION_POLICY.nms_threshold, help="NMS IoU threshold"
-    )
-    p.add_argument(
-        "--max-det",
-        type=flags.integer(1, flags.MAX_DETECTIONS),
-        default=DETECTION_POLICY.max_detections,
-        help="K: detections per image",
+    flags.add_policy_flags(
+        p,
+        DETECTION_POLICY,
+        score_help="drop detections at or below this score (inside the graph)",
+        max_det_help="K: detections per image",
     )
     return p.parse_args(argv)
 

@@ -84,11 +84,8 @@ def get_args(argv=None):
         default=0,
         help="linear lr warmup over this many iterations (NVIDIA uses 300)",
     )
-    p.add_argument(
-        "--nms-threshold",
-        type=flags.nms_threshold,
-        default=DETECTION_POLICY.nms_threshold,
-        help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)",
+    flags.add_policy_flags(
+        p, DETECTION_POLICY, nms_help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)"
     )
     p.add_argument(
         "--num-workers", type=flags.workers, default=4, help="data loading workers per process (DALI: threads)"
