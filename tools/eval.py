@@ -120,100 +120,115 @@ def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> Non
     )
 
 
-def main(argv=None) -> int:
-    args = get_args(argv)  # --help and usage errors before PyTorch is imported
+def load_model_and_data(args, rank: int, world: int, device):
+    """The detector (channels_last where it runs so) and the loader of the split, checked against each
+    other -> (model, meta, loader, policy, channels_last). Raises CheckpointError, FileNotFoundError or
+    ValueError naming the bad input."""
     import torch
-    import torch.distributed as dist
 
-    from ssdfast.checkpoint import CheckpointError, check_categories
+    from ssdfast.checkpoint import check_categories
     from ssdfast.data import build_loader
     from ssdfast.deployed import is_deployed
-    from ssdfast.engine import evaluate
     from ssdfast.inference import load_detector
-    from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed, use_channels_last
+    from ssdfast.runtime import use_channels_last
+
+    deployed = is_deployed(args.weights)
+    if deployed and args.amp:
+        raise ValueError("--amp applies to checkpoints: an exported model runs in the precision it was exported in")
+    policy = flags.detection_policy(args)
+    model, meta = load_detector(args.weights, device, policy=policy)
+    channels_last = use_channels_last(device) and not deployed
+    loader = build_loader(
+        args.data_path,
+        args.split,
+        train=False,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        rank=rank,
+        world_size=world,
+        backend=args.data_backend,
+        device=device,
+        channels_last=channels_last,
+        data_format=args.data_format,
+        ann_file=args.ann,
+        image_dir=args.images,
+        max_pixels=args.max_pixels,
+        allow_outside_paths=args.allow_outside_paths,
+    )
+    check_categories(
+        meta["category_names"],
+        loader.info.category_names,
+        args.weights,
+        args.data_path or args.ann,
+        compare_names=not args.ignore_category_names,
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, meta, loader, policy, channels_last
+
+
+def report(args, meta: dict, loader, outputs: dict[str, Path], evaluation) -> int:
+    """Rank 0 after the evaluation: write the detections and metrics files, print the table -> exit code."""
+    stats, table, results, image_ids = evaluation
+    voc = voc_map(loader.info.coco, results, image_ids) if loader.info.data_format == "voc" else None
+    metrics = {
+        "weights": str(args.weights),
+        "data_path": str(args.data_path or args.ann),
+        "split": args.split,
+        "backend": args.backend,
+        **(stats or {"note": table}),
+        "images_evaluated": len(image_ids),
+        "distinct_images_evaluated": len(set(image_ids)),
+        **({"voc_map50": voc} if voc else {}),
+    }
+    try:
+        write_outputs(outputs, results, metrics)
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(
+        f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, backend {args.backend}:"
+    )
+    print(table)
+    if stats:
+        print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}")
+    if voc:
+        print(f"VOC mAP@0.5: VOC07 (11-point) {voc['VOC07']:.4f}  VOC12 (all-point) {voc['VOC12']:.4f}")
+    print(f"{len(results)} detections written to {outputs['detections file']}, metrics to {outputs['metrics file']}")
+    return EXIT_DONE
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)  # --help and usage errors before PyTorch is imported
+    import torch.distributed as dist
+
+    from ssdfast.checkpoint import CheckpointError
+    from ssdfast.engine import evaluate
+    from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed
 
     rank, world, device = setup_distributed(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)
     try:
         outputs = output_paths(args) if rank == 0 else {}
-        deployed = is_deployed(args.weights)
-        if deployed and args.amp:
-            raise ValueError("--amp applies to checkpoints: an exported model runs in the precision it was exported in")
-        policy = flags.detection_policy(args)
-        model, meta = load_detector(args.weights, device, policy=policy)
-        loader = build_loader(
-            args.data_path,
-            args.split,
-            train=False,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            rank=rank,
-            world_size=world,
-            backend=args.data_backend,
-            device=device,
-            channels_last=use_channels_last(device) and not deployed,
-            data_format=args.data_format,
-            ann_file=args.ann,
-            image_dir=args.images,
-            max_pixels=args.max_pixels,
-            allow_outside_paths=args.allow_outside_paths,
-        )
-        check_categories(
-            meta["category_names"],
-            loader.info.category_names,
-            args.weights,
-            args.data_path or args.ann,
-            compare_names=not args.ignore_category_names,
-        )
+        model, meta, loader, policy, channels_last = load_model_and_data(args, rank, world, device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    channels_last = use_channels_last(device) and not deployed
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = autocast_dtype(device, args.amp)
-    stats, table, results, image_ids = evaluate(
+    evaluation = evaluate(
         model,
         loader,
         device,
         backend=args.backend,
-        amp_dtype=amp_dtype,
+        amp_dtype=autocast_dtype(device, args.amp),
         channels_last=channels_last,
         policy=policy,
         max_batches=args.max_batches,
         is_main=rank == 0,
     )
-    if rank == 0:
-        voc = voc_map(loader.info.coco, results, image_ids) if loader.info.data_format == "voc" else None
-        metrics = {
-            "weights": str(args.weights),
-            "data_path": str(args.data_path or args.ann),
-            "split": args.split,
-            "backend": args.backend,
-            **(stats or {"note": table}),
-            "images_evaluated": len(image_ids),
-            "distinct_images_evaluated": len(set(image_ids)),
-            **({"voc_map50": voc} if voc else {}),
-        }
-        try:
-            write_outputs(outputs, results, metrics)
-        except OutputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_ERROR
-        detections, metrics_file = outputs["detections file"], outputs["metrics file"]
-        print(
-            f"{meta['model_name']} ({args.weights}) on {args.data_path or args.ann} {args.split}, "
-            f"backend {args.backend}:"
-        )
-        print(table)
-        if stats:
-            print(f"AP {stats['AP']:.4f}  AP50 {stats['AP50']:.4f}  AP75 {stats['AP75']:.4f}")
-        if voc:
-            print(f"VOC mAP@0.5: VOC07 (11-point) {voc['VOC07']:.4f}  VOC12 (all-point) {voc['VOC12']:.4f}")
-        print(f"{len(results)} detections written to {detections}, metrics to {metrics_file}")
+    code = report(args, meta, loader, outputs, evaluation) if rank == 0 else EXIT_DONE
     if world > 1:
         dist.destroy_process_group()
-    return EXIT_DONE
+    return code
 
 
 if __name__ == "__main__":
