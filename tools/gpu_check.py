@@ -11,7 +11,8 @@ venv is made. Phases, most important first, each logged to --logs/<phase>.log:
   cuda_tests   the CUDA tests (pytest -m cuda; xdist when installed)
   ladder       training-step ladder: SSD300 b128 and SSDLite b128, fp32 -> AMP -> CUDA graphs
   compiled     the step of --compile: fp16, bf16, bf16 reduce-overhead (Inductor cache under --logs: a rerun is warm)
-  data_fed     SSD300 b128 fed by the PyTorch data path vs the same step on synthetic tensors
+  data_fed     GPU data path loader (4/14 workers) and SSD300 b128 fed by it or the PyTorch path vs synthetic tensors
+  profile      kernel families and BatchNorm kernels of the SSD300 b128 step in fp16 and bf16 (why bf16 is slower)
   inference    end-to-end inference (post-processing included), batch 1 and 64
   ops          CUDA ops against torchvision and the pure-PyTorch twins
   sanitizers   the CUDA op tests under compute-sanitizer memcheck, racecheck, synccheck, initcheck
@@ -70,6 +71,7 @@ PHASE_CAPS = {
     "ladder": 150,
     "compiled": 240,
     "data_fed": 150,
+    "profile": 60,
     "inference": 60,
     "ops": 60,
     "sanitizers": 160,
@@ -297,6 +299,21 @@ def phase_sanitizers(logs: Path, timeout: float, smoke: bool = False) -> dict:
     return {"ok": all(r["ok"] for r in results.values()), **results}
 
 
+def phase_profile(logs: Path, timeout: float, smoke: bool = False) -> dict:
+    """benchmarks/profile_step.py: where the SSD300 b128 step's GPU time goes, fp16 against bf16."""
+    out = logs / "profile.json"
+    out.unlink(missing_ok=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # the in-place build
+    cmd = [sys.executable, "benchmarks/profile_step.py", "--out", str(out), *(["--smoke"] if smoke else [])]
+    code, secs = run(cmd, logs / "profile.log", timeout, {"PYTHONPATH": path})
+    result = {"ok": code == 0, "seconds": round(secs, 1)}
+    if out.exists():  # what was profiled before a cut-off is kept
+        for dtype, found in json.loads(out.read_text()).items():
+            if isinstance(found, dict):
+                result[dtype] = {k: found[k] for k in ("kernel_ms_per_step", "families_pct", "batchnorm_kernels")}
+    return result
+
+
 def bench_phase(phase: str):
     """A phase made of benchmark parts (BENCH_PARTS[phase]), each published as soon as it ends."""
 
@@ -331,6 +348,7 @@ PHASE_FUNCTIONS = {
     "build": phase_build,
     "cuda_tests": phase_cuda_tests,
     "sanitizers": phase_sanitizers,
+    "profile": phase_profile,
     **{phase: bench_phase(phase) for phase in BENCH_PARTS},
 }
 assert set(PHASE_FUNCTIONS) == set(PHASES), "every phase needs one function"
