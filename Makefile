@@ -4,7 +4,7 @@
 #   make test-quick   the tests not marked slow (the edit loop)
 # Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table),
 #   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, training ladder,
-#   compiled step, data-fed step, inference, ops, sanitizers, in that order within BUDGET seconds (default 540)
+#   data-fed step, profile, compiled step, inference, ops, sanitizers, in that order within BUDGET seconds (default 540)
 #   -> benchmarks/results/<gpu>.json; see tools/gpu_check.py), make clean.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -29,7 +29,7 @@ export MAX_JOBS
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: install test test-quick demo bench gpu clean
+.PHONY: install test test-quick demo bench gpu gpu-wheels clean
 # make gpu uses the python that already has torch (no venv).
 GPU_PYTHON ?= python3
 
@@ -70,8 +70,18 @@ bench: install
 	$(PY) benchmarks/report.py benchmarks/results/latest.json
 
 BUDGET ?= 540
+# The GPU machine may lack packages and network (the lent H200 has no pycocotools): `make gpu-wheels` here puts
+# their wheels for its Python in .whl/ (git-ignored; carry it there), and `make gpu` installs them first.
+GPU_WHEELS ?= pycocotools==2.0.11
+GPU_WHEEL_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
 gpu:
-	$(GPU_PYTHON) tools/gpu_check.py --budget $(BUDGET)
+	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
+	  --upgrade --target .gpu_site .whl/*.whl || exit 1; fi; \
+	PYTHONPATH=$(CURDIR)/.gpu_site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) tools/gpu_check.py --budget $(BUDGET)
 
 clean:
-	rm -rf build *.egg-info ssdfast/*.so $(VENV) demo_output gpu_check_logs
+	rm -rf build *.egg-info ssdfast/*.so $(VENV) demo_output gpu_check_logs .gpu_site

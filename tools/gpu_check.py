@@ -10,12 +10,14 @@ venv is made. Phases, most important first, each logged to --logs/<phase>.log:
   build        compile ssdfast._C in place against the installed torch, for the visible GPU (+ compiler check)
   cuda_tests   the CUDA tests (pytest -m cuda; xdist when installed)
   ladder       training-step ladder: SSD300 b128 and SSDLite b128, fp32 -> AMP -> CUDA graphs
-  compiled     the step of --compile: fp16, bf16, bf16 reduce-overhead (Inductor cache under --logs: a rerun is warm)
   data_fed     GPU data path loader (4/14 workers) and SSD300 b128 fed by it or the PyTorch path vs synthetic tensors
   profile      kernel families and BatchNorm kernels of the SSD300 b128 step in fp16 and bf16 (why bf16 is slower)
+  compiled     the step of --compile: fp16, bf16, bf16 reduce-overhead (Inductor cache under --logs: a rerun is warm)
   inference    end-to-end inference (post-processing included), batch 1 and 64
   ops          CUDA ops against torchvision and the pure-PyTorch twins
   sanitizers   the CUDA op tests under compute-sanitizer memcheck, racecheck, synccheck, initcheck
+Python packages the tests import must be there: a missing one stops the run at once, naming it (`make gpu-wheels`
+here and `make gpu` there carry and install them for a machine without network).
 Each phase runs for at most its own cap and never past the budget that is left; after each phase
 benchmarks/results/<gpu>.json holds everything measured so far (with the check results) and docs/speed.md's
 table is regenerated, so a run that is cut off keeps what it measured. Without a GPU (and without --smoke)
@@ -69,9 +71,9 @@ PHASE_CAPS = {
     "build": 240,
     "cuda_tests": 150,
     "ladder": 150,
-    "compiled": 240,
     "data_fed": 150,
     "profile": 60,
+    "compiled": 240,
     "inference": 60,
     "ops": 60,
     "sanitizers": 160,
@@ -250,7 +252,8 @@ def run_tests(cmd: list[str], log: Path, timeout: float, env: dict | None, smoke
     if smoke:
         code, secs = collect(cmd, log)
         return {"ok": code == 0, "collected": int(log.read_text().split()[-3]), "seconds": round(secs, 1)}
-    code, secs = run(cmd, log, timeout, env)
+    # One module that cannot be imported there must not leave the phase without its other tests.
+    code, secs = run([*cmd, "--continue-on-collection-errors"], log, timeout, env)
     return {"ok": code == 0, "seconds": round(secs, 1), **pytest_counts(log)}
 
 
@@ -364,6 +367,16 @@ def publish(logs: Path, checks: dict) -> None:
     subprocess.run([sys.executable, "benchmarks/report.py", *parts, "--checks", str(state)], cwd=ROOT)
 
 
+# What the tests and benchmarks import besides torch (a module missing there leaves whole phases without tests).
+REQUIRED_MODULES = ["pycocotools", "cv2", "numpy", "pytest", "pytest_benchmark", "PIL", "tqdm"]
+
+
+def missing_modules() -> list[str]:
+    import importlib.util
+
+    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+
+
 def print_plan(phases: list[str]) -> None:
     print("gpu_check: no CUDA GPU visible, nothing to verify here. On a GPU machine this would run, in this order:")
     for phase in phases:
@@ -379,6 +392,14 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.smoke:
         print_plan(phases)
         return 0
+    missing = missing_modules()
+    if missing:
+        print(
+            f"gpu_check: missing Python packages: {', '.join(missing)}; without network, carry their wheels: "
+            "`make gpu-wheels GPU_WHEELS='NAME==VERSION ...'` on a machine with pip, then `make gpu` here installs .whl/",
+            file=sys.stderr,
+        )
+        return 1
     logs = ROOT / args.logs
     logs.mkdir(parents=True, exist_ok=True)
     device = (
