@@ -7,6 +7,7 @@ from conftest import run
 
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
 from ssdfast.models import build_model
+from ssdfast.training.optimizer import zero_momentum_buffers
 from ssdfast.training.step import TrainStep
 
 
@@ -65,6 +66,7 @@ def ssd300_fp16_step() -> TrainStep:
     torch.backends.cudnn.benchmark = True
     model = build_model("ssd", num_classes=80).cuda().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=True)
+    zero_momentum_buffers(optimizer)  # as build_optimizer does: a skipped first fp16 step must not leave garbage
     return TrainStep(model, optimizer, amp_dtype=torch.float16, scaler=torch.amp.GradScaler("cuda"))
 
 

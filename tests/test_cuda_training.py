@@ -11,6 +11,7 @@ from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 from ssdfast.training.epoch import train_one_epoch
+from ssdfast.training.optimizer import zero_momentum_buffers
 from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 
 pytestmark = [CUDA, pytest.mark.cuda]
@@ -123,12 +124,14 @@ class FixedLoader:
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16_gradscaler"])
 def test_no_host_sync_between_log_points(amp_dtype):
     """train_one_epoch under torch.cuda.set_sync_debug_mode("error"): any sync outside the marked
-    log points raises. fp16 includes GradScaler with fused SGD (its inf check stays on the device)."""
+    log points raises, Batch.to's normalisation of uint8 images included. fp16 includes GradScaler with
+    fused SGD (its inf check stays on the device)."""
     from ssdfast.data.batch import Batch
 
     torch.manual_seed(0)
     model = build_model("ssdlite", num_classes=4, backbone_weights="none").cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
+    zero_momentum_buffers(optimizer)  # as build_optimizer does for fused SGD
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     step = TrainStep(model, optimizer, amp_dtype=amp_dtype, scaler=scaler)
     batches = []
@@ -136,7 +139,8 @@ def test_no_host_sync_between_log_points(amp_dtype):
         boxes, labels = ground_truth(2, seed=i, device="cpu")
         batches.append(
             Batch(
-                torch.randn(2, 3, 300, 300).pin_memory(),
+                # uint8, as the loaders ship them: Batch.to normalises on the device (no host copy allowed there)
+                torch.randint(0, 256, (2, 3, 300, 300), dtype=torch.uint8).pin_memory(),
                 boxes.pin_memory(),
                 labels.pin_memory(),
                 torch.arange(2),

@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 import torch
 import train  # tools/train.py (pyproject.toml puts tools/ on pytest's path)
-from conftest import tool, train_args
+from conftest import CUDA, tool, train_args
 from PIL import Image
 
 from ssdfast.data import CocoDetection, build_loader, read_image
 from ssdfast.data import transforms as T
-from ssdfast.data.gpu_pipeline import JpegSamples, augment, crop_resize, decode, draw_augmentation, orient
+from ssdfast.data.gpu_pipeline import (
+    GpuAugment,
+    JpegSamples,
+    augment,
+    crop_resize,
+    decode,
+    draw_augmentation,
+    orient,
+)
 from ssdfast.data.jpeg_header import read_jpeg_header
 
 EPOCHS = (0, 3)
@@ -281,6 +289,54 @@ def test_loader_batches_match_pytorch_loader(odd_files):
         assert ours.images.dtype == torch.float32 and ours.images.is_contiguous(memory_format=torch.channels_last)
         assert (theirs.to("cpu").images - ours.images).abs().mean() < 0.05 / 255 / 0.225
     assert sum(len(b.skipped) for b in loaders[1]) == 1
+
+
+@CUDA
+@pytest.mark.cuda
+def test_gpu_loader_on_cuda_matches_its_cpu_twin(odd_files):
+    """The GPU path on CUDA (nvJPEG, side stream, double buffers) against the same code on CPU tensors: the
+    same ids, boxes, labels and unreadable files; pixels close, in uint8 levels (nvJPEG's chroma upsampling and
+    IDCT are not libjpeg's, and the CUDA resize rounds floats: the bound is loose, the numbers are printed)."""
+    loaders = {
+        device: build_loader(
+            odd_files, "train", train=True, batch_size=4, num_workers=2, backend="gpu", device=device, seed=3
+        )
+        for device in ("cpu", "cuda")
+    }
+    for loader in loaders.values():
+        loader.set_epoch(1)
+    diffs = []
+    for cpu, cuda in zip(loaders["cpu"], loaders["cuda"]):
+        images = cuda.images.float().cpu()  # now: the next batch overwrites this buffer
+        assert cpu.image_ids.tolist() == cuda.image_ids.tolist() and cpu.skipped == cuda.skipped
+        assert torch.equal(cpu.boxes, cuda.boxes.cpu()) and torch.equal(cpu.labels, cuda.labels.cpu())
+        std = torch.tensor(T.IMAGENET_STD).view(1, 3, 1, 1)
+        diffs.append(((cpu.images - images).abs() * std * 255).flatten())
+    levels = torch.cat(diffs)
+    print(
+        f"\nCUDA vs CPU: mean {levels.mean():.3f} levels, 99th percentile {levels.quantile(0.99):.2f}, max {levels.max():.1f}"
+    )
+    assert levels.mean() < 1.0 and levels.quantile(0.99) <= 4
+
+
+@CUDA
+@pytest.mark.cuda
+def test_gpu_augment_makes_no_host_sync_after_decoding(coco_sized):
+    """GpuAugment.assemble (crop, resize, flip, jitter, normalise: on the loader's side stream after it waited
+    for the queued steps) under set_sync_debug_mode("error"): a host sync there would stall the host until the
+    steps end, and the next batch would no longer be prepared while a step runs. The decode before it syncs on
+    purpose (torchvision issue 9606)."""
+    dataset = CocoDetection(coco_sized, "train")
+    samples = [JpegSamples(dataset)[(0, index)] for index in range(4)]
+    augment = GpuAugment(torch.device("cuda"), train=True, max_boxes=8)
+    augment(samples)  # once before: the per-device constants are made (and copied) at the first batch
+    decoded = augment.decode(samples)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch = augment.assemble(*decoded)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert batch.images.shape == (4, 3, 300, 300) and batch.images.is_cuda
 
 
 def test_unknown_backend_is_refused(coco_sized):

@@ -10,6 +10,8 @@ Costs about a dozen elementwise passes over [B, 3, H, W]: memory-bound, well bel
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -45,8 +47,10 @@ def adjust_bcs(images: Tensor, brightness: Tensor, contrast: Tensor, saturation:
     return saturate(x * per_image(saturation) + grey * per_image(1 - saturation.double()))
 
 
-def division_tables(device) -> tuple[Tensor, Tensor]:
-    """OpenCV's RGB2HSV_b tables: round((255 << 12) / v) for saturation, round((180 << 12) / (6 d)) for hue."""
+@functools.lru_cache(maxsize=16)
+def division_tables(device: torch.device) -> tuple[Tensor, Tensor]:
+    """OpenCV's RGB2HSV_b tables: round((255 << 12) / v) for saturation, round((180 << 12) / (6 d)) for hue.
+    Made once per device (the tables and sector_table are reused by every batch, without a host copy)."""
     i = torch.arange(256, dtype=torch.float64, device=device)
     sdiv = torch.where(i > 0, ((255 << HSV_SHIFT) / i).round(), 0.0).to(torch.int32)
     hdiv = torch.where(i > 0, ((HUE_RANGE << HSV_SHIFT) / (6 * i)).round(), 0.0).to(torch.int32)
@@ -66,6 +70,12 @@ def rgb_to_hsv(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.where(h < 0, h + HUE_RANGE, h), s, v
 
 
+@functools.lru_cache(maxsize=16)
+def sector_table(device: torch.device) -> Tensor:
+    """SECTOR_RGB as a [6, 3] int64 tensor on `device`, made once per device (a host copy waits for the stream)."""
+    return torch.tensor(SECTOR_RGB, device=device)
+
+
 def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     """int32 h, s, v [B, H, W] -> uint8-valued float32 [B, 3, H, W]: cvtColor(HSV2RGB) as OpenCV's
     vectorised loop computes it, in float32 and truncated (its scalar loop, used for the last few pixels
@@ -75,7 +85,7 @@ def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     sector = hue.trunc()
     f = hue - sector
     table = torch.stack([val, val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))])  # [4, B, H, W]
-    pick = torch.tensor(SECTOR_RGB, device=h.device)[sector.long() % 6]  # [B, H, W, 3]
+    pick = sector_table(h.device)[sector.long() % 6]  # [B, H, W, 3]
     rgb = torch.gather(table, 0, pick.permute(3, 0, 1, 2))  # [3, B, H, W]
     return (rgb.transpose(0, 1) * 255.0).trunc().clamp_(0, 255)
 

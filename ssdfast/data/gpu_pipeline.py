@@ -55,7 +55,9 @@ def draw_augmentation(boxes: np.ndarray, labels: np.ndarray, rng: np.random.Gene
 def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """What a worker ships of an image file: {"jpeg": bytes [N] uint8, "orientation": EXIF 1..8} for a
     complete colour JPEG, {"pixels": [3, H, W] uint8} for anything else OpenCV reads (read_image), or
-    {"unreadable": path}, also for a header that claims more than max_pixels (never decoded)."""
+    {"unreadable": path}, also for a header that claims more than max_pixels (never decoded). NumPy arrays,
+    not tensors: they are pickled through the worker's pipe, where each tensor would hold a shared-memory
+    file descriptor in the main process until freed (thousands with 14 workers of batch 128)."""
     try:
         raw = path.read_bytes()
     except OSError:
@@ -64,11 +66,11 @@ def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     if header and header.width * header.height > max_pixels:
         return {"unreadable": str(path)}
     if header and header.components == 3 and header.huffman and raw.rfind(b"\xff\xd9") > raw.rfind(b"\xff\xda"):
-        return {"jpeg": torch.frombuffer(bytearray(raw), dtype=torch.uint8), "orientation": header.orientation}
+        return {"jpeg": np.frombuffer(bytearray(raw), dtype=np.uint8), "orientation": header.orientation}
     image = read_image(path, max_pixels)
     if image is None:
         return {"unreadable": str(path)}
-    return {"pixels": torch.from_numpy(image).permute(2, 0, 1).contiguous()}
+    return {"pixels": np.ascontiguousarray(image.transpose(2, 0, 1))}
 
 
 class JpegSamples(Dataset):
@@ -112,10 +114,11 @@ def decode(samples: list[dict], device: torch.device) -> list[torch.Tensor | Non
     go through one batched decode_jpeg; if it fails, one by one, then OpenCV (read_image) for the rest."""
     jpegs = [i for i, s in enumerate(samples) if "jpeg" in s]
     images: list[torch.Tensor | None] = [
-        s["pixels"].to(device, non_blocking=True) if "pixels" in s else None for s in samples
+        torch.from_numpy(s["pixels"]).to(device, non_blocking=True) if "pixels" in s else None for s in samples
     ]
     if jpegs:
-        for i, image in zip(jpegs, decode_jpegs([samples[i]["jpeg"] for i in jpegs], device)):
+        data = [torch.from_numpy(samples[i]["jpeg"]) for i in jpegs]
+        for i, image in zip(jpegs, decode_jpegs(data, device)):
             images[i] = (
                 orient(image, samples[i]["orientation"])
                 if image is not None
@@ -161,6 +164,11 @@ def augment(images: torch.Tensor, flips: torch.Tensor, jitter: torch.Tensor | No
     to within a level) and colour-jittered with per-image factors [B, 4] (None: no jitter)."""
     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
     return images if jitter is None else batched_color.color_jitter(images, jitter)
+
+
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device` without a host sync (pinned memory, asynchronous copy on CUDA)."""
+    return values.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else values
 
 
 class GpuAugment:
@@ -210,8 +218,10 @@ class GpuAugment:
     def pixels(self, images: list[torch.Tensor], samples: list[dict], out: torch.Tensor | None) -> torch.Tensor:
         """Decoded images -> [B, 3, S, S] normalised `dtype`, channels_last (into out[:B] when given)."""
         resized = torch.stack([crop_resize(image, s["crop"], self.size) for image, s in zip(images, samples)])
-        flips = torch.tensor([s["flip"] for s in samples], device=self.device)
-        jitter = torch.tensor([s["jitter"] for s in samples], dtype=torch.float64, device=self.device)
+        # Per-image parameters cross from pinned memory without waiting: this runs on the side stream after
+        # it waited for the steps, where a synchronous copy would stall the host until they finish.
+        flips = to_device(torch.tensor([s["flip"] for s in samples]), self.device)
+        jitter = to_device(torch.tensor([s["jitter"] for s in samples], dtype=torch.float64), self.device)
         normalised = normalise(augment(resized, flips, jitter if self.train else None))
         if out is None:
             out = torch.empty_like(normalised, dtype=self.dtype, memory_format=torch.channels_last)
@@ -223,8 +233,8 @@ class GpuLoader(TorchLoader):
     sharding, shuffling, (seed, epoch, index) keying and mid-epoch restart) feeding GpuAugment.
 
     On CUDA, GpuAugment runs on a side stream into two preallocated buffers used in turn: batch i+1 is
-    decoded and augmented while the step on batch i runs. A batch's images stay valid until the batch
-    after the next one is taken (keep a copy to hold them longer)."""
+    decoded and augmented while the step on batch i runs. A batch's images are overwritten once the
+    next batch is taken (work already queued on them is safe; keep a copy to hold them longer)."""
 
     def __init__(self, dataset: CocoDetection, loader: DataLoader, augment: GpuAugment):
         super().__init__(dataset, loader)  # set_epoch and __len__ as the PyTorch path's
@@ -270,7 +280,8 @@ class GpuLoader(TorchLoader):
         stream = torch.cuda.current_stream(self.augment.device)
         stream.wait_event(ready)
         for tensor in (batch.boxes, batch.labels):
-            tensor.record_stream(stream)
+            if tensor.is_cuda:  # an all-unreadable batch is Batch.empty, on the host (record_stream has no CPU kernel)
+                tensor.record_stream(stream)
         return batch
 
 

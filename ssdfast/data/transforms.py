@@ -13,6 +13,8 @@ All randomness comes from the numpy Generator passed in, so a sample is reproduc
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -186,10 +188,19 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return out.permute(1, 2, 0).numpy()
 
 
+@functools.lru_cache(maxsize=16)
+def imagenet_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std [3, 1, 1] float32 on `device`, made once per device: making a tensor from
+    host values copies it and waits for the stream (a host sync on CUDA), which must not happen every batch."""
+    return (
+        torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+        torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1),
+    )
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> ImageNet-normalised float32, (x / 255 - mean) / std, on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    mean, std = imagenet_mean_std(images.device)
     return (images.float() / 255.0 - mean) / std
 
 
