@@ -263,6 +263,35 @@ def test_resuming_keeps_this_runs_optimizer_settings_and_takes_the_saved_momentu
         resume_training(tmp_path / "last.pt", tiny(), split, None, model_name="tiny", category_names=names)
 
 
+def test_resumed_momentum_buffers_take_their_parameters_memory_layout(tmp_path):
+    """A checkpoint of an NCHW run (a CPU run) resumed into a channels_last model (a GPU run): each momentum
+    buffer gets its parameter's strides (fused SGD's kernel refuses mismatched ones) and keeps its values."""
+    names = ["a", "b", "c"]
+    model = ssdlite()
+    optimizer = sgd(model)
+    train(TrainStep, model, batches(1, 2, 300), optimizer=optimizer)
+    state = training_state(
+        model,
+        optimizer,
+        None,
+        model_name="ssdlite",
+        epoch=0,
+        category_ids=[1, 2, 3],
+        category_names=names,
+        best_ap=-1.0,
+        args={},
+    )
+    save_checkpoint(tmp_path / "last.pt", state)
+    resumed = ssdlite().to(memory_format=torch.channels_last)
+    resumed_optimizer = sgd(resumed, fused=True)
+    resume_training(tmp_path / "last.pt", resumed, resumed_optimizer, None, model_name="ssdlite", category_names=names)
+    saved = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert any(buffer.stride() != param.stride() for buffer, param in zip(saved, resumed.parameters()))
+    for param, buffer in zip(resumed.parameters(), saved):
+        loaded = resumed_optimizer.state[param]["momentum_buffer"]
+        assert loaded.stride() == param.stride() and torch.equal(loaded, buffer)
+
+
 def test_graph_step_creates_the_scaler_state_before_the_warm_up_and_restores_it_in_place():
     """What the CUDA-graph step does around its warm-up, on CPU: the scaler's scale and growth tracker
     exist before it (so the graph reads those tensors), and the warm-up's changes to them (a skipped

@@ -10,12 +10,13 @@ import torch
 import train  # tools/train.py (on pytest's path: pyproject.toml): its argument parser makes the runs' arguments
 from conftest import resume_args
 
-from ssdfast.checkpoint import load_checkpoint
+from ssdfast.checkpoint import load_checkpoint, save_checkpoint
 from ssdfast.exit_codes import EXIT_DONE, EXIT_STOPPED
 from ssdfast.models import canonical_name
 from ssdfast.preemption import StopRequest
 from ssdfast.training import run as run_module
 from ssdfast.training.run import TrainingRun
+from ssdfast.training.run_log import RunLog
 
 
 def arguments(data, folder, *extra, epochs=1):
@@ -186,3 +187,63 @@ def test_a_finished_run_says_so_and_a_resumed_one_lists_its_changed_arguments(sy
     assert "already finished at epoch 0; nothing to train (raise --epochs or choose a new --save-folder)" in out
     assert "--lr 0.01 (was 0.05)" in out and (folder / "last.pt").read_bytes() == before
     assert json.loads((folder / "args.json").read_text())["lr"] == 0.01  # the arguments now in force
+    # The changes are told against what last.pt was trained with (lr 0.05), not against args.json.
+    assert started(TrainingRun(arguments(synthetic_coco, folder, epochs=2))).train() == EXIT_DONE
+    out = capsys.readouterr().out
+    assert "--epochs 2 (was 1)" in out and "--lr" not in out
+
+
+def ids_of(loader, epoch: int, start_batch: int = 0, batches: int | None = None) -> list[int]:
+    loader.set_epoch(epoch, start_batch=start_batch)
+    return [i for n, batch in enumerate(loader) if batches is None or n < batches for i in batch.image_ids.tolist()]
+
+
+def test_a_new_batch_size_mid_epoch_goes_on_after_the_images_already_trained(synthetic_coco, tmp_path, capsys):
+    """Stopped after 3 batches of 2 (6 of the epoch's 24 images), resumed with batches of 4: it goes on at
+    batch 1 (after 4 images: 2 are trained again), not at batch 3 (which would skip 6 images)."""
+    whole_epoch = ["--iters-per-epoch", 100]
+    stopped = StopsDuringStep(arguments(synthetic_coco, tmp_path, *whole_epoch, "--batch-size", 2), stop_at_step=3)
+    assert started(stopped).train() == EXIT_STOPPED
+    resumed = started(TrainingRun(arguments(synthetic_coco, tmp_path, *whole_epoch, "--batch-size", 4)))
+    assert resumed.resumed_iteration == 1
+    out = capsys.readouterr().out
+    assert "it trained 6 images of epoch 0 in batches of 2; in batches of 4 this run goes on after 4 of them" in out
+    assert "--batch-size 4 (was 2)" in out
+    first, rest = ids_of(stopped.train_loader, 0, batches=3), ids_of(resumed.train_loader, 0, start_batch=1)
+    assert sorted(set(first) | set(rest)) == list(range(1, 25)) and len(first) + len(rest) == 24 + 2
+    assert resumed.train() == EXIT_DONE
+    # TensorBoard's steps go on from where the stopped run was (step 3), in the new run's steps: 3 + 5 = 8.
+    assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 8
+
+
+def test_resuming_with_another_number_of_processes_warns_also_at_an_epoch_end(synthetic_coco, tmp_path, capsys):
+    """A checkpoint written by 2 processes (its stored world) resumed by 1 at an epoch boundary."""
+    assert started(TrainingRun(arguments(synthetic_coco, tmp_path))).train() == EXIT_DONE
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["world"] == 1 and state["position"] is None
+    save_checkpoint(tmp_path / "last.pt", {**state, "world": 2})
+    capsys.readouterr()
+    started(TrainingRun(arguments(synthetic_coco, tmp_path, epochs=2)))
+    assert "was written by 2 processes, this run has 1: the global batch, lr and data order change" in (
+        capsys.readouterr().out
+    )
+
+
+def test_no_resume_sets_the_previous_run_aside_instead_of_overwriting_it(synthetic_coco, tmp_path, capsys):
+    assert started(TrainingRun(arguments(synthetic_coco, tmp_path, "--keep-checkpoints", 1))).train() == EXIT_DONE
+    before = {name: (tmp_path / name).read_bytes() for name in ("last.pt", "epoch_000.pt", "log.jsonl", "args.json")}
+    assert started(TrainingRun(arguments(synthetic_coco, tmp_path, "--no-resume", "--lr", 0.02))).train() == EXIT_DONE
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("previous_run_")]
+    assert (
+        len(aside) == 1 and f"the previous run's files in {tmp_path} are now in {aside[0]}" in capsys.readouterr().out
+    )
+    assert {name: (aside[0] / name).read_bytes() for name in before} == before
+    assert load_checkpoint(tmp_path / "last.pt")["args"]["lr"] == 0.02  # the new run's, beside none of the old files
+    # A log of its own (same recipe, as many lines), not appended to the old run's.
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(before["log.jsonl"].decode().splitlines())
+
+
+def test_the_tensorboard_steps_go_on_from_the_resumed_step():
+    log = RunLog(steps_per_epoch=5, resumed_at=12, start=(2, 1))  # 12: where a run with other batches stopped
+    assert (log.step(2, 1), log.step(2, 4), log.step(3, 0)) == (12, 15, 16)
+    assert RunLog(steps_per_epoch=5, resumed_at=11, start=(2, 1)).step(3, 0) == 15  # unchanged: epoch x 5 + it

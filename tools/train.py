@@ -164,7 +164,8 @@ def get_args(argv=None):
     p.add_argument(
         "--no-resume",
         action="store_true",
-        help="start from scratch even if SAVE_FOLDER/last.pt exists (it is overwritten)",
+        help="start from scratch even if SAVE_FOLDER/last.pt exists (the previous run's files are moved "
+        "into SAVE_FOLDER/previous_run_<time>/)",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -101,12 +101,18 @@ def load_optimizer_state(optimizer: torch.optim.SGD, saved: dict) -> None:
     saved ones, and a resumed run must not inherit them: not `fused` (a checkpoint of a CPU run would
     make a GPU run's GradScaler hand its inf check to the unfused step, which refuses it), not the lr
     tensor a captured CUDA graph reads (a float would be baked into the graph), not the momentum or weight
-    decay given on this command line (the run says it goes on with the new values).
+    decay given on this command line (the run says it goes on with the new values). Each buffer takes its
+    parameter's memory layout: a buffer saved by an NCHW run (a CPU run) beside a channels_last parameter
+    (a GPU run) fails fused SGD's check that parameters, gradients and buffers share strides.
     Raises ValueError when the parameter groups differ in number or size."""
     built = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
     for group, settings in zip(optimizer.param_groups, built):
         group.update(settings)
+        for param in group["params"]:
+            buffer = optimizer.state[param].get("momentum_buffer")
+            if buffer is not None and buffer.stride() != param.stride():
+                optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
     if optimizer.defaults.get("fused"):
         # Saved before any step (or after skipped ones only), the state has no buffers: see zero_momentum_buffers.
         zero_momentum_buffers(optimizer)

@@ -15,7 +15,6 @@ checkpoints and logs.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,8 +38,11 @@ from .checkpoint_schedule import CheckpointSchedule
 from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
 from .optimizer import LrSchedule, build_optimizer, scaled_lr
 from .run_log import RunLog
-from .state import keep_epoch_copy, resume_training, training_state
+from .state import ResumePoint, keep_epoch_copy, resume_training, set_aside_previous_run, training_state
 from .step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
+
+# Arguments that choose where a new run starts from: a resumed run starts from last.pt whatever they say.
+STARTING_POINT_ARGS = {"weights", "backbone_weights", "no_resume"}
 
 
 class TrainingRun:
@@ -67,6 +69,7 @@ class TrainingRun:
         self.last = self.save_folder / "last.pt"
         self.tensorboard_folder = Path(args.log_path) if args.log_path else self.save_folder / "tensorboard"
         self.start_epoch, self.best_ap, self.position = 0, -1.0, None  # resume() reads them from last.pt
+        self.resumed_from: ResumePoint | None = None  # how last.pt was trained, when the run resumes
         self.curves: dict = {}  # the last evaluation's precision-recall curves (pr.png)
         self.log = RunLog()  # start() opens the files on rank 0
 
@@ -171,12 +174,18 @@ class TrainingRun:
             print(f"{weights}: {report}")
 
     def resume(self) -> None:
-        """Continue from last.pt unless --no-resume: weights, optimizer, scaler, best AP and where to go on.
-        Every rank reads it, and the ranks check that they found the same one (a collective)."""
+        """Continue from last.pt unless --no-resume (which sets the previous run's files aside): weights,
+        optimizer, scaler, best AP and where to go on. Every rank reads it, and the ranks check that they found
+        the same one (a collective)."""
         args = self.args
-        if args.no_resume or not self.last.exists():
+        if args.no_resume:
+            aside = set_aside_previous_run(self.save_folder) if self.is_main else None
+            if aside:
+                print(f"--no-resume: the previous run's files in {self.save_folder} are now in {aside}")
             return
-        self.start_epoch, self.best_ap, self.position = resume_training(
+        if not self.last.exists():
+            return
+        point = resume_training(
             self.last,
             self.model,
             self.optimizer,
@@ -186,32 +195,54 @@ class TrainingRun:
             check_names=not args.ignore_category_names,
             data=args.data_path,
         )
+        self.resumed_from = point
+        self.start_epoch, self.best_ap, self.position = point.start_epoch, point.best_ap, point.position
+        rebatched = self.rebatch_position()
         if not self.agreement.same([self.start_epoch, self.resumed_iteration]):
             raise ValueError(
                 f"the ranks found different checkpoints in {self.save_folder}: every rank must see the "
                 "same save folder (a shared file system)"
             )
         if self.is_main:
-            self.say_where_it_resumes()
+            self.say_where_it_resumes(rebatched)
+
+    def rebatch_position(self) -> str | None:
+        """A run stopped mid-epoch with another global batch (--batch-size or the number of processes changed)
+        continues after the same number of the epoch's images, not after the same number of batches (which would
+        skip or repeat images) -> what changed, or None."""
+        position, batch = self.position, self.args.batch_size * self.world
+        if not position:
+            return None
+        saved_batch = position.get("world", self.world) * position.get("batch_size", batch)
+        if saved_batch == batch:
+            return None
+        done = position["iteration"] * saved_batch
+        self.position = {**position, "iteration": done // batch}
+        return (
+            f"it trained {done} images of epoch {position['epoch']} in batches of {saved_batch}; in batches of "
+            f"{batch} this run goes on after {done // batch * batch} of them"
+        )
 
     @property
     def resumed_iteration(self) -> int:
         return self.position["iteration"] if self.position else 0
 
-    def say_where_it_resumes(self) -> None:
+    def say_where_it_resumes(self, rebatched: str | None) -> None:
         if not self.position:
             print(
                 f"resuming from {self.last}: epoch {self.start_epoch - 1} done, continuing at epoch {self.start_epoch}"
             )
-            return
-        it = self.resumed_iteration
-        print(
-            f"resuming from {self.last}: epoch {self.start_epoch} stopped after {it} iteration(s), "
-            f"continuing with iteration {it} (0-based)"
-        )
-        if self.position.get("world", self.world) != self.world:
+        else:
+            it = self.resumed_iteration
             print(
-                f"warning: {self.last} was written by {self.position['world']} processes, this run has "
+                f"resuming from {self.last}: epoch {self.start_epoch} stopped, continuing with iteration {it} (0-based)"
+            )
+        if rebatched:
+            print(f"warning: {self.last}: {rebatched}")
+        saved_world = self.resumed_from.world if self.resumed_from else None
+        if saved_world is not None and saved_world != self.world:
+            print(
+                f"warning: {self.last} was written by {saved_world} processes, this run has "
                 f"{self.world}: the global batch, lr and data order change, so this continues as a different run"
             )
 
@@ -233,21 +264,20 @@ class TrainingRun:
             self.open_log()
 
     def record_arguments(self) -> None:
-        """SAVE_FOLDER/args.json: this run's arguments. A resumed run lists those that differ from the stored
-        ones and goes on with the new values (a new --lr, say, applies from here on)."""
+        """SAVE_FOLDER/args.json: this run's arguments. A resumed run lists those that differ from the ones
+        last.pt was trained with and goes on with the new values (a new --lr, say, applies from here on)."""
         path, current = self.save_folder / "args.json", vars(self.args)
-        if path.exists() and (self.start_epoch or self.position):
-            stored = json.loads(path.read_text())
-            changed = [
-                f"--{k.replace('_', '-')} {v} (was {stored[k]})"
-                for k, v in current.items()
-                if k in stored and stored[k] != v
-            ]
-            if changed:
-                print(
-                    f"warning: resuming with other arguments than {path} holds: {', '.join(changed)}; the run "
-                    "goes on with the new values"
-                )
+        stored = self.resumed_from.args if self.resumed_from else {}
+        changed = [
+            f"--{k.replace('_', '-')} {v} (was {stored[k]})"
+            for k, v in current.items()
+            if k in stored and stored[k] != v and k not in STARTING_POINT_ARGS
+        ]
+        if changed:
+            print(
+                f"warning: resuming {self.last} with other arguments than it was trained with: {', '.join(changed)}; "
+                "the run goes on with the new values"
+            )
         write_json_atomic(path, current, "arguments file", indent=1)
 
     def draw_first_batch(self, batch) -> None:
@@ -258,8 +288,10 @@ class TrainingRun:
 
     def open_log(self) -> None:
         steps_per_epoch = len(self.train_loader)
-        resumed_at = self.start_epoch * steps_per_epoch + self.resumed_iteration
-        self.log = RunLog(self.save_folder, self.tensorboard_folder, steps_per_epoch, resumed_at)
+        start = (self.start_epoch, self.resumed_iteration)
+        saved_step = self.resumed_from.global_step if self.resumed_from else None
+        resumed_at = saved_step if saved_step is not None else start[0] * steps_per_epoch + start[1]
+        self.log = RunLog(self.save_folder, self.tensorboard_folder, steps_per_epoch, resumed_at, start)
         args = self.args
         print(
             f"ssd: {args.model}, {len(self.info.category_ids)} classes, {self.info.num_images} train images, "
@@ -415,7 +447,8 @@ class TrainingRun:
     def save_position(self, progress: EpochProgress) -> None:
         """last.pt in the middle of an epoch: the weights and where the epoch stands."""
         with host_sync_point(self.device):  # reads the loss sums and the weights
-            self.save(progress.epoch - 1, {**progress.state_dict(), "world": self.world})
+            position = {**progress.state_dict(), "world": self.world, "batch_size": self.args.batch_size}
+            self.save(progress.epoch - 1, position)
 
     def save(self, epochs_done: int, position: dict | None, also_best: bool = False) -> None:
         """Write last.pt (rank 0 only; no collective inside, so rank 0 alone may decide when).
@@ -438,6 +471,10 @@ class TrainingRun:
             best_ap=self.best_ap,
             args=vars(self.args),
             position=position,
+            world=self.world,
+            global_step=self.log.step(
+                *((position["epoch"], position["iteration"]) if position else (epochs_done + 1, 0))
+            ),
         )
         if also_best:
             save_checkpoint(self.save_folder / "best.pt", state)

@@ -13,8 +13,9 @@ from pathlib import Path
 class RunLog:
     """log.jsonl in `folder` and TensorBoard scalars in `tensorboard` (None: nothing is written).
 
-    resumed_at: the global step a resumed run continues from; scalars an interrupted run logged after
-    its last checkpoint are dropped from there (TensorBoard's purge_step), not doubled."""
+    resumed_at: the global step a resumed run continues from, at (epoch, iteration) `start`; scalars an
+    interrupted run logged after its last checkpoint are dropped from there (TensorBoard's purge_step), not
+    doubled, and the steps go on from it even when the steps per epoch changed (another batch size)."""
 
     def __init__(
         self,
@@ -22,8 +23,10 @@ class RunLog:
         tensorboard: str | Path | None = None,
         steps_per_epoch: int = 1,
         resumed_at: int = 0,
+        start: tuple[int, int] = (0, 0),
     ):
         self.steps_per_epoch = steps_per_epoch
+        self.origin = resumed_at - (start[0] * steps_per_epoch + start[1])  # 0 unless the steps per epoch changed
         self.file = self.writer = None
         if folder is None:
             return
@@ -48,11 +51,15 @@ class RunLog:
         if self.writer is not None:
             self.writer.add_image(tag, image_rgb, step, dataformats="HWC")
 
+    def step(self, epoch: int, iteration: int) -> int:
+        """The global step of an iteration (TensorBoard's x axis of the train/* scalars)."""
+        return self.origin + epoch * self.steps_per_epoch + iteration
+
     def iteration(self, epoch: int, iteration: int, values: dict) -> None:
         """A log point inside an epoch: a line with epoch and iteration, and train/* scalars at the global step."""
         self.record({"epoch": epoch, "iteration": iteration, **values})
         for key, value in values.items():
-            self.scalar(f"train/{key}", value, epoch * self.steps_per_epoch + iteration)
+            self.scalar(f"train/{key}", value, self.step(epoch, iteration))
 
     def close(self) -> None:
         if self.file is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -26,11 +28,14 @@ def training_state(
     best_ap: float,
     args: dict,
     position: dict | None = None,
+    world: int = 1,
+    global_step: int | None = None,
 ) -> dict:
     """What train.py writes to last.pt/best.pt: weights, the category set they were trained on (checked
     by eval and at resume), and everything needed to continue (optimizer, scaler). `epoch`: the last
     finished epoch (-1: none yet); `position`: where the epoch in progress stands (training.epoch.EpochProgress's
-    state_dict), None at an epoch end."""
+    state_dict), None at an epoch end; `world`: the number of processes (the global batch is args' batch_size x world);
+    `global_step`: the TensorBoard step the next iteration logs at (training.run_log.RunLog.step)."""
     return {
         "model": model.state_dict(),
         "model_name": model_name,
@@ -43,7 +48,23 @@ def training_state(
         "scaler": scaler.state_dict() if scaler else None,
         "best_ap": best_ap,
         "args": args,
+        "world": world,
+        "global_step": global_step,
     }
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues (resume_training): the epoch, the best AP so far, the position inside that
+    epoch (None: from its first batch), how the checkpoint was trained (its arguments and number of processes)
+    and the TensorBoard step it reached (world and global_step None for files written before they were stored)."""
+
+    start_epoch: int
+    best_ap: float
+    position: dict | None
+    args: dict = field(default_factory=dict)
+    world: int | None = None
+    global_step: int | None = None
 
 
 def resume_training(
@@ -56,9 +77,8 @@ def resume_training(
     category_names,
     check_names: bool = True,
     data="the dataset",
-) -> tuple[int, float, dict | None]:
-    """Load a training_state into model, optimizer and scaler; (the epoch to continue at, best AP so far,
-    the position inside that epoch or None to start it from its first batch).
+) -> ResumePoint:
+    """Load a training_state into model, optimizer and scaler -> where to continue (ResumePoint).
     Refuses (CheckpointError) a checkpoint of another model, class count or category set."""
     device = next(model.parameters()).device
     ckpt = load_checkpoint(path, map_location=device)
@@ -79,7 +99,14 @@ def resume_training(
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     position = ckpt.get("position")
-    return (position["epoch"] if position else ckpt["epoch"] + 1), ckpt.get("best_ap", -1.0), position
+    return ResumePoint(
+        start_epoch=position["epoch"] if position else ckpt["epoch"] + 1,
+        best_ap=ckpt.get("best_ap", -1.0),
+        position=position,
+        args=ckpt.get("args") or {},
+        world=ckpt.get("world") or (position or {}).get("world"),
+        global_step=ckpt.get("global_step"),
+    )
 
 
 def keep_epoch_copy(last: str | Path, epoch: int, keep: int) -> None:
@@ -98,3 +125,34 @@ def keep_epoch_copy(last: str | Path, epoch: int, keep: int) -> None:
     kept = sorted(last.parent.glob("epoch_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     for old in kept[:-keep]:
         old.unlink(missing_ok=True)
+
+
+# What a training run writes in its save folder (tensorboard/ only when it is the default, inside it).
+RUN_OUTPUTS = (
+    "last.pt",
+    "best.pt",
+    "epoch_[0-9]*.pt",
+    "log.jsonl",
+    "args.json",
+    "results.png",
+    "pr.png",
+    "train_batch0.jpg",
+    "tensorboard",
+)
+
+
+def set_aside_previous_run(folder: str | Path) -> Path | None:
+    """--no-resume in a folder that holds a run: move that run's outputs (RUN_OUTPUTS) into
+    folder/previous_run_<time>/, so the new run starts clean and overwrites nothing (a stale best.pt or old
+    epoch copies would otherwise stand beside the new run's files) -> that folder, or None if there was no run."""
+    folder = Path(folder)
+    found = sorted({p for pattern in RUN_OUTPUTS for p in folder.glob(pattern)})
+    if not found:
+        return None
+    aside = folder / time.strftime("previous_run_%Y%m%d_%H%M%S")
+    while aside.exists():  # two starts within one second
+        aside = aside.with_name(aside.name + "_")
+    aside.mkdir()
+    for path in found:
+        path.rename(aside / path.name)
+    return aside
