@@ -256,7 +256,9 @@ def test_train_eval_detect_skip_and_count_images_over_the_cap(tmp_path):
 
 
 @needs_dali
-def test_dali_path_leaves_out_and_counts_bad_headers(tmp_path):
+def test_dali_path_skips_and_lists_bad_headers_as_the_pytorch_path_does(tmp_path):
+    """A header over the pixel cap or no image at all: DALI never sees them (its workers check the header as
+    the GPU path's do); the batches list them in Batch.skipped and the rest is read, as on the PyTorch path."""
     root = small_dataset(tmp_path / "data", num_val=6)
     val = sorted((root / "val2017").glob("*.jpg"))
     claimed_jpeg(first_image(root, "val"), 65500, 65500)
@@ -264,10 +266,15 @@ def test_dali_path_leaves_out_and_counts_bad_headers(tmp_path):
     (root / "val2017" / data["images"][1]["file_name"]).write_bytes(b"not an image")
     sizes = {i["id"]: i["width"] * i["height"] for i in data["images"][2:]}
     cap = sorted(sizes.values())[-2]  # the largest of the good ones is over it
-    loader = build_loader(root, "val", train=False, batch_size=2, num_workers=1, dali=True, max_pixels=cap)
-    assert loader.info.dropped == {OVER_CAP: 2, "unreadable images": 1}
-    seen = sorted(i for batch in loader for i in batch.image_ids.tolist())
-    assert seen == sorted(i for i, n in sizes.items() if n <= cap) and len(seen) == len(val) - 3
+    paths = {
+        dali: build_loader(root, "val", train=False, batch_size=2, num_workers=1, dali=dali, max_pixels=cap)
+        for dali in (False, True)
+    }
+    seen = {dali: sorted(i for batch in loader for i in batch.image_ids.tolist()) for dali, loader in paths.items()}
+    skipped = {dali: sorted(p for batch in loader for p in batch.skipped) for dali, loader in paths.items()}
+    assert seen[True] == seen[False] == sorted(i for i, n in sizes.items() if n <= cap)
+    assert len(seen[True]) == len(val) - 3 and len(skipped[True]) == 3 and skipped[True] == skipped[False]
+    assert paths[True].info.dropped == paths[False].info.dropped
 
 
 # ---------------------------------------------------------------- image paths stay inside the image folder

@@ -320,20 +320,6 @@ class CocoDetection(Dataset):
                 + (", ".join(f"{n} {why}" for why, n in self.dropped.items()) or "the file lists none")
             )
 
-    def drop_images_with_bad_headers(self) -> None:
-        """Leave out (and count) the images whose header is unreadable or over the pixel cap, for a
-        reader that decodes whatever it is given (DALI). One header parse per image; the PyTorch path
-        does not need it (read_image checks each image as it reads it)."""
-        kept = []
-        for record in self.records:
-            problem = header_problem(self.image_dir / record.file_name, self.max_pixels)
-            if problem:
-                self.dropped[problem] += 1
-            else:
-                kept.append(record)
-        self.records = kept
-        self._require_records()
-
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)

@@ -1,32 +1,45 @@
-"""The DALI data path (--dali): the same Batch as the PyTorch path, from an NVIDIA DALI pipeline.
+"""The DALI data path (--data-backend dali): the PyTorch path's sampler and random draws, DALI's pixel work.
 
-readers.coco (sharded by rank) -> random_bbox_crop (the SSD crop options) -> decoders.image_slice
-("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise) -> bb_flip + mirror -> resize
-(antialiased bilinear, PIL's filter, as the PyTorch path) ->
-hsv / brightness_contrast -> crop_mirror_normalize (CHW or HWC = channels_last, fp32 or fp16).
-With device_id=None the whole graph runs on the CPU (how CI tests it).
+Workers (DaliSamples, in a torch DataLoader with the PyTorch path's sampler): read a file's bytes and draw the
+sample's augmentation from its (seed, epoch, index) generator as the GPU path's workers do (its crop window, flip
+and colour factors; so boxes and labels equal the PyTorch path's, a restarted epoch replays the same batches and
+the ranks share an epoch as the other paths do). A file the JPEG check passes over (grayscale, CMYK, PNG, ...) is
+decoded by OpenCV in the worker and shipped re-encoded as a lossless PNG; unreadable files are skipped and listed
+in Batch.skipped, as on the other paths.
 
-Differences from the PyTorch path, by design of DALI: its random stream is seeded once per run (not
-per (epoch, index)), so a resumed run does not replay the same augmentations; and a corrupt image
-stops the pipeline with DALI's error (the PyTorch path skips it) - check a dataset with the
-PyTorch path first. Images whose header is unreadable or over the pixel cap never reach DALI:
-build_loader leaves them out at load and counts them (CocoDetection.drop_images_with_bad_headers).
+DALI (an external_source fed batch by batch): decoders.image_slice of exactly the PyTorch path's crop window
+("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise; EXIF orientation applied) -> resize
+(antialiased bilinear, PIL's filter) -> brightness_contrast, hsv (the same factors; DALI's arithmetic: contrast
+about mid-grey, not the image's mean grey) -> crop_mirror_normalize with the flip (CHW or HWC = channels_last,
+fp32 or fp16). With device_id=None the whole graph runs on the CPU (how CI tests it).
+
+Left different by design of DALI: a JPEG whose body is corrupt behind a sound header stops the pipeline with
+DALI's error (the PyTorch path skips it): check a dataset with the PyTorch path first.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections import deque
 
+import cv2
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from .batch import Batch
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..preemption import ignore_stop_signals_in_workers
+from .batch import Batch, pad_targets
+from .coco import CocoDetection
+from .gpu_pipeline import JpegSamples
+from .jpeg_header import read_jpeg_header
+from .loader import EpochKeyedSampler, TorchLoader
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
 
 INSTALL_HINT = (
     "the DALI data path needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
     "(CUDA 13; nvidia-dali-cuda120 for CUDA 12), or drop --dali to use the PyTorch data path"
 )
+# DALI's inputs, one per external_source output, in this order.
+INPUTS = ("encoded", "anchor", "shape", "flip", "brightness", "contrast", "saturation", "hue")
 
 
 def require_dali():
@@ -34,6 +47,30 @@ def require_dali():
         import nvidia.dali  # noqa: F401
     except ImportError as error:
         raise RuntimeError(f"{INSTALL_HINT} ({error})") from error
+
+
+class DaliSamples(JpegSamples):
+    """JpegSamples for DALI: every readable file as encoded bytes ("encoded"), and the crop as the pixel window
+    (x0, y0) + (width, height) of the displayed image, cut as transforms.crop_pixels cuts it on the PyTorch path."""
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        sample = super().__getitem__(key)
+        if "unreadable" in sample:
+            return sample
+        if "pixels" in sample:  # decoded by OpenCV (oriented): shipped as a lossless PNG
+            pixels = sample.pop("pixels")
+            height, width = pixels.shape[1:]
+            rgb = np.ascontiguousarray(pixels.transpose(1, 2, 0))
+            sample["encoded"] = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].ravel()
+        else:
+            sample["encoded"] = sample.pop("jpeg")
+            header = read_jpeg_header(sample["encoded"].tobytes())
+            turned = sample.pop("orientation") in (5, 6, 7, 8)  # DALI applies EXIF orientation as OpenCV does
+            height, width = (header.width, header.height) if turned else (header.height, header.width)
+        x0, y0, x1, y1 = crop_pixels(sample["crop"], height, width)
+        sample["anchor"] = np.array([x0, y0], dtype=np.float32)
+        sample["shape"] = np.array([x1 - x0, y1 - y0], dtype=np.float32)
+        return sample
 
 
 def resize(images, size: int):
@@ -51,86 +88,43 @@ def resize(images, size: int):
 
 
 def build_pipeline(
-    ann_file: Path,
-    image_dir: Path,
-    category_ids: list[int],
+    source,
     *,
-    train: bool,
+    jitter: bool,
     batch_size: int,
     size: int = 300,
     device_id: int | None = None,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    seed: int = 0,
     num_threads: int = 2,
     fp16: bool = False,
     channels_last: bool = False,
 ):
-    """A DALI pipeline whose outputs are images, boxes [n, 4] xyxy normalised, labels [n] (1..C),
-    image ids [1] and original (height, width)."""
+    """A DALI pipeline of images from `source` (a generator function of input batches: per INPUTS, a list of
+    per-image arrays; StopIteration ends the epoch), normalised [B, 3, S, S] (CHW) or [B, S, S, 3] (HWC);
+    jitter: apply the colour factors (training)."""
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
 
-    gpu = device_id is not None
+    dtypes = [types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT]
 
-    @pipeline_def(
-        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=2
-    )
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
     def ssd_pipeline():
-        jpegs, boxes, labels, image_ids = fn.readers.coco(
-            name="reader",
-            file_root=str(image_dir),
-            annotations_file=str(ann_file),
-            ltrb=True,
-            ratio=True,
-            skip_empty=train,
-            include_iscrowd=False,
-            avoid_class_remapping=True,
-            image_ids=True,
-            shard_id=shard_id,
-            num_shards=num_shards,
-            random_shuffle=train,
-            pad_last_batch=not train,
-            seed=seed,
+        encoded, anchor, shape, flip, brightness, contrast, saturation, hue = fn.external_source(
+            source=source, num_outputs=len(INPUTS), batch=True, dtype=dtypes, cycle="raise"
         )
-        sizes = fn.peek_image_shape(jpegs)[0:2]  # original (height, width)
-        # Our own category-id -> 1..C mapping, identical to the PyTorch path's.
-        labels = fn.lookup_table(
-            labels,
-            keys=list(category_ids),
-            values=list(range(1, len(category_ids) + 1)),
-            default_value=0,
-            dtype=types.INT32,
+        images = fn.decoders.image_slice(
+            encoded,
+            anchor,
+            shape,
+            normalized_anchor=False,
+            normalized_shape=False,
+            device="mixed" if device_id is not None else "cpu",
+            output_type=types.RGB,
         )
-        decoder = "mixed" if gpu else "cpu"
-        if train:
-            crop_begin, crop_size, boxes, labels = fn.random_bbox_crop(
-                boxes,
-                labels,
-                aspect_ratio=[0.5, 2.0],
-                thresholds=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9],
-                scaling=[0.3, 1.0],
-                bbox_layout="xyXY",
-                allow_no_crop=True,
-                num_attempts=50,
-            )
-            images = fn.decoders.image_slice(jpegs, crop_begin, crop_size, device=decoder, output_type=types.RGB)
-            flip = fn.random.coin_flip(probability=0.5)
-            boxes = fn.bb_flip(boxes, ltrb=True, horizontal=flip)
-            images = resize(images, size)
-            images = fn.hsv(
-                images,
-                hue=fn.random.uniform(range=[-18.0, 18.0]),  # 0.05 of the hue circle
-                saturation=fn.random.uniform(range=[0.5, 1.5]),
-            )
-            images = fn.brightness_contrast(
-                images, brightness=fn.random.uniform(range=[0.875, 1.125]), contrast=fn.random.uniform(range=[0.5, 1.5])
-            )
-        else:
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-            images = resize(images, size)
-            flip = 0
-        images = fn.crop_mirror_normalize(
+        images = resize(images, size)
+        if jitter:
+            images = fn.brightness_contrast(images, brightness=brightness, contrast=contrast)
+            images = fn.hsv(images, hue=hue, saturation=saturation)
+        return fn.crop_mirror_normalize(
             images,
             mean=(IMAGENET_MEAN * 255).tolist(),
             std=(IMAGENET_STD * 255).tolist(),
@@ -138,100 +132,132 @@ def build_pipeline(
             dtype=types.FLOAT16 if fp16 else types.FLOAT,
             output_layout="HWC" if channels_last else "CHW",
         )
-        # Pad to the largest count in the batch here; DaliLoader pads/truncates to the fixed G.
-        boxes = fn.pad(boxes, axes=(0,), fill_value=0.0)
-        labels = fn.pad(labels, axes=(0,), fill_value=0)
-        if gpu:
-            boxes, labels = boxes.gpu(), labels.gpu()
-        return images, boxes, labels, image_ids, sizes
 
     return ssd_pipeline()
 
 
-class DaliLoader:
-    """Iterates Batches from a DALI pipeline; same interface as the PyTorch loader."""
+class DaliLoader(TorchLoader):
+    """The DALI path's Loader: a DataLoader of DaliSamples (the PyTorch path's sampler, so the same sharding,
+    shuffling, (seed, epoch, index) keying and mid-epoch restart) feeding a DALI pipeline built for each pass.
+    Boxes, labels, ids, sizes and unreadable files wait in a queue beside DALI, in the order fed."""
 
-    def __init__(
-        self,
-        ann_file: Path,
-        image_dir: Path,
-        *,
-        train: bool,
-        batch_size: int,
-        max_boxes: int,
-        device_id: int | None,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        num_threads: int = 2,
-        fp16: bool = False,
-        channels_last: bool = False,
-        size: int = 300,
-    ):
+    def __init__(self, dataset: CocoDetection, loader: DataLoader, *, max_boxes: int, device_id: int | None, **pipe):
         require_dali()
+        super().__init__(dataset, loader)  # set_epoch and __len__ as the PyTorch path's
+        self.train, self.max_boxes, self.device_id, self.pipe = dataset.train, max_boxes, device_id, pipe
+        self.jitter = dataset.train  # colour jitter in the pipeline (tests turn it off to compare the geometry)
+        self.channels_last = pipe.get("channels_last", False)
+
+    def __iter__(self):
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        categories = json.loads(Path(ann_file).read_text())["categories"]
-        self.category_ids = sorted(c["id"] for c in categories)
-        self.max_boxes = max_boxes
-        self.channels_last = channels_last
-        self.start_batch = 0
-        self.pipe = build_pipeline(
-            ann_file,
-            image_dir,
-            self.category_ids,
-            train=train,
-            batch_size=batch_size,
-            size=size,
-            device_id=device_id,
-            shard_id=rank,
-            num_shards=world_size,
-            seed=seed,
-            num_threads=num_threads,
-            fp16=fp16,
-            channels_last=channels_last,
+        pending: deque = deque()  # (readable samples, skipped paths) of the batches fed, oldest first
+
+        def feed():
+            for samples in self.loader:
+                readable, skipped = self.readable(samples)
+                pending.append((readable, skipped))
+                inputs = readable or [PLACEHOLDER]  # DALI takes no empty batch: one stand-in, dropped after
+                yield [[np.asarray(sample[name]) for sample in inputs] for name in INPUTS]
+
+        pipe = build_pipeline(
+            feed, jitter=self.jitter, batch_size=self.loader.batch_size, device_id=self.device_id, **self.pipe
         )
-        self.pipe.build()
-        self.iterator = DALIGenericIterator(
-            self.pipe,
-            ["images", "boxes", "labels", "image_ids", "sizes"],
-            reader_name="reader",
-            auto_reset=True,
-            last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL,
+        for out in DALIGenericIterator(pipe, ["images"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False):
+            readable, skipped = pending.popleft()
+            yield self.batch(out[0]["images"], readable, skipped)
+
+    def readable(self, samples: list[dict]) -> tuple[list[dict], tuple[str, ...]]:
+        """The samples DALI decodes and the unreadable paths; for training the unreadable ones are replaced by
+        copies of readable ones (the batch keeps its size), as the other paths do."""
+        good = [s for s in samples if "unreadable" not in s]
+        skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
+        if self.train and good:
+            good = good + [good[i % len(good)] for i in range(len(skipped))]
+        return good, skipped
+
+    def batch(self, images: torch.Tensor, samples: list[dict], skipped: tuple[str, ...]) -> Batch:
+        if not samples:
+            return Batch.empty(self.max_boxes, skipped)
+        if self.channels_last:  # HWC from DALI -> an NCHW-shaped view in channels_last memory
+            images = images.permute(0, 3, 1, 2)
+        boxes, labels = pad_targets(
+            [torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)) for s in samples],
+            [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64)) for s in samples],
+            self.max_boxes,
+        )
+        return Batch(
+            images,
+            boxes.to(images.device),
+            labels.to(images.device),
+            torch.tensor([s["image_id"] for s in samples], dtype=torch.long),
+            torch.tensor([s["size"] for s in samples], dtype=torch.long),
+            skipped,
         )
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """DALI's reader reshuffles by itself each epoch. A restarted run skips start_batch batches
-        (read and dropped): it resumes at the right iteration, but DALI's shuffling and augmentation
-        restart from its seed, so the skipped and the following batches are not the ones the
-        interrupted run saw (unlike the PyTorch path, which replays them exactly)."""
-        self.start_batch = start_batch
 
-    def __len__(self) -> int:
-        return len(self.iterator)
+# A stand-in image for a batch whose files were all unreadable (DALI cannot run an empty batch).
+PLACEHOLDER = {
+    "encoded": cv2.imencode(".png", np.zeros((8, 8, 3), dtype=np.uint8))[1].ravel(),
+    "anchor": np.zeros(2, dtype=np.float32),
+    "shape": np.full(2, 8, dtype=np.float32),
+    "flip": np.int32(0),
+    "brightness": np.float32(1),
+    "contrast": np.float32(1),
+    "saturation": np.float32(1),
+    "hue": np.float32(0),
+}
 
-    def __iter__(self):
-        for position, out in enumerate(self.iterator):
-            if position < self.start_batch:
-                continue
-            data = out[0]
-            images = data["images"]
-            if self.channels_last:  # HWC from DALI -> an NCHW-shaped view in channels_last memory
-                images = images.permute(0, 3, 1, 2)
-            boxes, labels = data["boxes"], data["labels"].long()
-            if labels.dim() == 3:
-                labels = labels.squeeze(-1)
-            count = boxes.shape[1]
-            if count > self.max_boxes:
-                boxes, labels = boxes[:, : self.max_boxes], labels[:, : self.max_boxes]
-            elif count < self.max_boxes:
-                boxes = torch.nn.functional.pad(boxes.reshape(len(boxes), count, 4), (0, 0, 0, self.max_boxes - count))
-                labels = torch.nn.functional.pad(labels.reshape(len(labels), count), (0, self.max_boxes - count))
-            yield Batch(
-                images,
-                boxes.float(),
-                labels,
-                data["image_ids"].reshape(-1).long().cpu(),
-                data["sizes"].reshape(-1, 2).long().cpu(),
-            )
+
+def dali_loader(
+    dataset: CocoDetection,
+    sampler: EpochKeyedSampler,
+    drop_last: bool,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device_id: int | None,
+    max_boxes: int,
+    fp16: bool = False,
+    channels_last: bool = False,
+) -> DaliLoader:
+    """build_loader's DALI path: workers of DaliSamples (a batch is a list of samples) -> DALI on device_id
+    (None: DALI's CPU-only mode), with max(num_workers, 1) DALI threads."""
+    require_dali()
+    data_loader = DataLoader(
+        DaliSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=dali_inputs,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals_in_workers,
+    )
+    return DaliLoader(
+        dataset,
+        data_loader,
+        max_boxes=max_boxes,
+        device_id=device_id,
+        num_threads=max(num_workers, 1),
+        fp16=fp16,
+        channels_last=channels_last,
+    )
+
+
+def dali_inputs(samples: list[dict]) -> list[dict]:
+    """The DataLoader's collate (in the worker): each readable sample with its DALI inputs as arrays of
+    DALI's dtypes (flip int32; the colour factors float32, hue in degrees: OpenCV's 180 units per turn x 2)."""
+    for sample in samples:
+        if "unreadable" in sample:
+            continue
+        brightness, contrast, saturation, hue = sample["jitter"]
+        sample.update(
+            flip=np.int32(sample["flip"]),
+            brightness=np.float32(brightness),
+            contrast=np.float32(contrast),
+            saturation=np.float32(saturation),
+            hue=np.float32(2 * hue),
+        )
+    return samples

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import json
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,23 +112,6 @@ class TorchLoader:
         return iter(self.loader)
 
 
-def usable_annotation_file(dataset: CocoDetection) -> Path:
-    """The checked annotations of the images `dataset` uses, written for DALI's reader (which reads a
-    file): both paths then read exactly the same images and boxes. A temporary file, once per loader."""
-    keep = {r.image_id for r in dataset.records}
-    data = dataset.coco.dataset
-    usable = {
-        **data,
-        "images": [i for i in data["images"] if i["id"] in keep],
-        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
-    }
-    folder = tempfile.mkdtemp(prefix="ssdfast_dali_")
-    atexit.register(shutil.rmtree, folder, True)
-    path = Path(folder) / dataset.ann_file.name
-    path.write_text(json.dumps(usable))
-    return path
-
-
 def build_loader(
     data_path: str | Path | None,
     split: str,
@@ -156,9 +135,9 @@ def build_loader(
     allow_outside_paths: bool = False,
 ) -> Loader:
     """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
-    `backend` (DATA_BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo). The dataset:
-    data_path in the COCO, VOC or YOLO layout (data_format, detected when None), or the explicit COCO
-    ann_file and image_dir (ssdfast.data.formats.resolve_source). VOC and YOLO reach DALI as a COCO file too.
+    `backend` (DATA_BACKENDS; dali=True: "dali"), every one with the same `info` (DatasetInfo), sampler and
+    (seed, epoch, index) keyed draws. The dataset: data_path in the COCO, VOC or YOLO layout (data_format,
+    detected when None), or the explicit COCO ann_file and image_dir (ssdfast.data.formats.resolve_source).
     max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
     backend = "dali" if dali else backend
     if backend not in DATA_BACKENDS:
@@ -175,31 +154,24 @@ def build_loader(
         max_pixels=max_pixels,
         allow_outside_paths=allow_outside_paths,
     )
-    if backend == "dali":
-        from .dali import DaliLoader
-
-        dataset.drop_images_with_bad_headers()  # DALI decodes whatever it is given, and fails on it
-        device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
-        device_id = device.index if device.type == "cuda" else None  # None: DALI's CPU-only mode
-        loader = DaliLoader(
-            usable_annotation_file(dataset),
-            dataset.image_dir,
-            train=train,
-            batch_size=batch_size,
-            max_boxes=max_boxes,
-            device_id=device_id,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            num_threads=max(num_workers, 1),
-            fp16=fp16,
-            channels_last=channels_last,
-        )
-        loader.info = DatasetInfo.of(dataset)
-        return loader
     sampler, drop_last = epoch_sampler(dataset, split, train, batch_size, rank, world_size, seed)
     if num_workers > 0:
         end_workers_at_exit()  # they ignore SIGTERM: see there
+    if backend == "dali":
+        from .dali import dali_loader
+
+        device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
+        return dali_loader(
+            dataset,
+            sampler,
+            drop_last,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device_id=device.index if device.type == "cuda" else None,  # None: DALI's CPU-only mode
+            max_boxes=max_boxes,
+            fp16=fp16,
+            channels_last=channels_last,
+        )
     if backend == "gpu":
         from .gpu_pipeline import gpu_loader
 
