@@ -324,15 +324,22 @@ def bench_phase(phase: str):
         deadline, results = time.time() + timeout, {}
         # torch.compile's Inductor cache lives under the logs: carried into a rerun on the same machine, warm.
         env = {"TORCHINDUCTOR_CACHE_DIR": str(logs / "inductor_cache")}
+        # Inductor says why it did not use CUDA graphs (reduce-overhead) in its perf hints; -s lets them reach the log.
+        hints = ["-s"] if phase == "compiled" else []
+        if hints:
+            env["TORCH_LOGS"] = "perf_hints"
         for name, expr in BENCH_PARTS[phase]:
             out, log = logs / f"bench_{name}.json", logs / f"bench_{name}.log"
             results[name] = run_tests(
-                pytest_cmd("benchmarks", "-q", "-k", expr, "--benchmark-only", f"--benchmark-json={out}"),
+                pytest_cmd("benchmarks", "-q", *hints, "-k", expr, "--benchmark-only", f"--benchmark-json={out}"),
                 log,
                 deadline - time.time(),
                 env,
                 smoke,
             )
+            skips = re.findall(r".*skipping cudagraphs.*", log.read_text(errors="replace")) if log.exists() else []
+            if skips:  # the reduce-overhead rung then times no CUDA graph: say so beside its number
+                results[name]["cudagraph_skips"] = sorted(set(skips))[:3]
             if not smoke:
                 publish(logs, {phase: results})
             if time.time() > deadline - MIN_PHASE_SECONDS:
