@@ -106,6 +106,26 @@ def assert_same_training(got, want, tol):
         torch.testing.assert_close(got[3][name].float(), value.float(), rtol=tol, atol=tol, msg=name)
 
 
+def save_state(path, model, optimizer, model_name: str = "tiny"):
+    """last.pt of a run of `model` (3 categories) with `optimizer`'s state, as TrainingRun writes it."""
+    state = training_state(
+        model,
+        optimizer,
+        None,
+        model_name=model_name,
+        epoch=0,
+        category_ids=[1, 2, 3],
+        category_names=NAMES,
+        best_ap=-1.0,
+        args={},
+    )
+    save_checkpoint(path, state)
+    return state
+
+
+NAMES = ["a", "b", "c"]
+
+
 def aot_eager(model, optimizer, **kwargs):
     return CompiledTrainStep(model, optimizer, backend="aot_eager", **kwargs)
 
@@ -195,25 +215,12 @@ def test_a_resumed_fused_sgd_without_momentum_buffers_skips_its_first_step_like_
     """A checkpoint whose optimizer holds no momentum buffers (saved before any step was taken) resumed
     into fused SGD, whose first step then has an inf gradient: loading the state drops the zero buffers
     build_optimizer made, so resume_training gives them back; the steps equal the unfused oracle's."""
-    names = ["a", "b", "c"]
     path = tmp_path / "last.pt"
     model = tiny()
-    state = training_state(
-        model,
-        sgd(model),
-        None,
-        model_name="tiny",
-        epoch=-1,
-        category_ids=[1, 2, 3],
-        category_names=names,
-        best_ap=-1.0,
-        args={},
-    )
-    assert not state["optimizer"]["state"]  # no buffers in the file
-    save_checkpoint(path, state)
+    assert not save_state(path, model, sgd(model))["optimizer"]["state"]  # no buffers in the file
     model = tiny()
     optimizer = sgd(model, fused=True)
-    resume_training(path, model, optimizer, None, model_name="tiny", category_names=names)
+    resume_training(path, model, optimizer, None, model_name="tiny", category_names=NAMES)
     data = batches(4, 4, 64)
     fused = train(TrainStep, model, data, inf_at=(0,), amp_dtype=torch.float16, optimizer=optimizer)
     unfused = train(TrainStep, tiny(), data, inf_at=(0,), amp_dtype=torch.float16)
@@ -225,31 +232,16 @@ def test_resuming_keeps_this_runs_optimizer_settings_and_takes_the_saved_momentu
     built (its lr tensor, which a CUDA graph reads; its weight decay and momentum flags; fused) and takes
     the saved momentum buffers. Another group layout (--no-bn-weight-decay on one run only) is a
     CheckpointError naming the flag."""
-    names = ["a", "b", "c"]
+    path, cpu = tmp_path / "last.pt", torch.device("cpu")
     model = tiny()
-    saved_optimizer = build_optimizer(model, 0.05, torch.device("cpu"), momentum=0.9, nesterov=True, weight_decay=5e-4)
+    saved_optimizer = build_optimizer(model, 0.05, cpu, momentum=0.9, nesterov=True, weight_decay=5e-4)
     train(TrainStep, model, batches(2, 4, 64), optimizer=saved_optimizer)
-    save_checkpoint(
-        tmp_path / "last.pt",
-        training_state(
-            model,
-            saved_optimizer,
-            None,
-            model_name="tiny",
-            epoch=0,
-            category_ids=[1, 2, 3],
-            category_names=names,
-            best_ap=-1.0,
-            args={},
-        ),
-    )
+    save_state(path, model, saved_optimizer)
     resumed = tiny()
-    optimizer = build_optimizer(
-        resumed, 0.01, torch.device("cpu"), momentum=0.8, nesterov=False, weight_decay=1e-4, lr_as_tensor=True
-    )
+    optimizer = build_optimizer(resumed, 0.01, cpu, momentum=0.8, nesterov=False, weight_decay=1e-4, lr_as_tensor=True)
     optimizer.param_groups[0]["fused"] = True  # as a CUDA run builds it
     lr = optimizer.param_groups[0]["lr"]
-    resume_training(tmp_path / "last.pt", resumed, optimizer, None, model_name="tiny", category_names=names)
+    resume_training(path, resumed, optimizer, None, model_name="tiny", category_names=NAMES)
     group = optimizer.param_groups[0]
     assert group["lr"] is lr and float(lr) == pytest.approx(0.01)
     assert (group["momentum"], group["nesterov"], group["weight_decay"], group["fused"]) == (0.8, False, 1e-4, True)
@@ -257,34 +249,22 @@ def test_resuming_keeps_this_runs_optimizer_settings_and_takes_the_saved_momentu
         assert torch.equal(optimizer.state[after]["momentum_buffer"], saved_optimizer.state[before]["momentum_buffer"])
 
     split = build_optimizer(
-        tiny(), 0.01, torch.device("cpu"), momentum=0.9, nesterov=True, weight_decay=5e-4, decay_norms_and_biases=False
+        tiny(), 0.01, cpu, momentum=0.9, nesterov=True, weight_decay=5e-4, decay_norms_and_biases=False
     )
     with pytest.raises(CheckpointError, match="--no-bn-weight-decay"):
-        resume_training(tmp_path / "last.pt", tiny(), split, None, model_name="tiny", category_names=names)
+        resume_training(path, tiny(), split, None, model_name="tiny", category_names=NAMES)
 
 
 def test_resumed_momentum_buffers_take_their_parameters_memory_layout(tmp_path):
     """A checkpoint of an NCHW run (a CPU run) resumed into a channels_last model (a GPU run): each momentum
     buffer gets its parameter's strides (fused SGD's kernel refuses mismatched ones) and keeps its values."""
-    names = ["a", "b", "c"]
     model = ssdlite()
     optimizer = sgd(model)
     train(TrainStep, model, batches(1, 2, 300), optimizer=optimizer)
-    state = training_state(
-        model,
-        optimizer,
-        None,
-        model_name="ssdlite",
-        epoch=0,
-        category_ids=[1, 2, 3],
-        category_names=names,
-        best_ap=-1.0,
-        args={},
-    )
-    save_checkpoint(tmp_path / "last.pt", state)
+    save_state(tmp_path / "last.pt", model, optimizer, "ssdlite")
     resumed = ssdlite().to(memory_format=torch.channels_last)
     resumed_optimizer = sgd(resumed, fused=True)
-    resume_training(tmp_path / "last.pt", resumed, resumed_optimizer, None, model_name="ssdlite", category_names=names)
+    resume_training(tmp_path / "last.pt", resumed, resumed_optimizer, None, model_name="ssdlite", category_names=NAMES)
     saved = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
     assert any(buffer.stride() != param.stride() for buffer, param in zip(saved, resumed.parameters()))
     for param, buffer in zip(resumed.parameters(), saved):

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..preemption import ignore_stop_signals_in_workers
-from .batch import Batch, pad_targets
+from .batch import Batch
 from .coco import CocoDetection
-from .gpu_pipeline import JpegSamples
+from .gpu_pipeline import JpegSamples, batch_of, sample_loader
 from .jpeg_header import read_jpeg_header
 from .loader import EpochKeyedSampler, TorchLoader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
@@ -182,19 +181,7 @@ class DaliLoader(TorchLoader):
             return Batch.empty(self.max_boxes, skipped)
         if self.channels_last:  # HWC from DALI -> an NCHW-shaped view in channels_last memory
             images = images.permute(0, 3, 1, 2)
-        boxes, labels = pad_targets(
-            [torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)) for s in samples],
-            [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64)) for s in samples],
-            self.max_boxes,
-        )
-        return Batch(
-            images,
-            boxes.to(images.device),
-            labels.to(images.device),
-            torch.tensor([s["image_id"] for s in samples], dtype=torch.long),
-            torch.tensor([s["size"] for s in samples], dtype=torch.long),
-            skipped,
-        )
+        return batch_of(images, samples, self.max_boxes, skipped)
 
 
 # A stand-in image for a batch whose files were all unreadable (DALI cannot run an empty batch).
@@ -225,16 +212,7 @@ def dali_loader(
     """build_loader's DALI path: workers of DaliSamples (a batch is a list of samples) -> DALI on device_id
     (None: DALI's CPU-only mode), with max(num_workers, 1) DALI threads."""
     require_dali()
-    data_loader = DataLoader(
-        DaliSamples(dataset),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=dali_inputs,
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_stop_signals_in_workers,
-    )
+    data_loader = sample_loader(DaliSamples(dataset), sampler, drop_last, batch_size, num_workers, dali_inputs)
     return DaliLoader(
         dataset,
         data_loader,

@@ -166,6 +166,24 @@ def augment(images: torch.Tensor, flips: torch.Tensor, jitter: torch.Tensor | No
     return images if jitter is None else batched_color.color_jitter(images, jitter)
 
 
+def batch_of(images: torch.Tensor, samples: list[dict], max_boxes: int, skipped: tuple[str, ...]) -> Batch:
+    """A Batch of `images` [B, 3, S, S] (on their device) and the samples' boxes, labels (padded to max_boxes,
+    brought to that device), image ids and sizes."""
+    boxes, labels = pad_targets(
+        [torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)) for s in samples],
+        [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64)) for s in samples],
+        max_boxes,
+    )
+    return Batch(
+        images,
+        boxes.to(images.device, non_blocking=True),
+        labels.to(images.device, non_blocking=True),
+        torch.tensor([s["image_id"] for s in samples], dtype=torch.long),
+        torch.tensor([s["size"] for s in samples], dtype=torch.long),
+        skipped,
+    )
+
+
 def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host tensor on `device` without a host sync (pinned memory, asynchronous copy on CUDA)."""
     return values.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else values
@@ -200,20 +218,7 @@ class GpuAugment:
         if self.train:
             good = good + [good[i % len(good)] for i in range(len(skipped))]
         kept = [s for s, _ in good]
-        pixels = self.pixels([image for _, image in good], kept, out)
-        boxes, labels = pad_targets(
-            [torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)) for s in kept],
-            [torch.from_numpy(np.asarray(s["labels"], dtype=np.int64)) for s in kept],
-            self.max_boxes,
-        )
-        return Batch(
-            pixels,
-            boxes.to(self.device, non_blocking=True),
-            labels.to(self.device, non_blocking=True),
-            torch.tensor([s["image_id"] for s in kept], dtype=torch.long),
-            torch.tensor([s["size"] for s in kept], dtype=torch.long),
-            skipped,
-        )
+        return batch_of(self.pixels([image for _, image in good], kept, out), kept, self.max_boxes, skipped)
 
     def pixels(self, images: list[torch.Tensor], samples: list[dict], out: torch.Tensor | None) -> torch.Tensor:
         """Decoded images -> [B, 3, S, S] normalised `dtype`, channels_last (into out[:B] when given)."""
@@ -297,15 +302,23 @@ def gpu_loader(
     fp16: bool = False,
 ) -> GpuLoader:
     """build_loader's GPU path: workers of JpegSamples (a batch is a list of samples) -> GpuAugment on `device`."""
-    data_loader = DataLoader(
-        JpegSamples(dataset),
+    data_loader = sample_loader(JpegSamples(dataset), sampler, drop_last, batch_size, num_workers)
+    augment = GpuAugment(device, dataset.train, max_boxes, dtype=torch.float16 if fp16 else torch.float32)
+    return GpuLoader(dataset, data_loader, augment)
+
+
+def sample_loader(
+    samples: JpegSamples, sampler: EpochKeyedSampler, drop_last: bool, batch_size: int, num_workers: int, collate=list
+) -> DataLoader:
+    """The workers of the GPU and DALI paths: batches of `samples` (lists of dicts, through `collate`) in the
+    sampler's (epoch, index) order, the workers started once and deaf to the stop signals (preemption.py)."""
+    return DataLoader(
+        samples,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=list,
+        collate_fn=collate,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals_in_workers,
     )
-    augment = GpuAugment(device, dataset.train, max_boxes, dtype=torch.float16 if fp16 else torch.float32)
-    return GpuLoader(dataset, data_loader, augment)
