@@ -342,6 +342,8 @@ def test_dali_restart_replays_the_rest_of_the_same_epoch(synthetic_coco):
     assert len(loader) == len(full) == 6 and len(rest) == 2
     for (images, ids, boxes), (images0, ids0, boxes0) in zip(rest, full[4:]):
         assert torch.equal(ids, ids0) and torch.equal(images, images0) and torch.equal(boxes, boxes0)
+    loader.set_epoch(1, start_batch=len(loader))  # stopped after the epoch's last step: nothing left, no error
+    assert list(loader) == []
     loader.set_epoch(2)
     assert [b.image_ids.tolist() for b in loader] != [ids.tolist() for _, ids, _ in full]  # a new epoch reshuffles
 

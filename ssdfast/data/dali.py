@@ -152,9 +152,12 @@ class DaliLoader(TorchLoader):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         pending: deque = deque()  # (readable samples, skipped paths) of the batches fed, oldest first
+        # The workers start (fork) here, before DALI's threads exist: forking beside running native threads
+        # can leave a child holding a lock one of them held.
+        batches = iter(self.loader)
 
         def feed():
-            for samples in self.loader:
+            for samples in batches:
                 readable, skipped = self.readable(samples)
                 pending.append((readable, skipped))
                 inputs = readable or [PLACEHOLDER]  # DALI takes no empty batch: one stand-in, dropped after
@@ -163,7 +166,12 @@ class DaliLoader(TorchLoader):
         pipe = build_pipeline(
             feed, jitter=self.jitter, batch_size=self.loader.batch_size, device_id=self.device_id, **self.pipe
         )
-        for out in DALIGenericIterator(pipe, ["images"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False):
+        # prepare_first_batch=False: a pass with nothing to read (a restart at the epoch's end, a rank without
+        # validation images) yields no batch instead of DALI's "no data in the pipeline" error.
+        outputs = DALIGenericIterator(
+            pipe, ["images"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False, prepare_first_batch=False
+        )
+        for out in outputs:
             readable, skipped = pending.popleft()
             yield self.batch(out[0]["images"], readable, skipped)
 
