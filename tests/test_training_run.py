@@ -185,6 +185,7 @@ def test_a_finished_run_says_so_and_a_resumed_one_lists_its_changed_arguments(sy
     assert started(TrainingRun(arguments(synthetic_coco, folder, "--lr", 0.01))).train() == EXIT_DONE
     out = capsys.readouterr().out
     assert "already finished at epoch 0; nothing to train (raise --epochs or choose a new --save-folder)" in out
+    assert "resuming from" not in out  # nothing to resume: only the line above
     assert "--lr 0.01 (was 0.05)" in out and (folder / "last.pt").read_bytes() == before
     assert json.loads((folder / "args.json").read_text())["lr"] == 0.01  # the arguments now in force
     # The changes are told against what last.pt was trained with (lr 0.05), not against args.json.

@@ -203,7 +203,7 @@ class TrainingRun:
                 f"the ranks found different checkpoints in {self.save_folder}: every rank must see the "
                 "same save folder (a shared file system)"
             )
-        if self.is_main:
+        if self.is_main and self.start_epoch < args.epochs:  # a finished run says so in train()
             self.say_where_it_resumes(rebatched)
 
     def rebatch_position(self) -> str | None:
