@@ -90,14 +90,15 @@ def end_workers_at_exit() -> None:
     forever, since the workers ignore SIGTERM (above, on purpose). So, registered once and run before
     that hook: every daemonic child (our workers: children multiprocessing would end at exit anyway)
     gets SIGTERM, up to EXIT_GRACE_S to go, then SIGKILL, whatever its signal handling. Costs nothing
-    when no worker is left; at most EXIT_GRACE_S on a failure."""
-    global _ending_registered
-    if not _ending_registered:
-        atexit.register(_end_daemonic_children)
-        _ending_registered = True
+    when no worker is left; at most EXIT_GRACE_S on a failure.
+
+    Each call moves it to the end of the atexit list, so it runs before the exit hooks of libraries imported
+    earlier: NVIDIA DALI's (`_unload_dali`) collects garbage, and a DataLoader iterator collected there joins
+    its workers, which never come (seen: a --dali run stopped by SIGTERM hung at exit)."""
+    atexit.unregister(_end_daemonic_children)
+    atexit.register(_end_daemonic_children)
 
 
-_ending_registered = False
 EXIT_GRACE_S = 1.0
 
 

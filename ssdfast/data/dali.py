@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..preemption import end_workers_at_exit
 from .batch import Batch
 from .coco import CocoDetection
 from .gpu_pipeline import JpegSamples, batch_of, sample_loader
@@ -220,6 +221,8 @@ def dali_loader(
     """build_loader's DALI path: workers of DaliSamples (a batch is a list of samples) -> DALI on device_id
     (None: DALI's CPU-only mode), with max(num_workers, 1) DALI threads."""
     require_dali()
+    if num_workers > 0:
+        end_workers_at_exit()  # again, now that DALI's exit hook is registered: ours must run before it
     data_loader = sample_loader(DaliSamples(dataset), sampler, drop_last, batch_size, num_workers, dali_inputs)
     return DaliLoader(
         dataset,
