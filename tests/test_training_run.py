@@ -217,6 +217,21 @@ def test_a_new_batch_size_mid_epoch_goes_on_after_the_images_already_trained(syn
     assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 8
 
 
+def test_a_position_saved_without_its_batch_size_is_counted_in_the_checkpoints_own(synthetic_coco, tmp_path, capsys):
+    """A mid-epoch last.pt written before positions stored batch_size: the images done are counted in the
+    batch size of the run that wrote it (its arguments), not this run's."""
+    whole_epoch = ["--iters-per-epoch", 100]
+    stopped = StopsDuringStep(arguments(synthetic_coco, tmp_path, *whole_epoch, "--batch-size", 2), stop_at_step=4)
+    assert started(stopped).train() == EXIT_STOPPED
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["position"]["batch_size"]
+    save_checkpoint(tmp_path / "last.pt", state)
+    capsys.readouterr()
+    resumed = started(TrainingRun(arguments(synthetic_coco, tmp_path, *whole_epoch, "--batch-size", 4)))
+    assert resumed.resumed_iteration == 2  # 4 batches of 2 = 8 images = 2 batches of 4
+    assert "it trained 8 images of epoch 0 in batches of 2" in capsys.readouterr().out
+
+
 def test_resuming_with_another_number_of_processes_warns_also_at_an_epoch_end(synthetic_coco, tmp_path, capsys):
     """A checkpoint written by 2 processes (its stored world) resumed by 1 at an epoch boundary."""
     assert started(TrainingRun(arguments(synthetic_coco, tmp_path))).train() == EXIT_DONE
@@ -231,10 +246,13 @@ def test_resuming_with_another_number_of_processes_warns_also_at_an_epoch_end(sy
 
 
 def test_no_resume_sets_the_previous_run_aside_instead_of_overwriting_it(synthetic_coco, tmp_path, capsys):
+    fresh = tmp_path / "fresh"  # nothing to set aside: no folder, no message (its empty tensorboard/ is no run)
+    started(TrainingRun(arguments(synthetic_coco, fresh, "--no-resume")))
+    assert not list(fresh.glob("previous_run_*")) and "--no-resume:" not in capsys.readouterr().out
     assert started(TrainingRun(arguments(synthetic_coco, tmp_path, "--keep-checkpoints", 1))).train() == EXIT_DONE
     before = {name: (tmp_path / name).read_bytes() for name in ("last.pt", "epoch_000.pt", "log.jsonl", "args.json")}
     assert started(TrainingRun(arguments(synthetic_coco, tmp_path, "--no-resume", "--lr", 0.02))).train() == EXIT_DONE
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("previous_run_")]
+    aside = list(tmp_path.glob("previous_run_*"))
     assert (
         len(aside) == 1 and f"the previous run's files in {tmp_path} are now in {aside[0]}" in capsys.readouterr().out
     )

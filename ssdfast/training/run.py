@@ -213,7 +213,9 @@ class TrainingRun:
         position, batch = self.position, self.args.batch_size * self.world
         if not position:
             return None
-        saved_batch = position.get("world", self.world) * position.get("batch_size", batch)
+        # Positions written before they stored batch_size: the checkpoint's own --batch-size (per process).
+        per_process = position.get("batch_size", self.resumed_from.args.get("batch_size", self.args.batch_size))
+        saved_batch = position.get("world", self.world) * per_process
         if saved_batch == batch:
             return None
         done = position["iteration"] * saved_batch

@@ -147,6 +147,7 @@ def set_aside_previous_run(folder: str | Path) -> Path | None:
     epoch copies would otherwise stand beside the new run's files) -> that folder, or None if there was no run."""
     folder = Path(folder)
     found = sorted({p for pattern in RUN_OUTPUTS for p in folder.glob(pattern)})
+    found = [p for p in found if not (p.is_dir() and not any(p.iterdir()))]  # e.g. the tensorboard/ just made
     if not found:
         return None
     aside = folder / time.strftime("previous_run_%Y%m%d_%H%M%S")
