@@ -72,6 +72,16 @@ def pad_targets(boxes: list[Tensor], labels: list[Tensor], max_boxes: int) -> tu
     return out_boxes, out_labels
 
 
+def split_unreadable(samples: list[dict]) -> tuple[list[dict], tuple[str, ...]]:
+    """(the readable samples, the paths of those a worker could not read: {"unreadable": path})."""
+    return [s for s in samples if "unreadable" not in s], tuple(s["unreadable"] for s in samples if "unreadable" in s)
+
+
+def with_copies(good: list, missing: int) -> list:
+    """`good` and `missing` copies of its items in turn: a training batch keeps its size when images are unreadable."""
+    return good + [good[i % len(good)] for i in range(missing)]
+
+
 class Collate:
     """Stack samples into a Batch. Samples {"unreadable": path} (corrupt images) are recorded in
     Batch.skipped; for training (`keep_batch_size`) they are replaced by copies of readable samples
@@ -82,12 +92,11 @@ class Collate:
         self.keep_batch_size = keep_batch_size
 
     def __call__(self, samples: list[dict]) -> Batch:
-        good = [s for s in samples if "unreadable" not in s]
-        skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
+        good, skipped = split_unreadable(samples)
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
             return Batch.empty(self.max_boxes, skipped)
         if self.keep_batch_size:
-            good = good + [good[i % len(good)] for i in range(len(skipped))]
+            good = with_copies(good, len(skipped))
         boxes, labels = pad_targets([s["boxes"] for s in good], [s["labels"] for s in good], self.max_boxes)
         return Batch(
             images=torch.stack([s["image"] for s in good]),

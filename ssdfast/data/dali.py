@@ -27,10 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..preemption import end_workers_at_exit
-from .batch import Batch
+from .batch import Batch, split_unreadable, with_copies
 from .coco import CocoDetection
 from .gpu_pipeline import JpegSamples, batch_of, sample_loader
-from .jpeg_header import read_jpeg_header
 from .loader import EpochKeyedSampler, TorchLoader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
 
@@ -64,9 +63,7 @@ class DaliSamples(JpegSamples):
             sample["encoded"] = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].ravel()
         else:
             sample["encoded"] = sample.pop("jpeg")
-            header = read_jpeg_header(sample["encoded"].tobytes())
-            turned = sample.pop("orientation") in (5, 6, 7, 8)  # DALI applies EXIF orientation as OpenCV does
-            height, width = (header.width, header.height) if turned else (header.height, header.width)
+            height, width = sample.pop("displayed_size")  # DALI applies EXIF orientation as OpenCV does
         x0, y0, x1, y1 = crop_pixels(sample["crop"], height, width)
         sample["anchor"] = np.array([x0, y0], dtype=np.float32)
         sample["shape"] = np.array([x1 - x0, y1 - y0], dtype=np.float32)
@@ -179,11 +176,8 @@ class DaliLoader(TorchLoader):
     def readable(self, samples: list[dict]) -> tuple[list[dict], tuple[str, ...]]:
         """The samples DALI decodes and the unreadable paths; for training the unreadable ones are replaced by
         copies of readable ones (the batch keeps its size), as the other paths do."""
-        good = [s for s in samples if "unreadable" not in s]
-        skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
-        if self.train and good:
-            good = good + [good[i % len(good)] for i in range(len(skipped))]
-        return good, skipped
+        good, skipped = split_unreadable(samples)
+        return (with_copies(good, len(skipped)) if self.train and good else good), skipped
 
     def batch(self, images: torch.Tensor, samples: list[dict], skipped: tuple[str, ...]) -> Batch:
         if not samples:

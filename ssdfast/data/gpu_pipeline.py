@@ -25,10 +25,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..preemption import ignore_stop_signals_in_workers
 from . import batched_color
-from .batch import Batch, pad_targets
+from .batch import Batch, pad_targets, split_unreadable, with_copies
 from .coco import CocoDetection, read_image
 from .image_files import DEFAULT_MAX_PIXELS
-from .jpeg_header import read_jpeg_header
+from .jpeg_header import TRANSPOSED, read_jpeg_header
 from .loader import EpochKeyedSampler, TorchLoader
 from .transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
 
@@ -53,8 +53,8 @@ def draw_augmentation(boxes: np.ndarray, labels: np.ndarray, rng: np.random.Gene
 
 
 def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """What a worker ships of an image file: {"jpeg": bytes [N] uint8, "orientation": EXIF 1..8} for a
-    complete colour JPEG, {"pixels": [3, H, W] uint8} for anything else OpenCV reads (read_image), or
+    """What a worker ships of an image file: {"jpeg": bytes [N] uint8, "orientation": EXIF 1..8,
+    "displayed_size": (H, W) after it} for a complete colour JPEG, {"pixels": [3, H, W] uint8} for anything else OpenCV reads (read_image), or
     {"unreadable": path}, also for a header that claims more than max_pixels (never decoded). NumPy arrays,
     not tensors: they are pickled through the worker's pipe, where each tensor would hold a shared-memory
     file descriptor in the main process until freed (thousands with 14 workers of batch 128)."""
@@ -66,7 +66,11 @@ def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     if header and header.width * header.height > max_pixels:
         return {"unreadable": str(path)}
     if header and header.components == 3 and header.huffman and raw.rfind(b"\xff\xd9") > raw.rfind(b"\xff\xda"):
-        return {"jpeg": np.frombuffer(bytearray(raw), dtype=np.uint8), "orientation": header.orientation}
+        return {
+            "jpeg": np.frombuffer(bytearray(raw), dtype=np.uint8),
+            "orientation": header.orientation,
+            "displayed_size": header.displayed_size,
+        }
     image = read_image(path, max_pixels)
     if image is None:
         return {"unreadable": str(path)}
@@ -103,7 +107,7 @@ class JpegSamples(Dataset):
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """[3, H, W] as stored -> as displayed, for EXIF orientation 1..8 (what OpenCV's imread applies)."""
-    if orientation in (5, 6, 7, 8):  # the four that swap width and height
+    if orientation in TRANSPOSED:
         image = image.transpose(-1, -2)
     flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
     return image.flip(flips) if flips else image
@@ -204,9 +208,8 @@ class GpuAugment:
 
     def decode(self, samples: list[dict]) -> tuple[list[tuple[dict, torch.Tensor]], tuple[str, ...]]:
         """(readable samples with their decoded image, paths of the unreadable ones)."""
-        readable = [s for s in samples if "unreadable" not in s]
+        readable, skipped = split_unreadable(samples)
         images = decode(readable, self.device)
-        skipped = tuple(s["unreadable"] for s in samples if "unreadable" in s)
         skipped += tuple(s["path"] for s, image in zip(readable, images) if image is None)
         return [(s, image) for s, image in zip(readable, images) if image is not None], skipped
 
@@ -216,7 +219,7 @@ class GpuAugment:
         if not good:  # the whole batch was unreadable: an empty batch, which the engine passes over
             return Batch.empty(self.max_boxes, skipped)
         if self.train:
-            good = good + [good[i % len(good)] for i in range(len(skipped))]
+            good = with_copies(good, len(skipped))
         kept = [s for s, _ in good]
         return batch_of(self.pixels([image for _, image in good], kept, out), kept, self.max_boxes, skipped)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)
 OTHER_FRAMES = (0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # lossless, arithmetic, ...
 ORIENTATION_TAG = 0x0112
+TRANSPOSED = frozenset({5, 6, 7, 8})  # the EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class JpegHeader:
     components: int  # 1 grayscale, 3 colour (YCbCr), 4 CMYK / YCCK
     huffman: bool  # baseline or progressive Huffman coding (what every decoder handles)
     orientation: int  # EXIF orientation 1..8 (1: as stored)
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        """(height, width) of the image as displayed (after its EXIF orientation, as OpenCV decodes it)."""
+        return (self.width, self.height) if self.orientation in TRANSPOSED else (self.height, self.width)
 
 
 def read_jpeg_header(raw: bytes) -> JpegHeader | None:

@@ -28,9 +28,8 @@ from PIL import Image
 
 from ..defaults import IMAGE_SUFFIXES
 from .coco import DataSource
+from .jpeg_header import ORIENTATION_TAG, TRANSPOSED
 from .validate import ValidationReport
-
-EXIF_ORIENTATION, TRANSPOSED = 0x0112, {5, 6, 7, 8}  # orientations that swap width and height
 
 
 def find_data_yaml(path: Path) -> Path | None:
@@ -114,7 +113,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            rotated = image.getexif().get(EXIF_ORIENTATION) in TRANSPOSED
+            rotated = image.getexif().get(ORIENTATION_TAG) in TRANSPOSED
     except OSError:
         return 0, 0
     return (height, width) if rotated else (width, height)

@@ -210,12 +210,10 @@ class TrainingRun:
         """A run stopped mid-epoch with another global batch (--batch-size or the number of processes changed)
         continues after the same number of the epoch's images, not after the same number of batches (which would
         skip or repeat images) -> what changed, or None."""
-        position, batch = self.position, self.args.batch_size * self.world
+        position, batch, saved = self.position, self.args.batch_size * self.world, self.resumed_from
         if not position:
             return None
-        # Positions written before they stored batch_size: the checkpoint's own --batch-size (per process).
-        per_process = position.get("batch_size", self.resumed_from.args.get("batch_size", self.args.batch_size))
-        saved_batch = position.get("world", self.world) * per_process
+        saved_batch = (saved.world or self.world) * saved.args.get("batch_size", self.args.batch_size)
         if saved_batch == batch:
             return None
         done = position["iteration"] * saved_batch
@@ -449,8 +447,7 @@ class TrainingRun:
     def save_position(self, progress: EpochProgress) -> None:
         """last.pt in the middle of an epoch: the weights and where the epoch stands."""
         with host_sync_point(self.device):  # reads the loss sums and the weights
-            position = {**progress.state_dict(), "world": self.world, "batch_size": self.args.batch_size}
-            self.save(progress.epoch - 1, position)
+            self.save(progress.epoch - 1, {**progress.state_dict(), "world": self.world})
 
     def save(self, epochs_done: int, position: dict | None, also_best: bool = False) -> None:
         """Write last.pt (rank 0 only; no collective inside, so rank 0 alone may decide when).
