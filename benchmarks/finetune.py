@@ -5,7 +5,7 @@ layers and the box heads carry over) against B trained from scratch with the dem
     python benchmarks/finetune.py --epochs 1 2 3        # fine-tuning lengths to try (the scratch run: 12)
 
 Writes benchmarks/results/finetune-<machine>.json: the COCO AP/AP50 on B's val set and the training steps
-of each run, and prints them. Every run is tools/train.py with the demo's recipe (ssdfast/demo_recipe.py).
+of each run, and prints them. Every run is tools/train.py with the demo's recipe (ssdfast/training/demo_recipe.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from quality import train_once  # benchmarks/quality.py and report.py, beside this script
 from report import RESULTS, machine_name, this_machine
 
-from ssdfast.demo_recipe import BATCH_SIZE, EPOCHS, write_demo_data
+from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 

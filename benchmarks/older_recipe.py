@@ -8,7 +8,7 @@ backbones when its modules are imported). Nothing of the older code is copied he
 its dataset, PIL augmentation (SSDTransformer), default boxes, encoder, SSDLite model, loss and
 evaluation from the clone and only drives them. What it adapts, and why:
 
-  * the recipe comes from ssdfast/demo_recipe.py's train_command (epochs, batch, lr per 32 images, warm-up,
+  * the recipe comes from ssdfast/training/demo_recipe.py's train_command (epochs, batch, lr per 32 images, warm-up,
     milestones), applied per step as tools/train.py does (the older train() steps MultiStepLR per epoch
     and has no warm-up);
   * the class count is the dataset's (the older train.py fixes COCO's 81);

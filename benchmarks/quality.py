@@ -4,7 +4,7 @@
     python benchmarks/quality.py --seeds 1 2 --epochs 2       # a quick check of the script itself
     python benchmarks/quality.py --older PATH --seeds 1 2 3 4 5   # the older implementation, same recipe
 
-Each seed is one run of tools/train.py with the demo's recipe (ssdfast/demo_recipe.py: SSDLite from scratch on
+Each seed is one run of tools/train.py with the demo's recipe (ssdfast/training/demo_recipe.py: SSDLite from scratch on
 the synthetic set of 256/64 images), evaluated on the val set after the last epoch. Writes
 benchmarks/results/quality-<machine>-e<epochs>b<batch>.json (every run, its command, the summary) and docs/quality.md's
 quality table (between the quality markers). A speed table is not made here: see report.py.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from report import RESULTS, fill_between, machine_name, this_machine  # benchmarks/report.py, beside this script
 
-from ssdfast.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
+from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from baselines import adjust_bcs_reference
 from conftest import run
 from torchvision import tv_tensors
 from torchvision.io import decode_jpeg
@@ -17,7 +18,6 @@ from ssdfast.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SSDTransform,
-    adjust_bcs_reference,
     hflip,
     jitter_factors,
     random_crop,

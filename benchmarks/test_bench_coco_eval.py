@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import run
 
-from ssdfast.coco_eval import coco_evaluate
 from ssdfast.data.coco import load_coco
+from ssdfast.evaluation.coco_eval import coco_evaluate
 
 
 @pytest.fixture(scope="module")

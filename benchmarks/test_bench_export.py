@@ -15,7 +15,7 @@ import torch
 from conftest import CUDA, run
 
 from ssdfast.defaults import DETECTION_POLICY
-from ssdfast.export import export
+from ssdfast.deploy.export import export
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 
@@ -43,7 +43,7 @@ def exported(tmp_path_factory):
 
 def make_call(model, path, how: str, device: str):
     if how == "onnxruntime":
-        from ssdfast.deployed import Deployed
+        from ssdfast.deploy.deployed import Deployed
 
         return Deployed(path, device)
 

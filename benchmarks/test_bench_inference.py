@@ -1,10 +1,10 @@
 """End-to-end inference throughput: normalised batch in, fixed-size detections out."""
 
+import baselines
 import pytest
 import torch
 from conftest import CUDA, run
 
-from ssdfast import baselines
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 

@@ -1,10 +1,10 @@
 """Post-processing of 32 SSD300 outputs (80 classes): batched compiled ops vs the older-implementation-style loop."""
 
+import baselines
 import pytest
 from conftest import DEVICES, run
 from workloads import ssd300_outputs
 
-from ssdfast import baselines
 from ssdfast.anchors import SSD300_RESNET50
 from ssdfast.postprocess import postprocess
 

@@ -44,7 +44,7 @@ def make_step(
 ):
     """compile_mode: the step of tools/train.py --compile --compile-mode COMPILE_MODE (inductor)."""
     torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = device == "cuda"  # what the tools do on CUDA (ssdfast.runtime)
+    torch.backends.cudnn.benchmark = device == "cuda"  # what the tools do on CUDA (ssdfast.machinery.runtime)
     model = build_model(name, num_classes=80).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -13,14 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .detector import Detector, Result, load
+    from ssdfast.detector import Detector, Result, load
 
 __all__ = ["Detector", "Result", "load"]
 
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import detector
+        from ssdfast import detector
 
         return getattr(detector, name)
     raise AttributeError(f"module 'ssdfast' has no attribute {name!r}")

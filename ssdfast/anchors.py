@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .defaults import SSD_DEFAULTS, SSDDefaults  # noqa: F401  (SSD's constants: their home is defaults.py)
+from ssdfast.defaults import SSD_DEFAULTS, SSDDefaults  # noqa: F401  (SSD's constants: their home is defaults.py)
 
 
 @dataclass(frozen=True)

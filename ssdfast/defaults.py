@@ -33,7 +33,7 @@ def _count(value) -> bool:
 
 
 # What each setting of a DetectionPolicy must be: (test, the words an error uses). An exported file's
-# metadata is checked against the same ranges (ssdfast.export_metadata).
+# metadata is checked against the same ranges (ssdfast.deploy.metadata).
 POLICY_RANGES = {
     "score_threshold": (lambda v: _number(v) and 0.0 <= v < 1.0, "a number in [0, 1)"),
     "nms_threshold": (lambda v: _number(v) and 0.0 < v <= 1.0, "a number in (0, 1]"),

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.coco import read_image
-from .defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
-from .inference import as_detector, load_detector, run_detector, to_records
-from .outputs import writable_file
-from .postprocess import Detections
-from .runtime import pick_device
-from .visualize import draw_detections
+from ssdfast.data.coco import read_image
+from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
+from ssdfast.inference import as_detector, load_detector, run_detector, to_records
+from ssdfast.machinery.outputs import writable_file
+from ssdfast.machinery.runtime import pick_device
+from ssdfast.postprocess import Detections
+from ssdfast.visualize import draw_detections
 
 SOURCE_KINDS = (
     "a path, a folder, a list of these, a PIL image, an RGB uint8 numpy array [H, W, 3] or a tensor [3, H, W]"
@@ -47,7 +47,7 @@ def load(
     device: "cpu", "cuda", "cuda:1" (default: CUDA when there is a GPU). score_threshold: keep detections
     scoring above it (default 0.3). nms_threshold: NMS IoU (default 0.45; an exported file's own). max_det:
     most detections per image (default 200; an exported file gives at most what it was exported with).
-    Raises ssdfast.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use."""
+    Raises ssdfast.machinery.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use."""
     device = pick_device(None if device is None else str(device))
     given = {"score_threshold": score_threshold, "nms_threshold": nms_threshold, "max_detections": max_det}
     policy = replace(DISPLAY_POLICY, **{name: value for name, value in given.items() if value is not None})
@@ -59,7 +59,7 @@ def load(
 
 class Detector:
     """A trained detector (see load). predict() is for people; detector(images) -> Detections is the
-    interface the evaluation loop uses (ssdfast.engine.predict), the same for every kind of file.
+    interface the evaluation loop uses (ssdfast.evaluation.loop.predict), the same for every kind of file.
 
     names: the class names, label i is names[i - 1]; meta: model_name, num_classes, category_ids, ..."""
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from .defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, POLICY_NAMES, DetectionPolicy
+from ssdfast.defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, POLICY_NAMES, DetectionPolicy
 
 MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
 MAX_WORKERS = 256  # data loading processes (or DALI threads)

@@ -1,7 +1,7 @@
 """Load a trained detector from any supported checkpoint, or an exported .onnx/.pt2, and run it on plain images.
 
 A detector is anything that maps normalised images [B, 3, 300, 300] to ssdfast Detections and knows its
-`device`: an exported file (ssdfast.deployed.Deployed, its DetectionPolicy bound when loaded) or a PyTorch
+`device`: an exported file (ssdfast.deploy.deployed.Deployed, its DetectionPolicy bound when loaded) or a PyTorch
 SSD with ssdfast.postprocess and a DetectionPolicy (PostProcessed). `as_detector` turns what load_detector gave into one, so
 callers never ask which kind of file they hold.
 """
@@ -15,16 +15,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import infer_model_name, infer_num_classes, load_checkpoint, load_model_weights, model_state_dict
-from .data.coco import COCO_CLASSES
-from .data.transforms import SSDTransform
-from .defaults import DETECTION_POLICY, DISPLAY_POLICY, DetectionPolicy
-from .models import SSDBase, build_model
-from .postprocess import Detections, postprocess, scale_to_image
-from .runtime import autocast, unwrap
+from ssdfast.data.coco import COCO_CLASSES
+from ssdfast.data.transforms import SSDTransform
+from ssdfast.defaults import DETECTION_POLICY, DISPLAY_POLICY, DetectionPolicy
+from ssdfast.machinery.checkpoint import (
+    infer_model_name,
+    infer_num_classes,
+    load_checkpoint,
+    load_model_weights,
+    model_state_dict,
+)
+from ssdfast.machinery.runtime import autocast, unwrap
+from ssdfast.models import SSDBase, build_model
+from ssdfast.postprocess import Detections, postprocess, scale_to_image
 
 if TYPE_CHECKING:
-    from .deployed import Deployed
+    from ssdfast.deploy.deployed import Deployed
 
 
 def load_detector(
@@ -32,10 +38,10 @@ def load_detector(
 ) -> tuple[SSDBase | Deployed, dict]:
     """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
     "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint; or, for a .onnx/.pt2 written
-    by tools/export.py, a ssdfast.deployed.Deployed, told the policy it will be used with (a DetectionPolicy,
+    by tools/export.py, a ssdfast.deploy.deployed.Deployed, told the policy it will be used with (a DetectionPolicy,
     changes to the file's own, or None: its own; checked against the NMS inside the file). A checkpoint's
     model gets its policy from as_detector."""
-    from .deployed import Deployed, is_deployed  # imported here: only exported files need the export code
+    from ssdfast.deploy.deployed import Deployed, is_deployed  # imported here: only exported files need the export code
 
     if is_deployed(weights):
         deployed = Deployed(weights, device, policy)

@@ -16,8 +16,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import reference
-from .anchors import SSD_DEFAULTS
+from ssdfast import reference
+from ssdfast.anchors import SSD_DEFAULTS
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.ssdfast.*)

@@ -3,7 +3,7 @@
 decode offsets (with the model's anchor_spec.variances) -> softmax -> per class: the top
 `policy.topk_per_class` scores -> class-aware NMS that ignores scores <= `policy.score_threshold` and
 stops at `policy.max_detections` kept boxes (= the best K by score). The older implementation's
-decode_batch did the same with a Python loop per image and per class (ssdfast.baselines.postprocess_loop,
+decode_batch did the same with a Python loop per image and per class (baselines.postprocess_loop,
 the test oracle).
 """
 
@@ -14,8 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import ops
-from .defaults import DETECTION_POLICY, DetectionPolicy
+from ssdfast import ops
+from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
 
 
 class Detections(NamedTuple):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .anchors import SSD_DEFAULTS
+from ssdfast.anchors import SSD_DEFAULTS
 
 
 def _check_float(t: Tensor, name: str) -> None:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ssdfast.anchors import SSD300_RESNET50, SSDLITE300, default_boxes
-from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import decode_scores, postprocess
+from ssdfast.training.loss import MultiBoxLoss
 from ssdfast.training.step import TrainStep
 
 

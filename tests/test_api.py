@@ -23,12 +23,12 @@ from torch import nn
 
 import ssdfast
 from ssdfast.anchors import SSDLITE300
-from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
 from ssdfast.defaults import DetectionPolicy
 from ssdfast.detector import Detector
-from ssdfast.engine import predict as engine_predict
+from ssdfast.evaluation.loop import predict as engine_predict
 from ssdfast.inference import as_detector, detect, load_detector
+from ssdfast.machinery.checkpoint import save_checkpoint
 from ssdfast.models import build_model
 from ssdfast.visualize import draw_detections
 
@@ -288,7 +288,7 @@ def match_order_free(a, b, box_atol, score_atol):
 def test_exported_onnx_predicts_what_its_checkpoint_predicts(checkpoint, folder, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from ssdfast.export import export
+    from ssdfast.deploy.export import export
 
     model, meta = load_detector(checkpoint)
     export(

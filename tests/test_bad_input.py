@@ -12,8 +12,8 @@ import torch
 from conftest import tool, train_args
 
 from ssdfast import ops, reference
-from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import CocoDetection
+from ssdfast.machinery.checkpoint import save_checkpoint
 from ssdfast.models import build_model
 
 

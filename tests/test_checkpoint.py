@@ -9,8 +9,14 @@ from torchvision.models import mobilenet_v2, resnet50
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 from ssdfast.anchors import SSD300_RESNET50, SSDLITE300, default_boxes
-from ssdfast.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_dict, save_checkpoint
 from ssdfast.inference import load_detector
+from ssdfast.machinery.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_state_dict,
+    save_checkpoint,
+)
 from ssdfast.models import build_model
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from pycocotools.coco import COCO
 
-from ssdfast.coco_eval import coco_evaluate
+from ssdfast.evaluation.coco_eval import coco_evaluate
 
 
 def ground_truth(rng, images=6):

@@ -16,7 +16,7 @@ from conftest import CUDA, free_port, random_boxes, resume_args, tool, train_arg
 from torch import nn
 
 from ssdfast.anchors import AnchorSpec
-from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssdfast.machinery.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssdfast.models import build_model
 from ssdfast.models.ssd_base import SSDBase
 from ssdfast.training.optimizer import build_optimizer, zero_momentum_buffers

@@ -7,10 +7,10 @@ from conftest import CUDA
 
 from ssdfast import ops
 from ssdfast.anchors import SSD300_RESNET50, default_boxes
-from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 from ssdfast.training.epoch import train_one_epoch
+from ssdfast.training.loss import MultiBoxLoss
 from ssdfast.training.optimizer import zero_momentum_buffers
 from ssdfast.training.step import CudaGraphTrainStep, TrainStep
 

@@ -21,7 +21,7 @@ from ssdfast.data.coco import CocoDetection, read_image
 from ssdfast.data.formats import detect_format, resolve_source
 from ssdfast.data.voc import VOC_CLASSES, read_voc
 from ssdfast.data.yolo import image_size, read_yolo
-from ssdfast.voc_eval import voc_map
+from ssdfast.evaluation.voc_eval import voc_map
 
 
 def coco_split(root: Path, split: str) -> dict:

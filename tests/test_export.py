@@ -1,4 +1,4 @@
-"""Export (tools/export.py, ssdfast.export): the ONNX and .pt2 files detect what PyTorch detects.
+"""Export (tools/export.py, ssdfast.deploy.export): the ONNX and .pt2 files detect what PyTorch detects.
 
 Both models are trained a few steps on the synthetic set (an untrained SSD gives near-equal scores
 everywhere: ties, not a test). SSDLite (conftest's trained_run) goes through the tools end to end
@@ -16,14 +16,14 @@ import torch
 from conftest import ROOT, shared_once, tool
 from export import main as export_main  # tools/export.py (pyproject.toml puts tools/ on pytest's path)
 
-from ssdfast.checkpoint import save_checkpoint
 from ssdfast.data import build_loader
 from ssdfast.data.coco import read_image
 from ssdfast.data.synthetic import write_synthetic_coco
 from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
-from ssdfast.deployed import Deployed
-from ssdfast.export import check_against_pytorch, compare_detections, export
+from ssdfast.deploy.deployed import Deployed
+from ssdfast.deploy.export import check_against_pytorch, compare_detections, export
 from ssdfast.inference import detect, load_detector, to_records
+from ssdfast.machinery.checkpoint import save_checkpoint
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 from ssdfast.training.step import TrainStep

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ssdfast.checkpoint import CheckpointError
-from ssdfast.finetune import class_output_layers, transfer_weights
+from ssdfast.machinery.checkpoint import CheckpointError
 from ssdfast.models import build_model
+from ssdfast.training.finetune import class_output_layers, transfer_weights
 
 
 @pytest.mark.parametrize("name", ["ssdlite", "ssd"])

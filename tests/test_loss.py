@@ -8,9 +8,9 @@ from ssdfast import ops
 from ssdfast.data.batch import Collate
 from ssdfast.data.coco import CocoDetection
 from ssdfast.defaults import DISPLAY_POLICY
-from ssdfast.loss import MultiBoxLoss
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
+from ssdfast.training.loss import MultiBoxLoss
 
 
 def loop_oracle(locs, confs, offsets, labels):

@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 
-from ssdfast.plots import batch_grid, plot_precision_recall, plot_run, read_log
+from ssdfast.training.plots import batch_grid, plot_precision_recall, plot_run, read_log
 from ssdfast.visualize import class_color
 
 

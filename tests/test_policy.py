@@ -10,7 +10,7 @@ import pytest
 
 from ssdfast import flag_types as flags
 from ssdfast.defaults import DETECTION_POLICY, DISPLAY_POLICY, DetectionPolicy
-from ssdfast.export_metadata import ExportMetadataError, describe, exported_policy, validate
+from ssdfast.deploy.metadata import ExportMetadataError, describe, exported_policy, validate
 
 META = {"model_name": "ssdlite300_mobilenetv2", "num_classes": 2, "category_names": ["a", "b"]}
 

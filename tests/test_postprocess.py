@@ -1,8 +1,8 @@
 """Batched post-processing against the older-implementation-style per-image, per-class loop."""
 
+import baselines
 import torch
 
-from ssdfast import baselines
 from ssdfast.anchors import SSDLITE300, default_boxes
 from ssdfast.defaults import DetectionPolicy
 from ssdfast.postprocess import postprocess, scale_to_image

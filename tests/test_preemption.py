@@ -18,7 +18,7 @@ import torch
 from conftest import RESUMED_EPOCHS as EPOCHS
 from conftest import ROOT, free_port, resume_args, shared_once
 
-from ssdfast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssdfast.machinery.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -9,7 +9,7 @@ import older_recipe  # benchmarks/ and tools/ are on pytest's path (pyproject.to
 import quality
 import train
 
-from ssdfast import demo_recipe
+from ssdfast.training import demo_recipe
 
 
 def test_older_gets_the_demo_recipe(tmp_path):

@@ -14,8 +14,8 @@ import torch
 # tool, train_args: new test files may import them from here too
 from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, train_args  # noqa: F401
 
-from ssdfast.checkpoint import load_checkpoint
 from ssdfast.inference import load_detector
+from ssdfast.machinery.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

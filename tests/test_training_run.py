@@ -10,10 +10,10 @@ import torch
 import train  # tools/train.py (on pytest's path: pyproject.toml): its argument parser makes the runs' arguments
 from conftest import resume_args
 
-from ssdfast.checkpoint import load_checkpoint, save_checkpoint
-from ssdfast.exit_codes import EXIT_DONE, EXIT_STOPPED
+from ssdfast.machinery.checkpoint import load_checkpoint, save_checkpoint
+from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_STOPPED
+from ssdfast.machinery.preemption import StopRequest
 from ssdfast.models import canonical_name
-from ssdfast.preemption import StopRequest
 from ssdfast.training import run as run_module
 from ssdfast.training.run import TrainingRun
 from ssdfast.training.run_log import RunLog

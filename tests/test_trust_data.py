@@ -59,12 +59,12 @@ if point == "load":  # decoding the 3rd image, inside a loader worker
     import ssdfast.data.coco as coco
     coco.read_image = _on_call(3, coco.read_image, point)
 elif point == "step":  # the 2nd training step (train.py) or evaluated batch (eval.py), in the main process
-    import ssdfast.engine as engine
+    import ssdfast.evaluation.loop as engine
     import ssdfast.training.step as train_step
     train_step.TrainStep.__call__ = _on_call(2, train_step.TrainStep.__call__, point)
     engine.detections_to_coco = _on_call(2, engine.detections_to_coco, point)
 elif point == "evaluation":  # COCO evaluation, after the loaders' passes (their persistent workers idle)
-    import ssdfast.engine as engine
+    import ssdfast.evaluation.loop as engine
     engine.coco_evaluate = _on_call(1, engine.coco_evaluate, point)
 """
 

@@ -19,8 +19,8 @@ import torch
 from test_tools import tool
 
 from ssdfast.defaults import DETECTION_POLICY
-from ssdfast.deployed import Deployed
-from ssdfast.export import check_against_pytorch, export
+from ssdfast.deploy.deployed import Deployed
+from ssdfast.deploy.export import check_against_pytorch, export
 from ssdfast.models import build_model
 from ssdfast.postprocess import postprocess
 
@@ -101,7 +101,7 @@ def crafted_pt2(genuine: Path, dst: Path, how: str, marker: Path) -> Path:
 
 @pytest.mark.parametrize("how", ["sample_inputs", "pickled_weight", "file_op"])
 def test_a_crafted_pt2_is_refused_and_runs_nothing(tied, tmp_path, how):
-    from ssdfast.pt2_guard import UnsafePT2Error
+    from ssdfast.deploy.pt2_guard import UnsafePT2Error
 
     marker = tmp_path / "MARKER"
     bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", how, marker)
@@ -135,7 +135,7 @@ def test_a_genuine_pt2_detects_as_the_unguarded_torch_export_load(tied):
 
 
 def test_torch_load_cannot_fall_back_to_a_full_pickle_during_the_load(tmp_path):
-    from ssdfast.pt2_guard import _weights_only_everywhere
+    from ssdfast.deploy.pt2_guard import _weights_only_everywhere
 
     marker = tmp_path / "MARKER"
     with _weights_only_everywhere(), pytest.raises(pickle.UnpicklingError):
@@ -153,7 +153,7 @@ def flip_a_byte_inside_the_largest_initializer(src: Path, dst: Path) -> None:
 
 
 def test_a_bit_flipped_onnx_is_refused(tied, tmp_path):
-    from ssdfast.onnx_digest import ExportIntegrityError
+    from ssdfast.deploy.onnx_digest import ExportIntegrityError
 
     flip_a_byte_inside_the_largest_initializer(tied[0] / "m.onnx", tmp_path / "flipped.onnx")
     onnx.checker.check_model(str(tmp_path / "flipped.onnx"))  # still a well-formed ONNX file
@@ -169,7 +169,7 @@ def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
     onnx.helper.set_model_props(model, {**props, "ssdfast": json.dumps(info)})
     onnx.save(model, str(dst))
     if restamp:  # the hash recomputed: the metadata check itself is what is tested
-        from ssdfast.onnx_digest import stamp
+        from ssdfast.deploy.onnx_digest import stamp
 
         stamp(dst)
 
@@ -179,7 +179,7 @@ def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
     [("with_nms", None), ("score_threshold", 2.0), ("num_classes", "3"), ("category_names", ["a"]), ("max_det", 0)],
 )
 def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
-    from ssdfast.export_metadata import ExportMetadataError
+    from ssdfast.deploy.metadata import ExportMetadataError
 
     def edit(info):
         info.pop(key) if value is None else info.__setitem__(key, value)
@@ -205,7 +205,7 @@ def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
 
 
 def test_onnx_metadata_edited_without_a_new_hash_is_refused(tied, tmp_path):
-    from ssdfast.onnx_digest import ExportIntegrityError
+    from ssdfast.deploy.onnx_digest import ExportIntegrityError
 
     edit_onnx_metadata(
         tied[0] / "m.onnx", tmp_path / "m.onnx", lambda info: info.update(score_threshold=0.5), restamp=False
@@ -260,9 +260,9 @@ def boxes_and_scores(*rows):
 
 
 def problem_keeping(boxes, scores, kept):
-    """ssdfast.nms_check's verdict on keeping the rows `kept` (label 1) of boxes_and_scores' candidates,
+    """ssdfast.deploy.nms_check's verdict on keeping the rows `kept` (label 1) of boxes_and_scores' candidates,
     under SSD's policy (score 0.05, NMS 0.45, top 200, K 200)."""
-    from ssdfast.nms_check import nms_problem
+    from ssdfast.deploy.nms_check import nms_problem
 
     index = torch.tensor(kept, dtype=torch.long)
     labels = torch.ones(len(kept), dtype=torch.long)

@@ -27,15 +27,15 @@ import train
 from test_bad_input import fake_weights, names_of
 from test_tools import ROOT, tool, train_args
 
+from ssdfast.machinery.outputs import atomic_write
 from ssdfast.models import build_model
-from ssdfast.outputs import atomic_write
-from ssdfast.run_lock import FolderInUseError, SaveFolderLock
+from ssdfast.training.lock import FolderInUseError, SaveFolderLock
 
 QUICK = ("--iters-per-epoch", 1, "--eval-every", 0)
 
 
 def planted_temporary(folder: Path) -> Path:
-    """What a checkpoint write killed mid-way leaves behind (ssdfast.outputs' naming)."""
+    """What a checkpoint write killed mid-way leaves behind (ssdfast.machinery.outputs' naming)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".last.pt.k1ll3d.tmp"
     tmp.write_bytes(b"half a checkpoint")
@@ -129,7 +129,7 @@ def test_a_signal_in_the_middle_of_a_write_keeps_the_previous_file(tmp_path):
     target = tmp_path / "detections.json"
     target.write_text('["the previous run"]')
     script = (
-        f"import os, signal\nfrom ssdfast.outputs import atomic_write\n"
+        f"import os, signal\nfrom ssdfast.machinery.outputs import atomic_write\n"
         f"def write(f):\n    f.write(b'[' * 5000)\n    f.flush()\n    os.kill(os.getpid(), signal.SIGTERM)\n"
         f"atomic_write({str(target)!r}, write)\n"
     )

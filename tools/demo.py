@@ -4,7 +4,7 @@
     python tools/demo.py --out demo_output
 
 1. writes a COCO-layout dataset of coloured shapes (256 train, 64 val images) to OUT/data;
-2. trains SSDLite-MobileNetV2 from scratch (tools/train.py with ssdfast/demo_recipe.py's recipe; ~5 minutes
+2. trains SSDLite-MobileNetV2 from scratch (tools/train.py with ssdfast/training/demo_recipe.py's recipe; ~5 minutes
    on 2 CPU cores, AP50 ~0.9);
 3. evaluates it (tools/eval.py: the 12-number COCO table);
 4. draws its detections on a few val images (tools/detect.py).
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ssdfast import flag_types as flags
-from ssdfast.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
+from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
-from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
+from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
+from ssdfast.machinery.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
 from ssdfast.visualize import draw_detections
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -261,9 +261,9 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
 
 def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
-    from ssdfast.checkpoint import CheckpointError
     from ssdfast.inference import load_detector
-    from ssdfast.runtime import configure_cudnn, pick_device
+    from ssdfast.machinery.checkpoint import CheckpointError
+    from ssdfast.machinery.runtime import configure_cudnn, pick_device
 
     device = pick_device(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size

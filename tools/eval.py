@@ -24,9 +24,9 @@ from pathlib import Path
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import DETECTION_POLICY
-from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
-from ssdfast.voc_eval import voc_map
+from ssdfast.evaluation.voc_eval import voc_map
+from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
+from ssdfast.machinery.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
 
 
 def get_args(argv=None):
@@ -56,7 +56,9 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
     p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
     p.add_argument(
-        "--amp", action="store_true", help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.runtime)"
+        "--amp",
+        action="store_true",
+        help="mixed precision: fp16 autocast on CUDA, bf16 on CPU (ssdfast.machinery.runtime)",
     )
     flags.add_policy_flags(p, DETECTION_POLICY, score_help="drop detections at or below this score")
     p.add_argument(
@@ -126,11 +128,11 @@ def load_model_and_data(args, rank: int, world: int, device):
     ValueError naming the bad input."""
     import torch
 
-    from ssdfast.checkpoint import check_categories
     from ssdfast.data import build_loader
-    from ssdfast.deployed import is_deployed
+    from ssdfast.deploy.deployed import is_deployed
     from ssdfast.inference import load_detector
-    from ssdfast.runtime import use_channels_last
+    from ssdfast.machinery.checkpoint import check_categories
+    from ssdfast.machinery.runtime import use_channels_last
 
     deployed = is_deployed(args.weights)
     if deployed and args.amp:
@@ -202,9 +204,9 @@ def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
     import torch.distributed as dist
 
-    from ssdfast.checkpoint import CheckpointError
-    from ssdfast.engine import evaluate
-    from ssdfast.runtime import autocast_dtype, configure_cudnn, setup_distributed
+    from ssdfast.evaluation.loop import evaluate
+    from ssdfast.machinery.checkpoint import CheckpointError
+    from ssdfast.machinery.runtime import autocast_dtype, configure_cudnn, setup_distributed
 
     rank, world, device = setup_distributed(args.device)
     configure_cudnn(device, not args.no_cudnn_benchmark)

@@ -9,7 +9,7 @@ Output with NMS (default): boxes [B, K, 4] normalised xyxy, scores [B, K], label
 counts [B]; K = --max-det, rows padded with 0. Without NMS: boxes [B, A, 4], scores [B, A, C].
 The file is written under a temporary name and run on random images at two batch sizes; only a file
 whose detections are a correct post-processing of the PyTorch model's boxes and scores (tied scores
-may be broken either way: ssdfast.nms_check) is put at --output.
+may be broken either way: ssdfast.deploy.nms_check) is put at --output.
 tools/eval.py and tools/detect.py take the result as --weights.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 # Only modules without PyTorch up here: --help answers at once; main() imports the rest.
 from ssdfast import flag_types as flags
 from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS
-from ssdfast.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.outputs import OutputError, atomic_output, writable_file
+from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
+from ssdfast.machinery.outputs import OutputError, atomic_output, writable_file
 
 
 class CheckFailed(Exception):
@@ -90,9 +90,9 @@ def check_args(args) -> Path:
 
 def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
-    from ssdfast.checkpoint import CheckpointError
-    from ssdfast.export import check_against_pytorch, export
+    from ssdfast.deploy.export import check_against_pytorch, export
     from ssdfast.inference import load_detector
+    from ssdfast.machinery.checkpoint import CheckpointError
 
     try:
         output = check_args(args)

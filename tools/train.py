@@ -11,7 +11,7 @@ epoch and the image index, so a resumed run replays what an uninterrupted one wo
 last.pt is written atomically every --checkpoint-every (10 minutes) and at every epoch end, best.pt
 when COCO AP improves; log.jsonl and TensorBoard scalars (--log-path) follow the run.
 SIGTERM, SIGUSR1 or Ctrl-C: the current step finishes, last.pt is written, exit code 75 (a second
-Ctrl-C aborts at once). Exit codes: ssdfast/exit_codes.py.
+Ctrl-C aborts at once). Exit codes: ssdfast/machinery/exit_codes.py.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, DETECTION_POLICY, MODEL_CHOICES
-from ssdfast.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
+from ssdfast.machinery.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 
 if TYPE_CHECKING:
-    from ssdfast.preemption import StopRequest
+    from ssdfast.machinery.preemption import StopRequest
 
 
 def get_args(argv=None):
@@ -215,7 +215,7 @@ def get_args(argv=None):
 
 
 def main(argv=None, stop_request: StopRequest | None = None) -> int:
-    """Train as the command line `argv` says -> an exit code (ssdfast/exit_codes.py).
+    """Train as the command line `argv` says -> an exit code (ssdfast/machinery/exit_codes.py).
     stop_request: the signal flag run() installs before anything (a signal while loading is a stop too)."""
     from ssdfast.models import canonical_name
     from ssdfast.training.run import TrainingRun
@@ -244,12 +244,12 @@ def is_collective_failure(error: BaseException) -> bool:
 
 def run(argv=None) -> int:
     """main() with user errors as one `error:` line (a traceback only with --debug, or for bugs) and the
-    exit codes of ssdfast/exit_codes.py."""
+    exit codes of ssdfast/machinery/exit_codes.py."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     rank = os.environ.get("RANK", "0")
     get_args(argv)  # --help and usage errors before PyTorch is imported
-    from ssdfast.checkpoint import CheckpointError
-    from ssdfast.preemption import StopRequest
+    from ssdfast.machinery.checkpoint import CheckpointError
+    from ssdfast.machinery.preemption import StopRequest
 
     try:
         with StopRequest() as stop_request:  # from the first line on: a signal while loading is a stop too

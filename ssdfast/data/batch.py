@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..defaults import DEFAULT_MAX_BOXES
-from .transforms import normalise
+from ssdfast.data.transforms import normalise
+from ssdfast.defaults import DEFAULT_MAX_BOXES
 
 
 @dataclass

@@ -26,9 +26,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from .image_files import DEFAULT_MAX_PIXELS, header_problem, resolves_inside
-from .transforms import SSDTransform
-from .validate import ValidationReport, validate_coco
+from ssdfast.data.image_files import DEFAULT_MAX_PIXELS, header_problem, resolves_inside
+from ssdfast.data.transforms import SSDTransform
+from ssdfast.data.validate import ValidationReport, validate_coco
 
 COCO_CLASSES = (
     "person",

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..preemption import end_workers_at_exit
-from .batch import Batch, split_unreadable, with_copies
-from .coco import CocoDetection
-from .gpu_pipeline import JpegSamples, batch_of, sample_loader
-from .loader import EpochKeyedSampler, TorchLoader
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
+from ssdfast.data.batch import Batch, split_unreadable, with_copies
+from ssdfast.data.coco import CocoDetection
+from ssdfast.data.gpu_pipeline import JpegSamples, batch_of, sample_loader
+from ssdfast.data.loader import EpochKeyedSampler, TorchLoader
+from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
+from ssdfast.machinery.preemption import end_workers_at_exit
 
 INSTALL_HINT = (
     "the DALI data path needs NVIDIA DALI: pip install nvidia-dali-cuda130 "

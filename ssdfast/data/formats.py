@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import DATA_FORMATS
-from .coco import DataSource, coco_paths, coco_source
-from .voc import is_voc_root, read_voc
-from .yolo import find_data_yaml, read_yolo
+from ssdfast.data.coco import DataSource, coco_paths, coco_source
+from ssdfast.data.voc import is_voc_root, read_voc
+from ssdfast.data.yolo import find_data_yaml, read_yolo
+from ssdfast.defaults import DATA_FORMATS
 
 LOOKED_FOR = (
     "the COCO layout (annotations/instances_{train,val}2017.json)",

@@ -23,14 +23,14 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ..preemption import ignore_stop_signals_in_workers
-from . import batched_color
-from .batch import Batch, pad_targets, split_unreadable, with_copies
-from .coco import CocoDetection, read_image
-from .image_files import DEFAULT_MAX_PIXELS
-from .jpeg_header import TRANSPOSED, read_jpeg_header
-from .loader import EpochKeyedSampler, TorchLoader
-from .transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
+from ssdfast.data import batched_color
+from ssdfast.data.batch import Batch, pad_targets, split_unreadable, with_copies
+from ssdfast.data.coco import CocoDetection, read_image
+from ssdfast.data.image_files import DEFAULT_MAX_PIXELS
+from ssdfast.data.jpeg_header import TRANSPOSED, read_jpeg_header
+from ssdfast.data.loader import EpochKeyedSampler, TorchLoader
+from ssdfast.data.transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
+from ssdfast.machinery.preemption import ignore_stop_signals_in_workers
 
 WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)  # the crop window of "no crop"
 NO_JITTER = (1.0, 1.0, 1.0, 0)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from ..flag_types import integer
+from ssdfast.flag_types import integer
 
 DEFAULT_MAX_PIXELS = 50_000_000  # width x height; COCO's images have at most 0.4 MP, a 48 MP photo passes
 # Pillow refuses to parse headers above 2 x Image.MAX_IMAGE_PIXELS (179 MP) on its own, so no cap can

@@ -12,13 +12,13 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from ..defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES
-from ..preemption import end_workers_at_exit, ignore_stop_signals_in_workers
-from ..runtime import pick_device
-from .batch import Batch, Collate
-from .coco import CocoDetection
-from .formats import resolve_source
-from .image_files import DEFAULT_MAX_PIXELS
+from ssdfast.data.batch import Batch, Collate
+from ssdfast.data.coco import CocoDetection
+from ssdfast.data.formats import resolve_source
+from ssdfast.data.image_files import DEFAULT_MAX_PIXELS
+from ssdfast.defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES
+from ssdfast.machinery.preemption import end_workers_at_exit, ignore_stop_signals_in_workers
+from ssdfast.machinery.runtime import pick_device
 
 
 class ShardSampler(Sampler):
@@ -158,7 +158,7 @@ def build_loader(
     if num_workers > 0:
         end_workers_at_exit()  # they ignore SIGTERM: see there
     if backend == "dali":
-        from .dali import dali_loader
+        from ssdfast.data.dali import dali_loader
 
         device = pick_device(str(device))  # a plain "cuda" becomes the current device, not device 0
         return dali_loader(
@@ -173,7 +173,7 @@ def build_loader(
             channels_last=channels_last,
         )
     if backend == "gpu":
-        from .gpu_pipeline import gpu_loader
+        from ssdfast.data.gpu_pipeline import gpu_loader
 
         return gpu_loader(
             dataset,

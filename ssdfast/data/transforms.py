@@ -58,18 +58,6 @@ def valid_crops(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_iou: f
     return (w / h >= 0.5) & (w / h <= 2.0) & ((ious > min_iou) & (ious < max_iou)).all(axis=1) & inside.any(axis=1)
 
 
-def valid_crops_loop(crops: np.ndarray, boxes: np.ndarray, min_iou: float, max_iou: float) -> np.ndarray:
-    """The obvious twin of valid_crops: one window at a time (the test oracle)."""
-    out = np.zeros(len(crops), dtype=bool)
-    for i, (x0, y0, x1, y1) in enumerate(crops):
-        if not 0.5 <= (x1 - x0) / (y1 - y0) <= 2.0:
-            continue
-        ious = box_iou_np(boxes, crops[i : i + 1])[0]
-        centred = [(x0 < (b[0] + b[2]) / 2 < x1) and (y0 < (b[1] + b[3]) / 2 < y1) for b in boxes]
-        out[i] = bool(((ious > min_iou) & (ious < max_iou)).all()) and any(centred)
-    return out
-
-
 def crop_boxes(boxes: np.ndarray, labels: np.ndarray, crop: np.ndarray):
     """The boxes [n, 4] whose centre is inside `crop` (normalised xyxy), clipped to the window and
     re-normalised to it, and their labels."""
@@ -156,16 +144,6 @@ def adjust_bcs(image: np.ndarray, brightness: float, contrast: float, saturation
     image = cv2.addWeighted(image, contrast, image, 0.0, (1 - contrast) * mean)
     gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     return cv2.addWeighted(image, saturation, gray, 1 - saturation, 0.0)
-
-
-def adjust_bcs_reference(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
-    """The obvious twin of adjust_bcs: torchvision's formulas in float32, rounded once at the end."""
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = np.clip(image.astype(np.float32) * brightness, 0, 255)
-    mean = float((img @ weights).mean())
-    img = np.clip((img - mean) * contrast + mean, 0, 255)
-    gray = (img @ weights)[..., None]
-    return np.round(np.clip((img - gray) * saturation + gray, 0, 255)).astype(np.uint8)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -9,7 +9,7 @@ Decisions (one home for each):
   * boxes: VOC's xmin..xmax are 1-based inclusive pixel indices, so the COCO box is
     [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1] (Detectron2's and the devkit's IoU agree).
   * difficult objects: kept as COCO `iscrowd: 1`: not trained on (the dataset drops crowd boxes,
-    counted), and ignored by both evaluators as VOC's protocol ignores them (ssdfast.voc_eval).
+    counted), and ignored by both evaluators as VOC's protocol ignores them (ssdfast.evaluation.voc_eval).
   * width/height from <size>, or from the image header when <size> is missing or zero.
   * a file that is not parseable XML, or not a VOC <annotation>, is dropped and counted by name; an
     <object> without a name or without 4 numeric box coordinates is dropped and counted.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .coco import DataSource
-from .validate import ValidationReport
+from ssdfast.data.coco import DataSource
+from ssdfast.data.validate import ValidationReport
 
 VOC_CLASSES = (
     "aeroplane",

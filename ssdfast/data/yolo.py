@@ -26,10 +26,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..defaults import IMAGE_SUFFIXES
-from .coco import DataSource
-from .jpeg_header import ORIENTATION_TAG, TRANSPOSED
-from .validate import ValidationReport
+from ssdfast.data.coco import DataSource
+from ssdfast.data.jpeg_header import ORIENTATION_TAG, TRANSPOSED
+from ssdfast.data.validate import ValidationReport
+from ssdfast.defaults import IMAGE_SUFFIXES
 
 
 def find_data_yaml(path: Path) -> Path | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .ssd_base import SSDBase
-from .ssd_resnet50 import SSD300ResNet50
-from .ssdlite_mobilenetv2 import SSDLite300MobileNetV2
+from ssdfast.models.ssd_base import SSDBase
+from ssdfast.models.ssd_resnet50 import SSD300ResNet50
+from ssdfast.models.ssdlite_mobilenetv2 import SSDLite300MobileNetV2
 
 MODELS = {"ssd300_resnet50": SSD300ResNet50, "ssdlite300_mobilenetv2": SSDLite300MobileNetV2}
 ALIASES = {"ssd": "ssd300_resnet50", "ssdlite": "ssdlite300_mobilenetv2"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..anchors import AnchorSpec, default_boxes
+from ssdfast.anchors import AnchorSpec, default_boxes
 
 
 def flatten_head(out: Tensor, boxes_per_location: int, values: int) -> Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from ..anchors import SSD300_RESNET50
-from .ssd_base import SSDBase, load_backbone_weights, xavier_init
+from ssdfast.anchors import SSD300_RESNET50
+from ssdfast.models.ssd_base import SSDBase, load_backbone_weights, xavier_init
 
 OUT_CHANNELS = (1024, 512, 512, 256, 256, 256)
 MID_CHANNELS = (256, 256, 128, 128, 128)

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from ..anchors import SSDLITE300
-from .ssd_base import SSDBase, load_backbone_weights, xavier_init
+from ssdfast.anchors import SSDLITE300
+from ssdfast.models.ssd_base import SSDBase, load_backbone_weights, xavier_init
 
 HEAD_CHANNELS = (576, 1280, 512, 256, 256, 64)
 EXPANDED_BLOCK = 14  # features[14].conv[0] is the 1x1 expansion (96 -> 576) at 19x19

@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..runtime import host_sync_point
-from .optimizer import set_lr
-from .step import TrainStep
+from ssdfast.machinery.runtime import host_sync_point
+from ssdfast.training.optimizer import set_lr
+from ssdfast.training.step import TrainStep
 
 
 class NonFiniteLossError(RuntimeError):

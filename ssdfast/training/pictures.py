@@ -2,7 +2,7 @@
 train_batch0.jpg from the first batch trained (augmented images with their ground truth: are the labels
 read right?), predictions on a few val images in TensorBoard at each evaluation, and results.png (loss parts,
 lr, AP) and pr.png (precision-recall per class at IoU 0.5) after each epoch. Every file is written whole
-(ssdfast.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
+(ssdfast.machinery.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
-from ..defaults import DISPLAY_POLICY
-from ..outputs import atomic_output
-from ..plots import batch_grid, plot_precision_recall, plot_run
-from ..postprocess import postprocess, scale_to_image
-from ..visualize import draw_detections
+from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
+from ssdfast.defaults import DISPLAY_POLICY
+from ssdfast.machinery.outputs import atomic_output
+from ssdfast.postprocess import postprocess, scale_to_image
+from ssdfast.training.plots import batch_grid, plot_precision_recall, plot_run
+from ssdfast.visualize import draw_detections
 
 SHOWN = 8  # images in train_batch0.jpg
 PREDICTED = 4  # val images shown with their predictions in TensorBoard

@@ -22,24 +22,30 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import engine
-from ..checkpoint import save_checkpoint
-from ..data import build_loader
-from ..exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
-from ..finetune import load_source, transfer_weights
-from ..flag_types import detection_policy
-from ..models import build_model
-from ..outputs import writable_folder, write_json_atomic
-from ..preemption import StopAgreement, StopRequest, process_group_timeout
-from ..run_lock import hold_save_folder
-from ..runtime import autocast_dtype, configure_cudnn, host_sync_point, setup_distributed, use_channels_last
-from . import pictures
-from .checkpoint_schedule import CheckpointSchedule
-from .epoch import EpochProgress, NonFiniteLossError, train_one_epoch
-from .optimizer import LrSchedule, build_optimizer, scaled_lr
-from .run_log import RunLog
-from .state import ResumePoint, keep_epoch_copy, resume_training, set_aside_previous_run, training_state
-from .step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
+from ssdfast.data import build_loader
+from ssdfast.evaluation import loop as evaluation_loop
+from ssdfast.flag_types import detection_policy
+from ssdfast.machinery.checkpoint import save_checkpoint
+from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_NON_FINITE, EXIT_STOPPED
+from ssdfast.machinery.outputs import writable_folder, write_json_atomic
+from ssdfast.machinery.preemption import StopAgreement, StopRequest, process_group_timeout
+from ssdfast.machinery.runtime import (
+    autocast_dtype,
+    configure_cudnn,
+    host_sync_point,
+    setup_distributed,
+    use_channels_last,
+)
+from ssdfast.models import build_model
+from ssdfast.training import pictures
+from ssdfast.training.checkpoint_schedule import CheckpointSchedule
+from ssdfast.training.epoch import EpochProgress, NonFiniteLossError, train_one_epoch
+from ssdfast.training.finetune import load_source, transfer_weights
+from ssdfast.training.lock import hold_save_folder
+from ssdfast.training.optimizer import LrSchedule, build_optimizer, scaled_lr
+from ssdfast.training.run_log import RunLog
+from ssdfast.training.state import ResumePoint, keep_epoch_copy, resume_training, set_aside_previous_run, training_state
+from ssdfast.training.step import CompiledTrainStep, CudaGraphTrainStep, TrainStep
 
 # Arguments that choose where a new run starts from: a resumed run starts from last.pt whatever they say.
 STARTING_POINT_ARGS = {"weights", "backbone_weights", "no_resume"}
@@ -162,7 +168,7 @@ class TrainingRun:
         )
 
     def fine_tune_from(self, model, weights) -> None:
-        """Start from a detector trained on other categories (--weights): see ssdfast/finetune.py."""
+        """Start from a detector trained on other categories (--weights): see ssdfast/training/finetune.py."""
         state, meta = load_source(weights)
         if meta["model_name"] != self.args.model:
             raise ValueError(
@@ -401,7 +407,7 @@ class TrainingRun:
             self.save_position(progress)
         args = self.args
         shown = []  # the first val images, kept for the predictions picture (a copy: loaders reuse buffers)
-        coco, table, _, _ = engine.evaluate(
+        coco, table, _, _ = evaluation_loop.evaluate(
             self.ddp_model,
             self.val_loader,
             self.device,

@@ -1,5 +1,5 @@
 """What a training run stores in last.pt / best.pt and reads back to resume, and the epoch copies it
-keeps (--keep-checkpoints). The file format itself, safe loading and atomic writes: ssdfast/checkpoint.py.
+keeps (--keep-checkpoints). The file format itself, safe loading and atomic writes: ssdfast/machinery/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, check_categories, load_checkpoint
-from .optimizer import load_optimizer_state
+from ssdfast.machinery.checkpoint import CheckpointError, check_categories, load_checkpoint
+from ssdfast.training.optimizer import load_optimizer_state
 
 
 def training_state(

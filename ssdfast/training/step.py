@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import ops
-from ..defaults import COMPILE_MODES
-from ..loss import LossOutput, MultiBoxLoss
-from ..runtime import autocast, unwrap
+from ssdfast import ops
+from ssdfast.defaults import COMPILE_MODES
+from ssdfast.machinery.runtime import autocast, unwrap
+from ssdfast.training.loss import LossOutput, MultiBoxLoss
 
 
 class TrainStep:

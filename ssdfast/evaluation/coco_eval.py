@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .postprocess import Detections, scale_to_image
+from ssdfast.postprocess import Detections, scale_to_image
 
 STAT_NAMES = (
     "AP",

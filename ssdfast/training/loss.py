@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .anchors import SSD_DEFAULTS
+from ssdfast.anchors import SSD_DEFAULTS
 
 
 class LossOutput(NamedTuple):

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic save (through ssdfast.outputs), safe load, and reading the weights of any
+"""Checkpoint files: atomic save (through ssdfast.machinery.outputs), safe load, and reading the weights of any
 supported format (ssdfast's, the older implementation's, NVIDIA's) for eval, detect and fine-tuning.
 What a training run stores and reads back lives in ssdfast/training/state.py.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .outputs import OutputError, atomic_write
+from ssdfast.machinery.outputs import OutputError, atomic_write
 
 # The older implementation's unused seventh SSDLite head.
 IGNORED_KEYS = ("loc.6.", "conf.6.")
@@ -41,7 +41,7 @@ def state_bytes(state) -> int:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` to `path` atomically (ssdfast.outputs.atomic_output: temporary, fsync, rename).
+    """Write `state` to `path` atomically (ssdfast.machinery.outputs.atomic_output: temporary, fsync, rename).
 
     A run killed at any moment leaves either the old file or the new one, never a torn one. A full
     disk, an unwritable or vanished folder raises CheckpointError naming the folder and the space

@@ -5,7 +5,7 @@ back to a full pickle when that fails (torch._export.serde.serialize.deserialize
 full-unpickles weights and constants flagged ``use_pickle``, ``pickle.loads`` "opaque" constants,
 and loads AOTInductor shared libraries. A crafted file can therefore run any code. ssdfast writes
 far less than that format allows, so an archive is accepted only if it is exactly what
-``ssdfast.export`` writes, checked on the bytes that are then loaded (read once: no swap between
+``ssdfast.deploy.export`` writes, checked on the bytes that are then loaded (read once: no swap between
 check and load):
   * entries: one root folder, no duplicate names, only the layout in ``_ENTRY`` (no AOTInductor
     libraries, no pickled or custom-object constants, no legacy files); every entry's CRC is checked;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from ssdfast.machinery.checkpoint import CheckpointError
 
 _ENTRY = re.compile(
     r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"

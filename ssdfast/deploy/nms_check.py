@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .defaults import DetectionPolicy
-from .reference import box_iou
+from ssdfast.defaults import DetectionPolicy
+from ssdfast.reference import box_iou
 
 
 def match_candidates(

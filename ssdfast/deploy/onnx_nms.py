@@ -27,9 +27,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from . import reference
-from .defaults import DETECTION_POLICY, DetectionPolicy
-from .postprocess import Detections
+from ssdfast import reference
+from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
+from ssdfast.postprocess import Detections
 
 
 @torch.library.custom_op("ssdfast_onnx::non_max_suppression", mutates_args=())

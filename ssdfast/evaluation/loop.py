@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
-from .defaults import DETECTION_POLICY, DetectionPolicy
-from .inference import as_detector
+from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
+from ssdfast.evaluation.coco_eval import coco_evaluate, detections_to_coco, gather_to_rank0
+from ssdfast.inference import as_detector
 
 
 @torch.no_grad()

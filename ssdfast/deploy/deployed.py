@@ -1,7 +1,7 @@
 """Run an exported detector like a checkpoint: ``.onnx`` through ONNX Runtime, ``.pt2`` through
 torch.export.load. Normalised images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py
 and tools/detect.py measure and use exactly the file that is shipped (chosen by the weights' suffix).
-A .pt2 is loaded only if it cannot run code (``ssdfast.pt2_guard``).
+A .pt2 is loaded only if it cannot run code (``ssdfast.deploy.pt2_guard``).
 
 A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
 applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError
-from .defaults import DetectionPolicy
-from .export_metadata import PT2_METADATA, exported_policy, validate
-from .onnx_digest import verified_metadata
-from .postprocess import Detections, select
-from .pt2_guard import load_pt2
+from ssdfast.defaults import DetectionPolicy
+from ssdfast.deploy.metadata import PT2_METADATA, exported_policy, validate
+from ssdfast.deploy.onnx_digest import verified_metadata
+from ssdfast.deploy.pt2_guard import load_pt2
+from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.postprocess import Detections, select
 
 SUFFIXES = (".onnx", ".pt2")
 
@@ -36,7 +36,7 @@ def is_deployed(path: str | Path) -> bool:
 
 def _onnx_session(path: Path, device: torch.device):
     try:
-        import onnx  # noqa: F401  (ssdfast.onnx_digest checks the file with it)
+        import onnx  # noqa: F401  (ssdfast.deploy.onnx_digest checks the file with it)
         import onnxruntime as ort
     except ImportError as error:
         raise CheckpointError(
@@ -62,7 +62,7 @@ def _onnx_session(path: Path, device: torch.device):
 
 
 def _pt2_program(path: Path, device: torch.device):
-    from . import ops  # registers torch.ops.ssdfast.*, which the program calls
+    from ssdfast import ops  # registers torch.ops.ssdfast.*, which the program calls
 
     if ops.LOAD_ERROR is not None:
         raise CheckpointError(
@@ -118,7 +118,7 @@ class Deployed:
         return replace(wanted, topk_per_class=own.topk_per_class, max_detections=own.max_detections)
 
     def raw(self, images: Tensor) -> list[Tensor]:
-        """The file's outputs as they are (see ssdfast.export), on self.device."""
+        """The file's outputs as they are (see ssdfast.deploy.export), on self.device."""
         if hasattr(self, "session"):
             feed = {"images": images.detach().float().cpu().contiguous().numpy()}
             return [torch.from_numpy(out).to(self.device) for out in self.session.run(None, feed)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
+from ssdfast.machinery.checkpoint import CheckpointError
 
 
 def class_rows(category: int, boxes_per_location: int) -> slice:
@@ -71,8 +71,8 @@ def transfer_weights(
 def load_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, metadata with model_name and category_names) of any detector checkpoint eval.py reads
     (ssdfast's, the older implementation's, NVIDIA's). Exported .onnx/.pt2 files hold no trainable weights."""
-    from .deployed import is_deployed
-    from .inference import load_detector
+    from ssdfast.deploy.deployed import is_deployed
+    from ssdfast.inference import load_detector
 
     if is_deployed(path):
         raise CheckpointError(f"{path} is an exported model: fine-tune from the checkpoint (.pt) it was exported from")

@@ -6,12 +6,12 @@ normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet me
                (int64): the fixed-size layout of ``ssdfast.postprocess`` (K = max_detections, padding 0);
   without NMS: boxes [B, A, 4] (decoded, normalised xyxy), scores [B, A, C] (softmax, background
                dropped): the input of an NMS stage of one's own (e.g. TensorRT's EfficientNMS).
-ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.onnx_nms``); the ``.pt2`` holds the
+ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.deploy.onnx_nms``); the ``.pt2`` holds the
 ssdfast ops themselves (their fake kernels trace them), so loading it needs the extension ssdfast._C.
 Boxes are decoded with the model's own box coding (``model.anchor_spec.variances``), detections kept by a
-``DetectionPolicy``. The artifact carries its metadata (``ssdfast.export_metadata``): model, categories,
+``DetectionPolicy``. The artifact carries its metadata (``ssdfast.deploy.metadata``): model, categories,
 the policy; an
-.onnx also its content hash (``ssdfast.onnx_digest``).
+.onnx also its content hash (``ssdfast.deploy.onnx_digest``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import onnx_digest, ops, reference
-from .defaults import DETECTION_POLICY, DetectionPolicy
-from .export_metadata import ONNX_METADATA, PT2_METADATA, describe, exported_policy, output_names
-from .nms_check import match_candidates, nms_problem
-from .onnx_nms import _onnx_translation, postprocess_onnx
-from .postprocess import Detections, decode_scores, postprocess, select
+from ssdfast import ops, reference
+from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
+from ssdfast.deploy import onnx_digest
+from ssdfast.deploy.metadata import ONNX_METADATA, PT2_METADATA, describe, exported_policy, output_names
+from ssdfast.deploy.nms_check import match_candidates, nms_problem
+from ssdfast.deploy.onnx_nms import _onnx_translation, postprocess_onnx
+from ssdfast.postprocess import Detections, decode_scores, postprocess, select
 
 ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
@@ -157,13 +158,13 @@ def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4
 def check_against_pytorch(
     path: str | Path, model: nn.Module, info: dict, batches: list[int], seed: int = 0, tol: float = 1e-4
 ) -> dict:
-    """Run the exported file (ssdfast.deployed) and the PyTorch model on the same random images (`batches`
+    """Run the exported file (ssdfast.deploy.deployed) and the PyTorch model on the same random images (`batches`
     sizes). The file passes when, on every image, its detections are a correct post-processing of
-    PyTorch's decoded boxes and scores for some order of tied scores (ssdfast.nms_check: a young model's
+    PyTorch's decoded boxes and scores for some order of tied scores (ssdfast.deploy.nms_check: a young model's
     exact ties may be broken otherwise), and a file without NMS outputs PyTorch's boxes and scores
     within `tol`. -> {"ok", "problem" (the first, or None), "images", "detections", "tie_choices"
     (detections PyTorch itself does not keep), "max_box_diff", "max_score_diff", "batches", "seconds"}."""
-    from .deployed import Deployed  # deployed imports this module's constants
+    from ssdfast.deploy.deployed import Deployed  # deployed imports this module's constants
 
     deployed, generator = Deployed(path), torch.Generator().manual_seed(seed)
     policy = exported_policy(info)

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .visualize import draw_detections
+from ssdfast.visualize import draw_detections
 
 LOSS_PARTS = ("loss", "loss_loc", "loss_conf")
 

@@ -1,4 +1,4 @@
-"""What an exported file says about itself: written by ``ssdfast.export``, checked by ``ssdfast.deployed``.
+"""What an exported file says about itself: written by ``ssdfast.deploy.export``, checked by ``ssdfast.deploy.deployed``.
 
 The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the ``.onnx`` metadata_props
 key ``ssdfast``). Loading validates every key that is used (type and range), so an edited or foreign
@@ -13,8 +13,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
+from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
+from ssdfast.machinery.checkpoint import CheckpointError
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .export_metadata import ONNX_METADATA
+from ssdfast.deploy.metadata import ONNX_METADATA
+from ssdfast.machinery.checkpoint import CheckpointError
 
 DIGEST_KEY = "ssdfast.sha256"
 

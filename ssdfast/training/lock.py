@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from .outputs import remove_stale_temporaries
+from ssdfast.machinery.outputs import remove_stale_temporaries
 
 LOCK_NAME = "train.lock"
 _held: dict[Path, SaveFolderLock] = {}  # this process's locks: main() may run twice in one process (tests)
