@@ -30,7 +30,7 @@ HUE_UNITS = 180  # OpenCV's 8-bit hue units per turn, the unit of Draw.hue_shift
 
 @dataclass(frozen=True)
 class Draw:
-    """What the augmentation does to one sample. Comparable and hashable (the crop is a tuple), ~100 bytes
+    """What the augmentation does to one sample. Comparable and hashable (the crop is a tuple), ~180 bytes
     pickled, so the GPU and DALI paths' workers ship it beside the file's bytes."""
 
     crop: tuple[float, float, float, float] | None  # normalised xyxy window (float32 values); None: whole image

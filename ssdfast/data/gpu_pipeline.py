@@ -3,7 +3,7 @@
 Workers (JpegSamples, in a torch DataLoader): read a file's bytes and take the sample's Draw from its
 (seed, epoch, index) key (draws.draw, as the PyTorch path does), and its boxes and labels
 (transforms.augment_boxes), so they equal the PyTorch path's. They ship the JPEG bytes and the Draw
-(crop window, flip, colour factors): the bytes plus ~200 bytes per image.
+(crop window, flip, colour factors): the bytes plus ~180 bytes per image.
 Files the batched decoder should not see (grayscale, CMYK, PNG, arithmetic-coded, truncated) are decoded
 by the worker with the PyTorch path's read_image instead, and shipped as pixels.
 
