@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssdfast.data.transforms import box_iou_np
+from ssdfast.data.draws import box_iou_np
 from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
 from ssdfast.reference import _iou, box_decode
 

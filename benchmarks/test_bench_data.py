@@ -32,7 +32,13 @@ def test_training_data_loading(benchmark, bench_coco, path):
     benchmark.group = "data loading, training augmentation, 256 images, batch 32"
     device = "cuda" if path == "dali_gpu" else "cpu"
     loader = build_loader(
-        bench_coco, "train", train=True, batch_size=32, num_workers=2, dali=path != "pytorch_2_workers", device=device
+        bench_coco,
+        "train",
+        train=True,
+        batch_size=32,
+        num_workers=2,
+        backend="pytorch" if path == "pytorch_2_workers" else "dali",
+        device=device,
     )
     count = run(
         benchmark,

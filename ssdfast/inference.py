@@ -109,9 +109,9 @@ def detect(model, images_rgb: list[np.ndarray], policy: DetectionPolicy = DISPLA
 @torch.no_grad()
 def run_detector(detector, images_rgb: list[np.ndarray]) -> list[dict]:
     """A detector (as_detector) on RGB uint8 images [H, W, 3] (any sizes) -> detect's per-image dicts."""
-    transform = SSDTransform(train=False, normalised=True)
+    transform = SSDTransform(normalised=True)
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    batch = torch.stack([transform(img, *empty, rng=None)[0] for img in images_rgb]).to(detector.device)
+    batch = torch.stack([transform(img, *empty)[0] for img in images_rgb]).to(detector.device)
     dets = detector(batch)
     sizes = torch.tensor([img.shape[:2] for img in images_rgb], device=dets.boxes.device)
     # Clipped to the image: decoded offsets are unbounded, so a box near the border can reach past it.

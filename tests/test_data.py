@@ -10,13 +10,22 @@ import torch
 from ssdfast.data import CocoDetection, Collate, build_loader, read_image
 from ssdfast.data import transforms as T
 from ssdfast.data.batch import pad_targets
-from ssdfast.data.transforms import SSDTransform, hflip, normalise, random_crop
+from ssdfast.data.dali import DaliSamples, dali_inputs
+from ssdfast.data.draws import NO_AUGMENTATION, choose_crop
+from ssdfast.data.gpu_pipeline import JpegSamples
+from ssdfast.data.transforms import SSDTransform, hflip, normalise
 
 
 def coordinate_image(height=200, width=250):
     """R = column, G = row: a crop reveals its own window."""
     yy, xx = np.mgrid[0:height, 0:width]
     return np.stack([xx, yy, np.zeros_like(xx)], axis=-1).astype(np.uint8)
+
+
+def random_crop(image, boxes, labels, rng):
+    """The PyTorch path's crop as the draw makes it from `rng` (draws.choose_crop), cut (transforms.apply_crop)."""
+    crop = choose_crop(boxes, rng)
+    return (image, boxes, labels) if crop is None else T.apply_crop(image, boxes, labels, crop)
 
 
 def random_boxes_np(rng, n):
@@ -70,7 +79,7 @@ def test_eval_transform_preserves_box_geometry():
     image = np.zeros((240, 320, 3), np.uint8)
     image[60:180, 80:160] = 255  # a white box at x 80-160, y 60-180
     box = np.array([[80 / 320, 60 / 240, 160 / 320, 180 / 240]], np.float32)
-    tensor, boxes, labels = SSDTransform(train=False)(image, box, np.array([1]), rng=None)
+    tensor, boxes, labels = SSDTransform()(image, box, np.array([1]))
     assert tensor.shape == (3, 300, 300) and torch.equal(boxes, torch.from_numpy(box))
     white = (tensor[0] > 1.5).nonzero()
     y1, x1, y2, x2 = white[:, 0].min(), white[:, 1].min(), white[:, 0].max() + 1, white[:, 1].max() + 1
@@ -234,7 +243,7 @@ needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed (pip in
 @needs_dali
 def test_dali_and_pytorch_paths_agree(synthetic_coco):
     torch_loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=0)
-    dali_loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=1, dali=True)
+    dali_loader = build_loader(synthetic_coco, "val", train=False, batch_size=4, num_workers=1, backend="dali")
     torch_batches, dali_batches = list(torch_loader), list(dali_loader)
     assert len(torch_batches) == len(dali_batches) == 2
     by_id = {}
@@ -267,7 +276,12 @@ def test_both_paths_describe_the_dataset_the_same_way(synthetic_coco, tmp_path):
             a["iscrowd"] = 1  # an image left with only crowd boxes: not read for training
     ann.write_text(json.dumps(data))
     (root / "train2017" / data["images"][1]["file_name"]).unlink()  # a missing file: left out
-    paths = {dali: build_loader(root, "train", train=True, batch_size=2, num_workers=1, dali=dali) for dali in (0, 1)}
+    paths = {
+        dali: build_loader(
+            root, "train", train=True, batch_size=2, num_workers=1, backend="dali" if dali else "pytorch"
+        )
+        for dali in (0, 1)
+    }
     torch_info, dali_info = paths[0].info, paths[1].info
     assert torch_info.num_images == dali_info.num_images == 22
     assert torch_info.dropped == dali_info.dropped and torch_info.dropped["missing image files"] == 1
@@ -279,7 +293,7 @@ def test_both_paths_describe_the_dataset_the_same_way(synthetic_coco, tmp_path):
 @needs_dali
 def test_dali_training_batches_are_valid(synthetic_coco):
     loader = build_loader(
-        synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True, channels_last=True
+        synthetic_coco, "train", train=True, batch_size=4, num_workers=1, backend="dali", channels_last=True
     )
     batches = list(loader)
     assert len(batches) == 24 // 4
@@ -334,7 +348,7 @@ def test_a_restarted_epoch_replays_the_rest_of_the_same_epoch(synthetic_coco, nu
 @needs_dali
 def test_dali_restart_replays_the_rest_of_the_same_epoch(synthetic_coco):
     """The DALI path is keyed like the others: a restarted epoch gives the same batches, pixel for pixel."""
-    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True, seed=3)
+    loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, backend="dali", seed=3)
     loader.set_epoch(1)
     full = [(b.images.clone(), b.image_ids.clone(), b.boxes.clone()) for b in loader]
     loader.set_epoch(1, start_batch=4)
@@ -353,7 +367,7 @@ def test_dali_training_draws_equal_the_pytorch_paths(synthetic_coco):
     """For the same (seed, epoch): the same images in the same batches, the same boxes and labels (the same
     crop, flip and colour draws), and before the colour jitter the same pixels up to the resize kernels'
     rounding (DALI's jitter is its own arithmetic on the same factors)."""
-    dali_loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, dali=True, seed=7)
+    dali_loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=1, backend="dali", seed=7)
     torch_loader = build_loader(synthetic_coco, "train", train=True, batch_size=4, num_workers=0, seed=7)
     dali_loader.jitter = False
     for loader in (dali_loader, torch_loader):
@@ -367,7 +381,7 @@ def test_dali_training_draws_equal_the_pytorch_paths(synthetic_coco):
             record = dataset.records[index]
             rng = np.random.default_rng([7, 2, index])
             picture = read_image(dataset.image_dir / record.file_name)
-            cropped, _, _ = T.random_crop(picture, record.boxes.copy(), record.labels.copy(), rng)
+            cropped, _, _ = random_crop(picture, record.boxes.copy(), record.labels.copy(), rng)
             if rng.random() < 0.5:
                 cropped, _ = T.hflip(cropped, record.boxes)
             before = torch.from_numpy(T.resize(np.ascontiguousarray(cropped), 300)).permute(2, 0, 1)
@@ -390,3 +404,55 @@ def test_dali_training_draws_equal_the_pytorch_paths(synthetic_coco):
     )
     print(f"DALI vs PyTorch with jitter: mean {jittered.mean():.2f} levels")
     assert jittered.mean() < 15
+
+
+def test_the_three_paths_draw_the_same_parameters(synthetic_coco):
+    """For 72 keys (seed, epoch, index): the Draw the PyTorch path's transform receives (CocoDetection),
+    the one the GPU path's workers ship (JpegSamples) and the one the DALI path's workers ship
+    (DaliSamples), with the DALI inputs made of it (dali_inputs), are one and the same, as are the boxes
+    and labels; and it is the generator's stream of that key taken in the documented order (draws.py)."""
+    dataset = CocoDetection(synthetic_coco, "train", seed=5)
+    received = []  # what SSDTransform is called with, in order
+    apply = dataset.transform
+    dataset.transform = lambda image, boxes, labels, params: apply(
+        image, boxes, labels, received.append(params) or params
+    )
+    gpu_samples, dali_samples = JpegSamples(dataset), DaliSamples(dataset)
+    seen = []
+    for epoch in (0, 1, 7):
+        for index in range(len(dataset)):
+            key = (epoch, index)
+            pytorch_sample = dataset[key]
+            pytorch_draw = received[-1]
+            gpu = gpu_samples[key]
+            dali = dali_inputs([dali_samples[key]])[0]
+            assert pytorch_draw == gpu["draw"] == dali["draw"], key
+            for sample in (gpu, dali):
+                assert np.array_equal(sample["boxes"], pytorch_sample["boxes"].numpy()), key
+                assert np.array_equal(sample["labels"], pytorch_sample["labels"].numpy()), key
+            # DALI's inputs carry exactly that draw: the crop's pixel window, the flip, the factors in its units.
+            record = dataset.records[index]
+            x0, y0, x1, y1 = T.crop_pixels(pytorch_draw.window, record.height, record.width)
+            assert dali["anchor"].tolist() == [x0, y0] and dali["shape"].tolist() == [x1 - x0, y1 - y0], key
+            assert dali["flip"] == pytorch_draw.flip and dali["hue"] == 2 * pytorch_draw.hue_shift
+            factors = (dali["brightness"], dali["contrast"], dali["saturation"])
+            assert factors == tuple(np.float32(f) for f in pytorch_draw.jitter[:3]), key
+            # The stream of the key, by hand: crop (option and windows), flip, brightness, contrast, saturation, hue.
+            rng = np.random.default_rng([5, epoch, index])
+            crop = choose_crop(record.boxes, rng)
+            flip = rng.random() < 0.5
+            b, c, s, h = (
+                rng.uniform(0.875, 1.125),
+                rng.uniform(0.5, 1.5),
+                rng.uniform(0.5, 1.5),
+                rng.uniform(-0.05, 0.05),
+            )
+            assert (pytorch_draw.crop is None) == (crop is None), key
+            assert crop is None or np.array_equal(pytorch_draw.window, crop), key
+            assert (pytorch_draw.flip, pytorch_draw.jitter) == (flip, (b, c, s, round(h * 180))), key
+            seen.append(pytorch_draw)
+    # Draws that differ from key to key (a path ignoring the key, or not drawing, would give one draw).
+    assert len(set(seen)) == len(seen) == 72
+    assert 10 < sum(d.flip for d in seen) < 62 and 0 < sum(d.crop is None for d in seen) < 72
+    evaluation = CocoDetection(synthetic_coco, "val", seed=5)
+    assert {JpegSamples(evaluation)[(1, i)]["draw"] for i in range(len(evaluation))} == {NO_AUGMENTATION}

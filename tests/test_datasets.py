@@ -166,7 +166,9 @@ def test_voc_and_yolo_reach_the_loader_and_dali_as_coco(synthetic_coco, voc_set,
     for data in (voc_set, yolo_set):
         ids = {}
         for dali in (False, True):
-            loader = build_loader(data, "val", train=False, batch_size=4, num_workers=1, dali=dali)
+            loader = build_loader(
+                data, "val", train=False, batch_size=4, num_workers=1, backend="dali" if dali else "pytorch"
+            )
             ids[dali] = sorted(i for batch in loader for i in batch.image_ids.tolist())
             assert loader.info.category_names == ("circle", "square", "triangle")
         assert ids[False] == ids[True] == list(range(1, 9))

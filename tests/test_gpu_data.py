@@ -14,13 +14,13 @@ from PIL import Image
 
 from ssdfast.data import CocoDetection, build_loader, read_image
 from ssdfast.data import transforms as T
+from ssdfast.data.draws import choose_crop, draw, jitter_factors
 from ssdfast.data.gpu_pipeline import (
     GpuAugment,
     JpegSamples,
     augment,
     crop_resize,
     decode,
-    draw_augmentation,
     orient,
 )
 from ssdfast.data.jpeg_header import read_jpeg_header
@@ -120,7 +120,8 @@ def pytorch_path(dataset: CocoDetection, epoch: int, index: int):
     record = dataset.records[index]
     image = read_image(dataset.image_dir / record.file_name)
     rng = np.random.default_rng([dataset.seed, epoch, index])
-    cropped, _, _ = T.random_crop(image, record.boxes.copy(), record.labels.copy(), rng)
+    crop = choose_crop(record.boxes, rng)
+    cropped = image if crop is None else T.apply_crop(image, record.boxes.copy(), record.labels.copy(), crop)[0]
     if rng.random() < 0.5:
         cropped, _ = T.hflip(cropped, record.boxes)
     before = torch.from_numpy(T.resize(np.ascontiguousarray(cropped), 300)).permute(2, 0, 1)
@@ -131,10 +132,10 @@ def gpu_path(samples: JpegSamples, epoch: int, index: int):
     """The GPU path's sample on CPU tensors: (before jitter, after jitter) uint8-valued, and its draws."""
     sample = samples[(epoch, index)]
     image = decode([sample], torch.device("cpu"))[0]
-    resized = crop_resize(image, sample["crop"], 300)[None]
-    flips = torch.tensor([sample["flip"]])
+    resized = crop_resize(image, sample["draw"].window, 300)[None]
+    flips = torch.tensor([sample["draw"].flip])
     before = augment(resized, flips, None)[0]
-    after = augment(resized, flips, torch.tensor([sample["jitter"]], dtype=torch.float64))[0]
+    after = augment(resized, flips, torch.tensor([sample["draw"].jitter], dtype=torch.float64))[0]
     return before, after, sample
 
 
@@ -208,7 +209,8 @@ def test_jpeg_header_matches_pil():
 
 def draws(transform_draws: bool, seeds) -> dict:
     """Crop kept or not, crop area, flip and colour factors of many samples of one 640x480 image with 3
-    boxes: from the PyTorch path's SSDTransform (recording what it draws) or from draw_augmentation."""
+    boxes: from the generator's stream taken by hand in the documented order (choose_crop, the flip,
+    jitter_factors), or from draws.draw."""
     boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.2, 0.9, 0.6], [0.3, 0.6, 0.6, 0.95]], dtype=np.float32)
     labels = np.array([1, 2, 3])
     image = np.zeros((480, 640, 3), dtype=np.uint8)
@@ -216,15 +218,16 @@ def draws(transform_draws: bool, seeds) -> dict:
     for seed in seeds:
         rng = np.random.default_rng(seed)
         if transform_draws:
-            cropped, _, _ = T.random_crop(image, boxes, labels, rng)
+            crop = choose_crop(boxes, rng)
+            cropped = image if crop is None else T.apply_crop(image, boxes, labels, crop)[0]
             out["flip"].append(rng.random() < 0.5)
-            out["jitter"].append(T.jitter_factors(rng))
+            out["jitter"].append(jitter_factors(rng))
             height, width = cropped.shape[:2]
         else:
-            params = draw_augmentation(boxes, labels, rng, train=True)
-            out["flip"].append(params["flip"])
-            out["jitter"].append(params["jitter"])
-            x0, y0, x1, y1 = T.crop_pixels(params["crop"], 480, 640)
+            params = draw((seed, 0, 0), boxes)
+            out["flip"].append(params.flip)
+            out["jitter"].append(params.jitter)
+            x0, y0, x1, y1 = T.crop_pixels(params.window, 480, 640)
             height, width = y1 - y0, x1 - x0
         out["uncropped"].append((height, width) == (480, 640))
         out["area"].append(height * width / (480 * 640))

@@ -3,7 +3,7 @@ high-frequency content (checkerboards, text, noise, hard edges), shrunk, stretch
 
 The oracle is the older implementation's evaluation pipeline: PIL image -> resize((300, 300), BILINEAR) -> ToTensor ->
 Normalize(ImageNet). Images are PNG (lossless: every decoder reads the same pixels) in a COCO-layout
-folder, read through the real code paths (CocoDetection; build_loader(dali=True)).
+folder, read through the real code paths (CocoDetection; build_loader(backend="dali")).
 
 Tolerances, in normalised units (uint8 / 255, minus the mean, over the std): one uint8 level is at most
 LEVEL = 1 / (255 * 0.224) = 0.0175. The PyTorch path must be within one level of PIL at every pixel and
@@ -148,7 +148,7 @@ except ImportError:
 
 @pytest.mark.skipif(not HAS_DALI, reason="DALI not installed (pip install nvidia-dali-cuda130)")
 def test_dali_path_equals_the_pytorch_path(detailed_coco, pytorch_path):
-    loader = build_loader(detailed_coco, "val", train=False, batch_size=4, num_workers=1, dali=True)
+    loader = build_loader(detailed_coco, "val", train=False, batch_size=4, num_workers=1, backend="dali")
     seen = set()
     for batch in loader:
         for image, image_id in zip(batch.images, batch.image_ids.tolist()):

@@ -7,18 +7,8 @@ import pytest
 import torch
 from baselines import adjust_bcs_reference, valid_crops_loop
 
-from ssdfast.data.transforms import (
-    CROP_TRIALS,
-    SSDTransform,
-    adjust_bcs,
-    apply_crop,
-    color_jitter,
-    draw_crops,
-    normalise,
-    random_crop,
-    to_tensor,
-    valid_crops,
-)
+from ssdfast.data.draws import CROP_TRIALS, Draw, draw, draw_crops, jitter_factors, valid_crops
+from ssdfast.data.transforms import SSDTransform, adjust_bcs, apply_crop, color_jitter, normalise, to_tensor
 
 SEEDS = range(20)
 
@@ -70,7 +60,7 @@ def test_a_crop_keeps_the_boxes_centred_inside_in_window_coordinates():
 def test_random_crop_returns_a_window_the_test_accepts(seed):
     rng = np.random.default_rng(seed)
     image, boxes = textured_image(rng), random_boxes(rng, 5)
-    cut, kept, labels = random_crop(image, boxes, np.arange(1, 6), np.random.default_rng(seed))
+    cut, kept, labels = apply_crop(image, boxes, np.arange(1, 6), draw((seed, 0, 0), boxes).window)
     assert len(kept) == len(labels) >= 1 and ((kept >= 0) & (kept <= 1)).all(), f"seed {seed}"
     assert cut.shape[0] >= 1 and cut.shape[1] >= 1
 
@@ -97,23 +87,29 @@ class Fixed:
         return value
 
 
+def jittered(image, values):
+    """color_jitter with the factors jitter_factors draws from `values` (in its order)."""
+    brightness, contrast, saturation, hue_shift = jitter_factors(Fixed(values))
+    return color_jitter(image, Draw(None, False, brightness, contrast, saturation, hue_shift))
+
+
 def test_jitter_applies_the_drawn_factors_in_order():
     """Brightness alone (contrast and saturation 1, no hue shift) is the image times the factor, rounded
     (OpenCV's float32 product may round a .5 the other way)."""
     image = textured_image(np.random.default_rng(0))
-    out = color_jitter(image, Fixed([1.1, 1.0, 1.0, 0.0])).astype(np.int16)
+    out = jittered(image, [1.1, 1.0, 1.0, 0.0]).astype(np.int16)
     assert np.abs(out - np.clip(np.round(image * 1.1), 0, 255)).max() <= 1
     red = np.zeros((4, 4, 3), np.uint8)
     red[..., 0] = 255
-    assert color_jitter(red, Fixed([1.0, 1.0, 1.0, 0.002]))[0, 0].tolist() == [255, 0, 0]  # 0.36 unit: no shift
-    yellow = color_jitter(red, Fixed([1.0, 1.0, 1.0, 0.05]))[0, 0]  # 0.05 turn = 9 units = 18 degrees
+    assert jittered(red, [1.0, 1.0, 1.0, 0.002])[0, 0].tolist() == [255, 0, 0]  # 0.36 unit: no shift
+    yellow = jittered(red, [1.0, 1.0, 1.0, 0.05])[0, 0]  # 0.05 turn = 9 units = 18 degrees
     assert yellow[0] == 255 and 70 <= yellow[1] <= 80 and yellow[2] == 0, yellow
 
 
 def test_samples_are_uint8_and_normalise_to_the_float_path():
     image = textured_image(np.random.default_rng(1), 480, 640)
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    chw, _, _ = SSDTransform(train=False)(image, *empty, rng=None)
+    chw, _, _ = SSDTransform()(image, *empty)
     assert chw.dtype == torch.uint8 and chw.shape == (3, 300, 300)
     assert torch.equal(normalise(chw), to_tensor(image, 300))
-    assert torch.equal(SSDTransform(train=False, normalised=True)(image, *empty, rng=None)[0], to_tensor(image, 300))
+    assert torch.equal(SSDTransform(normalised=True)(image, *empty)[0], to_tensor(image, 300))

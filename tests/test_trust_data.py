@@ -267,7 +267,9 @@ def test_dali_path_skips_and_lists_bad_headers_as_the_pytorch_path_does(tmp_path
     sizes = {i["id"]: i["width"] * i["height"] for i in data["images"][2:]}
     cap = sorted(sizes.values())[-2]  # the largest of the good ones is over it
     paths = {
-        dali: build_loader(root, "val", train=False, batch_size=2, num_workers=1, dali=dali, max_pixels=cap)
+        dali: build_loader(
+            root, "val", train=False, batch_size=2, num_workers=1, backend="dali" if dali else "pytorch", max_pixels=cap
+        )
         for dali in (False, True)
     }
     seen = {dali: sorted(i for batch in loader for i in batch.image_ids.tolist()) for dali, loader in paths.items()}

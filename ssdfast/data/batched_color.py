@@ -99,7 +99,7 @@ def shift_hue(images: Tensor, shifts: Tensor) -> Tensor:
 
 
 def color_jitter(images: Tensor, factors: Tensor) -> Tensor:
-    """uint8 [B, 3, H, W] and factors [B, 4] (brightness, contrast, saturation, hue shift: jitter_factors)
+    """uint8 [B, 3, H, W] and factors [B, 4] (brightness, contrast, saturation, hue shift: draws.Draw.jitter)
     -> uint8-valued float32 [B, 3, H, W]."""
     brightness, contrast, saturation, shifts = factors.unbind(1)
     return shift_hue(adjust_bcs(images, brightness, contrast, saturation), shifts.round())

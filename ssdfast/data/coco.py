@@ -26,6 +26,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from ssdfast.data.draws import draw
 from ssdfast.data.image_files import DEFAULT_MAX_PIXELS, header_problem, resolves_inside
 from ssdfast.data.transforms import SSDTransform
 from ssdfast.data.validate import ValidationReport, validate_coco
@@ -273,7 +274,7 @@ class CocoDetection(Dataset):
         self.ann_file, self.image_dir, self.data_format = source.origin, source.image_dir, source.data_format
         self.train = split == "train" if train is None else train
         self.max_pixels = max_pixels
-        self.transform = SSDTransform(train=self.train, size=size)
+        self.transform = SSDTransform(size=size)
         self.seed, self.epoch = seed, 0
         self.coco = load_coco(source)
         self.category_ids = sorted(self.coco.getCatIds())
@@ -339,8 +340,8 @@ class CocoDetection(Dataset):
         image = read_image(path, self.max_pixels)
         if image is None:
             return {"unreadable": str(path)}
-        rng = np.random.default_rng([self.seed, epoch, index])
-        image, boxes, labels = self.transform(image, record.boxes.copy(), record.labels.copy(), rng)
+        params = draw((self.seed, epoch, index), record.boxes, self.train)
+        image, boxes, labels = self.transform(image, record.boxes.copy(), record.labels.copy(), params)
         return {
             "image": image,
             "boxes": boxes,

@@ -1,7 +1,7 @@
 """The DALI data path (--data-backend dali): the PyTorch path's sampler and random draws, DALI's pixel work.
 
-Workers (DaliSamples, in a torch DataLoader with the PyTorch path's sampler): read a file's bytes and draw the
-sample's augmentation from its (seed, epoch, index) generator as the GPU path's workers do (its crop window, flip
+Workers (DaliSamples, in a torch DataLoader with the PyTorch path's sampler): read a file's bytes and take the
+sample's Draw from its (seed, epoch, index) key as the GPU path's workers do (draws.draw: its crop window, flip
 and colour factors; so boxes and labels equal the PyTorch path's, a restarted epoch replays the same batches and
 the ranks share an epoch as the other paths do). A file the JPEG check passes over (grayscale, CMYK, PNG, ...) is
 decoded by OpenCV in the worker and shipped re-encoded as a lossless PNG; unreadable files are skipped and listed
@@ -10,8 +10,8 @@ in Batch.skipped, as on the other paths.
 DALI (an external_source fed batch by batch): decoders.image_slice of exactly the PyTorch path's crop window
 ("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise; EXIF orientation applied) -> resize
 (antialiased bilinear, PIL's filter) -> brightness_contrast, hsv (the same factors; DALI's arithmetic: contrast
-about mid-grey, not the image's mean grey) -> crop_mirror_normalize with the flip (CHW or HWC = channels_last,
-fp32 or fp16). With device_id=None the whole graph runs on the CPU (how CI tests it).
+about mid-grey, not the image's mean grey) -> crop_mirror_normalize with the flip (float32, CHW or
+HWC = channels_last). With device_id=None the whole graph runs on the CPU (how CI tests it).
 
 Left different by design of DALI: a JPEG whose body is corrupt behind a sound header stops the pipeline with
 DALI's error (the PyTorch path skips it): check a dataset with the PyTorch path first.
@@ -28,8 +28,10 @@ from torch.utils.data import DataLoader
 
 from ssdfast.data.batch import Batch, split_unreadable, with_copies
 from ssdfast.data.coco import CocoDetection
+from ssdfast.data.draws import HUE_UNITS
 from ssdfast.data.gpu_pipeline import JpegSamples, batch_of, sample_loader
-from ssdfast.data.loader import EpochKeyedSampler, TorchLoader
+from ssdfast.data.sampler import EpochKeyedSampler
+from ssdfast.data.torch_loader import TorchLoader
 from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_pixels
 from ssdfast.machinery.preemption import end_workers_at_exit
 
@@ -64,7 +66,7 @@ class DaliSamples(JpegSamples):
         else:
             sample["encoded"] = sample.pop("jpeg")
             height, width = sample.pop("displayed_size")  # DALI applies EXIF orientation as OpenCV does
-        x0, y0, x1, y1 = crop_pixels(sample["crop"], height, width)
+        x0, y0, x1, y1 = crop_pixels(sample["draw"].window, height, width)
         sample["anchor"] = np.array([x0, y0], dtype=np.float32)
         sample["shape"] = np.array([x1 - x0, y1 - y0], dtype=np.float32)
         return sample
@@ -92,7 +94,6 @@ def build_pipeline(
     size: int = 300,
     device_id: int | None = None,
     num_threads: int = 2,
-    fp16: bool = False,
     channels_last: bool = False,
 ):
     """A DALI pipeline of images from `source` (a generator function of input batches: per INPUTS, a list of
@@ -126,7 +127,7 @@ def build_pipeline(
             mean=(IMAGENET_MEAN * 255).tolist(),
             std=(IMAGENET_STD * 255).tolist(),
             mirror=flip,
-            dtype=types.FLOAT16 if fp16 else types.FLOAT,
+            dtype=types.FLOAT,
             output_layout="HWC" if channels_last else "CHW",
         )
 
@@ -209,7 +210,6 @@ def dali_loader(
     num_workers: int,
     device_id: int | None,
     max_boxes: int,
-    fp16: bool = False,
     channels_last: bool = False,
 ) -> DaliLoader:
     """build_loader's DALI path: workers of DaliSamples (a batch is a list of samples) -> DALI on device_id
@@ -224,23 +224,22 @@ def dali_loader(
         max_boxes=max_boxes,
         device_id=device_id,
         num_threads=max(num_workers, 1),
-        fp16=fp16,
         channels_last=channels_last,
     )
 
 
 def dali_inputs(samples: list[dict]) -> list[dict]:
     """The DataLoader's collate (in the worker): each readable sample with its DALI inputs as arrays of
-    DALI's dtypes (flip int32; the colour factors float32, hue in degrees: OpenCV's 180 units per turn x 2)."""
+    DALI's dtypes (flip int32; the colour factors float32, hue in degrees: 360 / HUE_UNITS per hue unit)."""
     for sample in samples:
         if "unreadable" in sample:
             continue
-        brightness, contrast, saturation, hue = sample["jitter"]
+        params = sample["draw"]
         sample.update(
-            flip=np.int32(sample["flip"]),
-            brightness=np.float32(brightness),
-            contrast=np.float32(contrast),
-            saturation=np.float32(saturation),
-            hue=np.float32(2 * hue),
+            flip=np.int32(params.flip),
+            brightness=np.float32(params.brightness),
+            contrast=np.float32(params.contrast),
+            saturation=np.float32(params.saturation),
+            hue=np.float32(360 // HUE_UNITS * params.hue_shift),
         )
     return samples

@@ -1,9 +1,9 @@
 """The GPU data path (--data-backend gpu): CPU workers do only cheap work, the device does the pixels.
 
-Workers (JpegSamples, in a torch DataLoader): read a file's bytes and draw the sample's augmentation
-from its (seed, epoch, index) generator exactly as the PyTorch path draws it (choose_crop on the boxes,
-the flip, jitter_factors, in that order), so boxes and labels equal the PyTorch path's. They ship the
-JPEG bytes, the crop window, the flip and the 4 colour factors: the bytes plus ~100 bytes per image.
+Workers (JpegSamples, in a torch DataLoader): read a file's bytes and take the sample's Draw from its
+(seed, epoch, index) key (draws.draw, as the PyTorch path does), and its boxes and labels
+(transforms.augment_boxes), so they equal the PyTorch path's. They ship the JPEG bytes and the Draw
+(crop window, flip, colour factors): the bytes plus ~180 bytes per image.
 Files the batched decoder should not see (grayscale, CMYK, PNG, arithmetic-coded, truncated) are decoded
 by the worker with the PyTorch path's read_image instead, and shipped as pixels.
 
@@ -26,30 +26,13 @@ from torchvision.transforms.v2 import functional as TF
 from ssdfast.data import batched_color
 from ssdfast.data.batch import Batch, pad_targets, split_unreadable, with_copies
 from ssdfast.data.coco import CocoDetection, read_image
+from ssdfast.data.draws import draw
 from ssdfast.data.image_files import DEFAULT_MAX_PIXELS
 from ssdfast.data.jpeg_header import TRANSPOSED, read_jpeg_header
-from ssdfast.data.loader import EpochKeyedSampler, TorchLoader
-from ssdfast.data.transforms import choose_crop, crop_boxes, crop_pixels, flip_boxes, jitter_factors, normalise
+from ssdfast.data.sampler import EpochKeyedSampler
+from ssdfast.data.torch_loader import TorchLoader
+from ssdfast.data.transforms import augment_boxes, crop_pixels, normalise
 from ssdfast.machinery.preemption import ignore_stop_signals_in_workers
-
-WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)  # the crop window of "no crop"
-NO_JITTER = (1.0, 1.0, 1.0, 0)
-
-
-def draw_augmentation(boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator, train: bool) -> dict:
-    """The PyTorch path's random draws for one sample, in its order, without the image: crop window
-    (normalised xyxy [4]), flip, colour factors [4], and the boxes [n, 4] / labels [n] they give."""
-    if not train:
-        return {"crop": WHOLE_IMAGE, "flip": False, "jitter": NO_JITTER, "boxes": boxes, "labels": labels}
-    crop = choose_crop(boxes, rng)
-    if crop is None:
-        crop = WHOLE_IMAGE
-    else:
-        boxes, labels = crop_boxes(boxes, labels, crop)
-    flip = bool(rng.random() < 0.5)
-    if flip:
-        boxes = flip_boxes(boxes)
-    return {"crop": crop, "flip": flip, "jitter": jitter_factors(rng), "boxes": boxes, "labels": labels}
 
 
 def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
@@ -78,8 +61,9 @@ def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
 
 
 class JpegSamples(Dataset):
-    """The worker side: key (epoch, index) of a CocoDetection -> read_payload | draw_augmentation |
-    {"path", "image_id", "size": (h, w)}. Unreadable files: {"unreadable": path}."""
+    """The worker side: key (epoch, index) of a CocoDetection -> read_payload | {"draw": the sample's Draw,
+    "boxes" [n, 4], "labels" [n] as the draw leaves them, "path", "image_id", "size": (h, w)}.
+    Unreadable files: {"unreadable": path}."""
 
     def __init__(self, dataset: CocoDetection):
         self.dataset = dataset
@@ -94,11 +78,13 @@ class JpegSamples(Dataset):
         payload = read_payload(path, self.dataset.max_pixels)
         if "unreadable" in payload:
             return payload
-        rng = np.random.default_rng([self.dataset.seed, epoch, index])
-        params = draw_augmentation(record.boxes.copy(), record.labels.copy(), rng, self.dataset.train)
+        params = draw((self.dataset.seed, epoch, index), record.boxes, self.dataset.train)
+        boxes, labels = augment_boxes(params, record.boxes.copy(), record.labels.copy())
         return {
             **payload,
-            **params,
+            "draw": params,
+            "boxes": boxes,
+            "labels": labels,
             "path": str(path),
             "image_id": record.image_id,
             "size": (record.height, record.width),
@@ -194,14 +180,13 @@ def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class GpuAugment:
-    """Samples of JpegSamples -> a Batch on `device`: images ImageNet-normalised, `dtype`, channels_last,
+    """Samples of JpegSamples -> a Batch on `device`: images ImageNet-normalised float32, channels_last,
     written into `out` when given (the loader's preallocated buffers on CUDA). Unreadable images are left
     out and listed in Batch.skipped; for training (`keep_batch_size`) replaced by copies of readable ones,
     as the PyTorch path's Collate does."""
 
-    def __init__(self, device, train: bool, max_boxes: int, size: int = 300, dtype=torch.float32):
-        self.device, self.train, self.max_boxes = torch.device(device), train, max_boxes
-        self.size, self.dtype = size, dtype
+    def __init__(self, device, train: bool, max_boxes: int, size: int = 300):
+        self.device, self.train, self.max_boxes, self.size = torch.device(device), train, max_boxes, size
 
     def __call__(self, samples: list[dict], out: torch.Tensor | None = None) -> Batch:
         return self.assemble(*self.decode(samples), out=out)
@@ -224,15 +209,15 @@ class GpuAugment:
         return batch_of(self.pixels([image for _, image in good], kept, out), kept, self.max_boxes, skipped)
 
     def pixels(self, images: list[torch.Tensor], samples: list[dict], out: torch.Tensor | None) -> torch.Tensor:
-        """Decoded images -> [B, 3, S, S] normalised `dtype`, channels_last (into out[:B] when given)."""
-        resized = torch.stack([crop_resize(image, s["crop"], self.size) for image, s in zip(images, samples)])
+        """Decoded images -> [B, 3, S, S] normalised float32, channels_last (into out[:B] when given)."""
+        resized = torch.stack([crop_resize(image, s["draw"].window, self.size) for image, s in zip(images, samples)])
         # Per-image parameters cross from pinned memory without waiting: this runs on the side stream after
         # it waited for the steps, where a synchronous copy would stall the host until they finish.
-        flips = to_device(torch.tensor([s["flip"] for s in samples]), self.device)
-        jitter = to_device(torch.tensor([s["jitter"] for s in samples], dtype=torch.float64), self.device)
+        flips = to_device(torch.tensor([s["draw"].flip for s in samples]), self.device)
+        jitter = to_device(torch.tensor([s["draw"].jitter for s in samples], dtype=torch.float64), self.device)
         normalised = normalise(augment(resized, flips, jitter if self.train else None))
         if out is None:
-            out = torch.empty_like(normalised, dtype=self.dtype, memory_format=torch.channels_last)
+            out = torch.empty_like(normalised, memory_format=torch.channels_last)
         return out[: len(images)].copy_(normalised)
 
 
@@ -251,10 +236,7 @@ class GpuLoader(TorchLoader):
         self.stream = torch.cuda.Stream(augment.device) if cuda else None
         shape = (loader.batch_size, 3, augment.size, augment.size)
         self.buffers = (
-            [
-                torch.empty(shape, dtype=augment.dtype, device=augment.device, memory_format=torch.channels_last)
-                for _ in range(2)
-            ]
+            [torch.empty(shape, device=augment.device, memory_format=torch.channels_last) for _ in range(2)]
             if cuda
             else [None, None]
         )
@@ -302,11 +284,10 @@ def gpu_loader(
     num_workers: int,
     device: torch.device,
     max_boxes: int,
-    fp16: bool = False,
 ) -> GpuLoader:
     """build_loader's GPU path: workers of JpegSamples (a batch is a list of samples) -> GpuAugment on `device`."""
     data_loader = sample_loader(JpegSamples(dataset), sampler, drop_last, batch_size, num_workers)
-    augment = GpuAugment(device, dataset.train, max_boxes, dtype=torch.float16 if fp16 else torch.float32)
+    augment = GpuAugment(device, dataset.train, max_boxes)
     return GpuLoader(dataset, data_loader, augment)
 
 
