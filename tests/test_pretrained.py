@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import free_port, synthetic_coco, tool, train_args  # noqa: F401  (synthetic_coco: a fixture)
+from conftest import free_port, tool, train_args
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet_v2
 
 import ssdfast
@@ -204,7 +204,7 @@ def test_an_existing_path_is_a_path_and_anything_else_is_left_to_the_loader(cach
 
 
 @pytest.mark.slow
-def test_the_tools_give_one_line_offline_and_for_names_not_downloaded(synthetic_coco, tmp_path):  # noqa: F811
+def test_the_tools_give_one_line_offline_and_for_names_not_downloaded(synthetic_coco, tmp_path):
     # Every connection goes to a proxy that refuses it: offline, deterministically, without the internet.
     refused = f"http://127.0.0.1:{free_port()}"
     env = {"TORCH_HOME": str(tmp_path / "th"), "https_proxy": refused, "http_proxy": refused, "no_proxy": ""}
@@ -230,3 +230,40 @@ def test_the_tools_give_one_line_offline_and_for_names_not_downloaded(synthetic_
         assert run.returncode == 1 and "Traceback" not in run.stderr, (name, run.stderr[-2000:])
         assert run.stderr.strip().splitlines()[-1].startswith("error: nvidia-ssd300-coco is not downloaded"), name
         assert f"download {nvidia} yourself" in run.stderr, name
+    # Placed by hand, the name works in the tools as the file's path does.
+    torch.manual_seed(0)
+    state = build_model("ssd", num_classes=80).state_dict()
+    assert list((tmp_path / "th" / "ssdfast").iterdir()) == []  # the failed download left no temporary
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "th" / "ssdfast" / NVIDIA_FILE)
+    image = sorted((synthetic_coco / "val2017").iterdir())[0]
+    run = tool("detect", "--weights", "nvidia-ssd300-coco", "--input", image, "--output", tmp_path / "o.jpg", env=env)
+    assert "nvidia-ssd300-coco" in run.stderr and "is unverified" in run.stderr and (tmp_path / "o.jpg").is_file()
+
+
+def test_the_known_names_are_listed_in_help_and_readme():
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    helps = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfor t in ('train', 'eval', 'detect', 'export'):\n"
+            "    print(f'=== {t}'); sys.argv = [t, '--help']\n    try: __import__(t).get_args()\n    except SystemExit: pass",
+        ],
+        cwd=ROOT / "tools",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    pages = {t: " ".join(page.split()) for t, page in re.findall(r"=== (\w+)\n(.*?)(?====|\Z)", helps, re.S)}
+    assert set(pages) == {"train", "eval", "detect", "export"}
+    for entry in PRETRAINED.values():
+        assert f"`{entry.name}`" in readme
+        tools = ("train",) if entry.kind == "backbone" else ("train", "eval", "detect", "export")
+        for name in tools:
+            assert entry.name in pages[name].replace("- ", "-"), (entry.name, name)  # argparse breaks at hyphens
