@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ssdfast.models.registry import MODEL_CHOICES  # noqa: F401  (the tools' --model choices: from the model registry)
+
 
 @dataclass(frozen=True)
 class SSDDefaults:
@@ -77,6 +79,5 @@ DATA_BACKENDS = ("pytorch", "gpu", "dali")  # the data paths (docs/training.md: 
 DATA_FORMATS = ("coco", "voc", "yolo")  # the dataset layouts read (ssdfast/data/formats.py; --data-format)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes (--compile-mode)
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # generated kernels, or the same graphs on eager kernels
-MODEL_CHOICES = ("ssd", "ssdlite", "ssd300_resnet50", "ssdlite300_mobilenetv2")  # short names and full ones
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # files read as images from a folder
 EXPORT_FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # tools/export.py --format -> the file suffix it writes

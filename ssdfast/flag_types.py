@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ssdfast.defaults import DATA_BACKENDS, DATA_FORMATS, DETECTION_POLICY, POLICY_NAMES, DetectionPolicy
+from ssdfast.models.pretrained import known_names
 
 MAX_BATCH = 4096  # images per forward pass: more than any accelerator holds at 300x300
 MAX_WORKERS = 256  # data loading processes (or DALI threads)
@@ -80,6 +81,14 @@ batch_size = integer(1, MAX_BATCH)
 workers = integer(0, MAX_WORKERS)
 score_threshold = real(0, 1, high_open=True)  # 1 would drop every detection: AP 0, silently
 nms_threshold = real(0, 1, low_open=True)  # IoU above which the lower-scored of two boxes is dropped
+
+
+def pretrained_help(kind: str) -> str:
+    """--weights' ("detector") or --backbone-weights' ("backbone") words for the pretrained names."""
+    return (
+        f"a pretrained name: {known_names(kind)} (a file in $TORCH_HOME/ssdfast or ~/.cache/ssdfast, downloaded "
+        "once and sha256-checked where a sha256 is published; README: Pretrained starting points)"
+    )
 
 
 # The flag groups several tools share (each tool adds its own flags around them).

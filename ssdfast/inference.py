@@ -27,6 +27,7 @@ from ssdfast.machinery.checkpoint import (
 )
 from ssdfast.machinery.runtime import autocast, unwrap
 from ssdfast.models import SSDBase, build_model
+from ssdfast.models.pretrained import resolve
 from ssdfast.postprocess import Detections, postprocess, scale_to_image
 
 if TYPE_CHECKING:
@@ -37,19 +38,21 @@ def load_detector(
     weights, device="cpu", *, policy: DetectionPolicy | Mapping[str, float] | None = None
 ) -> tuple[SSDBase | Deployed, dict]:
     """Model (eval mode, on `device`) and its metadata {"model_name", "num_classes", "category_names",
-    "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint; or, for a .onnx/.pt2 written
+    "category_ids"} from an ssdfast, older-implementation or NVIDIA checkpoint, or a pretrained name
+    (ssdfast/models/pretrained.py: "nvidia-ssd300-coco"); or, for a .onnx/.pt2 written
     by tools/export.py, a ssdfast.deploy.deployed.Deployed, told the policy it will be used with (a DetectionPolicy,
     changes to the file's own, or None: its own; checked against the NMS inside the file). A checkpoint's
     model gets its policy from as_detector."""
     from ssdfast.deploy.deployed import Deployed, is_deployed  # imported here: only exported files need the export code
 
+    weights = resolve(weights, "detector")  # a pretrained name (ssdfast/models/pretrained.py) -> its checked file
     if is_deployed(weights):
         deployed = Deployed(weights, device, policy)
         keys = ("model_name", "num_classes", "category_names", "category_ids")
         return deployed, {**{k: deployed.meta[k] for k in keys}, "epoch": None}
     ckpt = load_checkpoint(weights)
     state = model_state_dict(ckpt, weights)
-    name = ckpt.get("model_name") or infer_model_name(state)
+    name = ckpt.get("model_name") or infer_model_name(state, weights)
     num_classes = ckpt.get("num_classes") or infer_num_classes(state)
     model = build_model(name, num_classes=num_classes)
     load_model_weights(model, state, weights)

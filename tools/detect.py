@@ -44,7 +44,8 @@ def get_args(argv=None):
     p.add_argument(
         "--weights",
         required=True,
-        help="checkpoint: ssdfast, the older implementation's, or NVIDIA's; or an exported model.onnx / model.pt2 (tools/export.py)",
+        help="checkpoint: ssdfast, the older implementation's, or NVIDIA's; an exported model.onnx / model.pt2 "
+        "(tools/export.py); or " + flags.pretrained_help("detector"),
     )
     p.add_argument(
         "--input",

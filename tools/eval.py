@@ -45,7 +45,7 @@ def get_args(argv=None):
         "--weights",
         required=True,
         help="checkpoint: ssdfast (last.pt/best.pt), the older implementation's, or NVIDIA's; "
-        "or an exported model.onnx / model.pt2 (tools/export.py)",
+        "an exported model.onnx / model.pt2 (tools/export.py); or " + flags.pretrained_help("detector"),
     )
     p.add_argument(
         "--split",

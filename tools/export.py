@@ -46,7 +46,8 @@ def get_args(argv=None):
     p.add_argument(
         "--weights",
         required=True,
-        help="checkpoint: ssdfast (last.pt/best.pt), the older implementation's, or NVIDIA's",
+        help="checkpoint: ssdfast (last.pt/best.pt), the older implementation's, or NVIDIA's; or "
+        + flags.pretrained_help("detector"),
     )
     p.add_argument(
         "--format",

@@ -26,6 +26,7 @@ from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, DETECTION_POLICY, MODEL_CHOICES
 from ssdfast.machinery.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
+from ssdfast.models.registry import MODEL_HELP
 
 if TYPE_CHECKING:
     from ssdfast.machinery.preemption import StopRequest
@@ -52,9 +53,7 @@ def get_args(argv=None):
         "--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here"
     )
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
-    p.add_argument(
-        "--model", default="ssd", choices=MODEL_CHOICES, help="ssd (SSD300-ResNet50) or ssdlite (SSDLite-MobileNetV2)"
-    )
+    p.add_argument("--model", default="ssd", choices=MODEL_CHOICES, help=MODEL_HELP)
     p.add_argument("--epochs", type=flags.positive, default=65, help="number of epochs")
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per GPU (per process)")
     p.add_argument(
@@ -153,13 +152,14 @@ def get_args(argv=None):
         "--weights",
         default=None,
         help="fine-tune: start from this detector checkpoint (ssdfast's, the "
-        "older implementation's or NVIDIA's) trained on other categories; backbone and box heads are kept, "
-        "the class heads keep the rows of categories with the same names",
+        "older implementation's or NVIDIA's) trained on other categories, or "
+        + flags.pretrained_help("detector")
+        + "; backbone and box heads are kept, the class heads keep the rows of categories with the same names",
     )
     p.add_argument(
         "--backbone-weights",
         default="imagenet",
-        help="imagenet (torchvision, downloaded), none, or a path to a state dict",
+        help="none (random init), a path to a torchvision state dict, or " + flags.pretrained_help("backbone"),
     )
     p.add_argument(
         "--no-resume",

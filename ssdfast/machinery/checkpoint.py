@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ssdfast.machinery.outputs import OutputError, atomic_write
+from ssdfast.models.registry import model_of_state
 
 # The older implementation's unused seventh SSDLite head.
 IGNORED_KEYS = ("loc.6.", "conf.6.")
@@ -107,9 +108,13 @@ def infer_num_classes(state: dict) -> int:
     return last_bias("conf.0.").numel() // boxes_per_location - 1
 
 
-def infer_model_name(state: dict) -> str:
-    """'ssd300_resnet50' or 'ssdlite300_mobilenetv2', from the parameter names."""
-    return "ssd300_resnet50" if any(k.startswith("additional_blocks.0.0.") for k in state) else "ssdlite300_mobilenetv2"
+def infer_model_name(state: dict, path: str | Path = "<checkpoint>") -> str:
+    """The registry name of the model `state` holds, from its parameter names (ssdfast/models/registry.py:
+    each entry's signature): for files that do not store it (the older implementation's, NVIDIA's)."""
+    try:
+        return model_of_state(state)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from error
 
 
 def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<checkpoint>") -> None:

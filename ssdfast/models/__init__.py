@@ -1,30 +1,48 @@
-"""Model factory: build_model(name, num_classes, backbone_weights)."""
+"""Model factory: build_model(name, num_classes, backbone_weights), from the registry (ssdfast/models/registry.py).
+
+Without PyTorch until a model is built: the tools' --help reads the registry and the pretrained names
+through this package. SSDBase is imported on first use.
+"""
 
 from __future__ import annotations
 
-from ssdfast.models.ssd_base import SSDBase
-from ssdfast.models.ssd_resnet50 import SSD300ResNet50
-from ssdfast.models.ssdlite_mobilenetv2 import SSDLite300MobileNetV2
+import importlib
+from typing import TYPE_CHECKING
 
-MODELS = {"ssd300_resnet50": SSD300ResNet50, "ssdlite300_mobilenetv2": SSDLite300MobileNetV2}
-ALIASES = {"ssd": "ssd300_resnet50", "ssdlite": "ssdlite300_mobilenetv2"}
+from ssdfast.models.registry import ALIASES, MODELS, ModelEntry, canonical_name
+
+if TYPE_CHECKING:
+    from ssdfast.models.ssd_base import SSDBase
 
 
-def canonical_name(name: str) -> str:
-    name = ALIASES.get(name, name)
-    if name not in MODELS:
-        choices = ", ".join(sorted([*MODELS, *ALIASES]))
-        raise ValueError(f"unknown model {name!r}; choose one of: {choices}")
-    return name
+def model_class(name: str) -> type[SSDBase]:
+    """The class of a model name or alias, imported from the registry's "module:Class"."""
+    module, _, cls = MODELS[canonical_name(name)].model_class.partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_model(name: str, num_classes: int = 80, backbone_weights="none") -> SSDBase:
-    """Build a detector by name ('ssd300_resnet50' / 'ssd', 'ssdlite300_mobilenetv2' / 'ssdlite').
+    """Build a detector by name or alias (ssdfast/models/registry.py: 'ssd300_resnet50' / 'ssd',
+    'ssdlite300_mobilenetv2' / 'ssdlite') with the registry's anchor spec.
 
     num_classes: C, the number of object categories (background excluded; COCO: 80).
-    backbone_weights: 'none' (random init), 'imagenet' (download torchvision's), or a file path.
+    backbone_weights: 'none' (random init), 'imagenet' (this model's backbone's, downloaded once to the
+    cache), a backbone name of ssdfast/models/pretrained.py, or a path to a torchvision state dict.
     """
-    return MODELS[canonical_name(name)](num_classes=num_classes, backbone_weights=backbone_weights)
+    from ssdfast import anchors
+    from ssdfast.models.pretrained import resolve_backbone
+
+    entry = MODELS[canonical_name(name)]
+    path = resolve_backbone(backbone_weights, entry)
+    return model_class(entry.name)(getattr(anchors, entry.anchor_spec), num_classes=num_classes, backbone_weights=path)
 
 
-__all__ = ["build_model", "canonical_name", "SSDBase", "SSD300ResNet50", "SSDLite300MobileNetV2", "MODELS"]
+def __getattr__(name: str):
+    if name == "SSDBase":
+        from ssdfast.models.ssd_base import SSDBase
+
+        return SSDBase
+    raise AttributeError(f"module 'ssdfast.models' has no attribute {name!r}")
+
+
+__all__ = ["ALIASES", "MODELS", "ModelEntry", "SSDBase", "build_model", "canonical_name", "model_class"]

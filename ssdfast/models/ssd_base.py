@@ -62,36 +62,18 @@ class SSDBase(nn.Module, abc.ABC):
         return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
 
 
-def load_backbone_weights(module: nn.Module, weights, torchvision_weights, what: str) -> None:
-    """Load backbone weights into a full torchvision classifier `module` before it is cut up.
-
-    weights: "none" / None (random init), "imagenet" (torchvision's ImageNet weights, downloaded to the
-    torch hub cache), or a path to a torchvision state dict of that classifier.
-    """
-    if weights in (None, "none"):
+def load_backbone_weights(module: nn.Module, path: str | Path | None, what: str) -> None:
+    """Load a torchvision state dict file of the full classifier `module` (what: its name, "resnet50") before
+    it is cut up; None keeps the random init. Names ('imagenet', ...) are resolved to files before this
+    (ssdfast.models.pretrained.resolve_backbone); ValueError naming the file when it does not fit."""
+    if path is None:
         return
-    if weights == "imagenet":
-        try:
-            state = torchvision_weights.get_state_dict(progress=True)
-        except Exception as error:  # no network, proxy, hub cache not writable...
-            raise RuntimeError(
-                f"could not download torchvision's ImageNet weights for the {what} backbone ({error}). "
-                f"Download {torchvision_weights.url} elsewhere and pass its path "
-                "(--backbone-weights /path/to/file.pth), or train from scratch with --backbone-weights none."
-            ) from error
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"backbone weights file not found: {path} (expected 'imagenet', 'none' or a path to a "
-                f"torchvision {what} state dict)"
-            )
-        state = read_backbone_file(path, what)
+    state = read_backbone_file(Path(path), what)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(
-            f"backbone weights {weights!r} do not fit torchvision's {what}: {' '.join(str(error).split())[:300]}"
+            f"backbone weights {path} do not fit torchvision's {what}: {' '.join(str(error).split())[:300]}"
         ) from error
 
 

@@ -10,9 +10,9 @@ are the older implementation's, so its checkpoints load as they are.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import resnet50
 
-from ssdfast.anchors import SSD300_RESNET50
+from ssdfast.anchors import AnchorSpec
 from ssdfast.models.ssd_base import SSDBase, load_backbone_weights, xavier_init
 
 OUT_CHANNELS = (1024, 512, 512, 256, 256, 256)
@@ -20,10 +20,10 @@ MID_CHANNELS = (256, 256, 128, 128, 128)
 
 
 class ResNet50Backbone(nn.Module):
-    def __init__(self, weights="none"):
+    def __init__(self, weights=None):
         super().__init__()
         net = resnet50(weights=None)
-        load_backbone_weights(net, weights, ResNet50_Weights.IMAGENET1K_V1, "resnet50")
+        load_backbone_weights(net, weights, "resnet50")
         self.feature_extractor = nn.Sequential(*list(net.children())[:7])
         block = self.feature_extractor[-1][0]  # layer3, first bottleneck: keep 38x38
         block.conv1.stride = (1, 1)
@@ -48,10 +48,11 @@ def extra_block(in_channels: int, mid: int, out_channels: int, downsample: bool)
 
 
 class SSD300ResNet50(SSDBase):
-    """SSD300-ResNet50: 8732 anchors; 22,894,902 parameters at 80 classes."""
+    """SSD300-ResNet50: 8732 anchors (anchors.SSD300_RESNET50); 22,894,902 parameters at 80 classes.
+    backbone_weights: a torchvision resnet50 state dict file, or None (random init)."""
 
-    def __init__(self, num_classes: int = 80, backbone_weights="none"):
-        super().__init__(num_classes, SSD300_RESNET50)
+    def __init__(self, anchor_spec: AnchorSpec, num_classes: int = 80, backbone_weights=None):
+        super().__init__(num_classes, anchor_spec)
         self.feature_extractor = ResNet50Backbone(backbone_weights)
         self.additional_blocks = nn.ModuleList(
             extra_block(cin, mid, cout, downsample=i < 3)

@@ -9,10 +9,10 @@ here it is computed in the forward pass and gradient flows. Heads: depthwise 3x3
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+from torchvision.models import mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from ssdfast.anchors import SSDLITE300
+from ssdfast.anchors import AnchorSpec
 from ssdfast.models.ssd_base import SSDBase, load_backbone_weights, xavier_init
 
 HEAD_CHANNELS = (576, 1280, 512, 256, 256, 64)
@@ -29,10 +29,10 @@ def separable_head(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class MobileNetV2Backbone(nn.Module):
-    def __init__(self, weights="none"):
+    def __init__(self, weights=None):
         super().__init__()
         net = mobilenet_v2(weights=None)
-        load_backbone_weights(net, weights, MobileNet_V2_Weights.IMAGENET1K_V1, "mobilenet_v2")
+        load_backbone_weights(net, weights, "mobilenet_v2")
         self.feature_extractor = net.features
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,10 +47,11 @@ class MobileNetV2Backbone(nn.Module):
 
 
 class SSDLite300MobileNetV2(SSDBase):
-    """SSDLite-MobileNetV2 at 300x300: 3000 anchors; 4,451,764 parameters at 80 classes."""
+    """SSDLite-MobileNetV2 at 300x300: 3000 anchors (anchors.SSDLITE300); 4,451,764 parameters at 80 classes.
+    backbone_weights: a torchvision mobilenet_v2 state dict file, or None (random init)."""
 
-    def __init__(self, num_classes: int = 80, backbone_weights="none"):
-        super().__init__(num_classes, SSDLITE300)
+    def __init__(self, anchor_spec: AnchorSpec, num_classes: int = 80, backbone_weights=None):
+        super().__init__(num_classes, anchor_spec)
         self.feature_extractor = MobileNetV2Backbone(backbone_weights)
         self.additional_blocks = nn.ModuleList(
             [
