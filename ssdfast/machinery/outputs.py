@@ -250,9 +250,11 @@ def _claim(target: Path, content: Path) -> None:
     One O_APPEND write per line; a short write (a full disk) is cut back, so no torn line stays."""
     line = json.dumps({"name": target.name, "size": content.stat().st_size, "sha256": _sha256(content)}) + "\n"
     with _folder_locked(target.parent):
-        fd = os.open(target.parent / OWN_FILES, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        fd = os.open(target.parent / OWN_FILES, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         try:
             before = os.fstat(fd).st_size
+            if before and os.pread(fd, 1, before - 1) != b"\n":  # a line torn by a kill: end it first
+                line = "\n" + line
             try:
                 if os.write(fd, line.encode()) != len(line.encode()):
                     raise OSError(errno.ENOSPC, "no space left on device")
