@@ -27,7 +27,7 @@ import train
 from test_bad_input import fake_weights, names_of
 from test_tools import ROOT, tool, train_args
 
-from ssdfast.machinery.outputs import atomic_write
+from ssdfast.machinery.outputs import OWN_FILES, atomic_write
 from ssdfast.models import build_model
 from ssdfast.training.lock import FolderInUseError, SaveFolderLock
 
@@ -178,9 +178,12 @@ def test_eval_failing_while_writing_never_mixes_two_runs(synthetic_coco, tmp_pat
     assert json.loads(metrics_file.read_text())["detections_sha256"] == hashlib.sha256(good).hexdigest()
 
     # The new detections fit, the metrics do not: the pair is written together, so both previous ones stay
-    # (never new detections beside the earlier run's metrics, nor beside none).
+    # (never new detections beside the earlier run's metrics, nor beside none). The limit leaves room for
+    # the line the detections add to the folder's list of ssdfast's files (outputs.OWN_FILES).
+    room = (tmp_path / OWN_FILES).stat().st_size + 150
+    assert room < len(metrics_file.read_bytes())
     between = subprocess.run(
-        [*args, "--score-threshold", "0.999"], cwd=ROOT, capture_output=True, text=True, preexec_fn=limited(200)
+        [*args, "--score-threshold", "0.999"], cwd=ROOT, capture_output=True, text=True, preexec_fn=limited(room)
     )
     assert between.returncode == 1 and "cannot write metrics file det.metrics.json" in between.stderr
     assert out.read_bytes() == good and not list(tmp_path.glob(".*.tmp"))
