@@ -416,7 +416,7 @@ def test_a_video_output_without_a_video_suffix_is_refused_before_any_work(tmp_pa
 def test_a_video_writer_that_cannot_open_is_a_named_error(synthetic_coco, tmp_path, capsys, monkeypatch):
     weights = fake_weights(tmp_path / "w.pt", names_of(synthetic_coco))
     video = write_video(tmp_path / "clip.avi")
-    (tmp_path / "out.avi").write_bytes(b"an earlier result")
+    atomic_write(tmp_path / "out.avi", lambda f: f.write(b"an earlier result"), claim=True)  # ssdfast's own
     monkeypatch.setitem(detect.VIDEO_CODECS, ".avi", "H264")  # an encoder this OpenCV build does not have
     code = detect.main(["--weights", str(weights), "--input", str(video), "--output", str(tmp_path / "out.avi")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
