@@ -9,7 +9,9 @@
     python tools/detect.py --weights best.pt --input rtsp://camera/stream --output stream.mp4 --classes person
 
 Writes the annotated image(s) or video and a JSON file of the detections (pixel xyxy boxes,
-scores, class names) next to --output.
+scores, class names): OUTPUT.json beside one drawn image or a video, OUTPUT/detections.json in a folder.
+No output may be an input, lie in the input folder, or replace a file ssdfast did not write (that
+sidecar included): such a run is refused before any work.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from ssdfast import flag_types as flags
 from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
 from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.machinery.outputs import OutputError, atomic_output, writable_file, writable_folder, write_json_atomic
+from ssdfast.machinery.outputs import (
+    OutputError,
+    atomic_output,
+    check_outputs,
+    writable_file,
+    writable_folder,
+    write_json_atomic,
+)
 from ssdfast.visualize import draw_detections
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -84,22 +93,24 @@ def list_images(spec: str) -> list[Path]:
 def image_targets(paths: list[Path], output: Path, single: bool) -> dict[Path, Path]:
     """Where each input image is drawn: OUTPUT itself for one image given as a file name, else
     OUTPUT/<input name>, numbered when names repeat (a.jpg from two folders), so no drawing
-    overwrites another or an input."""
+    overwrites another (check_outputs keeps them off the inputs)."""
     if single:
-        targets = {paths[0]: output}
-    else:
-        targets, used = {}, set()
-        for path in paths:
-            name, n = path.name, 0
-            while name.lower() in used:
-                n += 1
-                name = f"{path.stem}_{n}{path.suffix}"
-            used.add(name.lower())
-            targets[path] = output / name
-    clobbered = [p for p, t in targets.items() if t.resolve() in {q.resolve() for q in paths}]
-    if clobbered:
-        raise ValueError(f"the output would overwrite the input image {clobbered[0]}: choose another --output")
+        return {paths[0]: output}
+    targets, used = {}, set()
+    for path in paths:
+        name, n = path.name, 0
+        while name.lower() in used:
+            n += 1
+            name = f"{path.stem}_{n}{path.suffix}"
+        used.add(name.lower())
+        targets[path] = output / name
     return targets
+
+
+def sidecar(output: Path, single_file: bool) -> Path:
+    """The detections JSON: OUTPUT with the suffix .json for one drawn image or a video, else
+    OUTPUT/detections.json."""
+    return output.with_suffix(".json") if single_file else output / "detections.json"
 
 
 def video_source(spec: str) -> int | str | None:
@@ -128,12 +139,11 @@ def select(dets: list[dict], labels: np.ndarray | None, max_det: int) -> list[di
     return out
 
 
-def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
+def run_images(model, names, targets: dict[Path, Path], args, single: bool) -> dict:
     from ssdfast.data.coco import read_image
     from ssdfast.inference import detect, to_records
 
-    targets = image_targets(paths, output, single)
-    report = {}
+    paths, report = list(targets), {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
         chunk = paths[start : start + args.batch_size]
         images = [read_image(p, args.max_pixels) for p in chunk]
@@ -152,23 +162,20 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
                 cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
             )
             target = targets[path]
-            with atomic_output(target, "drawing", keep_suffix=True) as tmp:
+            with atomic_output(target, "drawing", keep_suffix=True, claim=True) as tmp:
                 if not cv2.imwrite(str(tmp), drawn):
                     raise ValueError(f"cannot write the image {target} (unknown image suffix, or no space left?)")
             report[str(path)] = to_records(det, names)
     return report
 
 
-def check_video_output(source: Path | int | str, output: Path) -> Path:
-    """A video input needs a video output (known before any frame is processed) that is not the input."""
+def check_video_output(source: Path | int | str, output: Path) -> None:
+    """A video input needs a video output (known before any frame is processed)."""
     if output.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(
             f"the input {source} is a video: --output must be a video file "
             f"({', '.join(sorted(VIDEO_SUFFIXES))}), got {output}"
         )
-    if isinstance(source, Path) and output.resolve() == source.resolve():
-        raise ValueError(f"the output would overwrite the input video {source}: choose another --output")
-    return writable_file(output, "output video")
 
 
 def quiet_h264_writer(tmp: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
@@ -214,7 +221,7 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # from the header: -1 or 0 if unknown
-    with atomic_output(output, "output video", keep_suffix=True) as tmp:
+    with atomic_output(output, "output video", keep_suffix=True, claim=True) as tmp:
         writer = open_video_writer(tmp, output, fps, (width, height))
         try:
             report = draw_video(model, names, capture, writer, args, announced)
@@ -260,6 +267,26 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
     return report
 
 
+def image_plan(spec: str, source: Path, output_spec: str) -> tuple[dict[Path, Path], bool]:
+    """The input images and where each is drawn (image_targets) -> (targets, single): single when one
+    image given as a file goes to a file name; otherwise OUTPUT is a folder (also for one image and an
+    existing folder, a trailing '/', or a name without suffix)."""
+    paths, output = list_images(spec), Path(output_spec)
+    if not paths or not all(p.is_file() for p in paths):
+        raise FileNotFoundError(
+            f"no input images found at {spec} (an image, a folder of images, a glob such as 'dir/*.jpg', "
+            "or a video file)"
+        )
+    single = (
+        len(paths) == 1
+        and source.is_file()
+        and output.suffix.lower() in IMAGE_SUFFIXES
+        and not output.is_dir()
+        and not output_spec.endswith(("/", "\\"))
+    )
+    return image_targets(paths, output, single), single
+
+
 def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
     from ssdfast.inference import load_detector
@@ -275,6 +302,24 @@ def main(argv=None) -> int:
     try:
         if video:
             check_video_output(source, output)
+            json_path, single = sidecar(output, True), True
+            drawn = [("output video", output)]
+        else:
+            targets, single = image_plan(args.input, source, args.output)
+            json_path = sidecar(output, single)
+            drawn = [("drawing", target) for target in targets.values()]
+        check_outputs(
+            [*drawn, ("detections file", json_path)],
+            [] if single else [("output folder", output)],
+            inputs=[("weights", args.weights)]
+            + ([("input video", source)] if isinstance(source, Path) else [])
+            + ([] if video else [("input image", p) for p in targets]),
+            input_folders=[("input folder", source)] if not video and source.is_dir() else [],
+        )
+        if single:
+            writable_file(output, "output video" if video else "output image")
+        else:
+            writable_folder(output, "output folder")
         # --max-det cuts each image's detections after --classes (select): the post-processing keeps its K.
         args.policy = flags.detection_policy(args, DISPLAY_POLICY, max_det_flag=False)
         model, meta = load_detector(args.weights, device, policy=args.policy)
@@ -283,30 +328,10 @@ def main(argv=None) -> int:
         if video:
             report = run_video(model, names, source, output, args)
         else:
-            paths = list_images(args.input)
-            if not paths or not all(p.is_file() for p in paths):
-                raise FileNotFoundError(
-                    f"no input images found at {args.input} (an image, a folder of images, "
-                    "a glob such as 'dir/*.jpg', or a video file)"
-                )
-            # One image to a file name; otherwise OUTPUT is a folder (also for one image and an existing
-            # folder, a trailing '/', or a name without suffix).
-            single = (
-                len(paths) == 1
-                and source.is_file()
-                and output.suffix.lower() in IMAGE_SUFFIXES
-                and not output.is_dir()
-                and not args.output.endswith(("/", "\\"))
-            )
-            if single:
-                writable_file(output, "output image")
-            else:
-                writable_folder(output, "output folder")
-            report = run_images(model, names, paths, output, args, single)
+            report = run_images(model, names, targets, args, single)
             if not report:
-                raise ValueError(f"none of the {len(paths)} input image(s) could be read")
-        json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
-        write_json_atomic(json_path, report, "detections file", indent=1)
+                raise ValueError(f"none of the {len(targets)} input image(s) could be read")
+        write_json_atomic(json_path, report, "detections file", indent=1, claim=True)
     except (CheckpointError, FileNotFoundError, ValueError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

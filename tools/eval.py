@@ -26,7 +26,14 @@ from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import DETECTION_POLICY
 from ssdfast.evaluation.voc_eval import voc_map
 from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.machinery.outputs import OutputError, atomic_output, distinct, writable_file, write_json_atomic
+from ssdfast.machinery.outputs import (
+    OutputError,
+    check_outputs,
+    distinct,
+    run_inputs,
+    writable_file,
+    write_together,
+)
 
 
 def get_args(argv=None):
@@ -71,7 +78,9 @@ def get_args(argv=None):
         "--output",
         default=None,
         help="detections JSON (default: next to the weights, detections_{split}.json); "
-        "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json)",
+        "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json). Neither may be an input "
+        "or lie in the dataset folder, and an existing file there is replaced only if ssdfast wrote it: "
+        "otherwise the run is refused before any work",
     )
     p.add_argument(
         "--ignore-category-names",
@@ -91,34 +100,34 @@ def get_args(argv=None):
 
 
 def output_paths(args) -> dict[str, Path]:
-    """Detections and metrics files: distinct, in writable folders, checked before evaluating."""
+    """Detections and metrics files: distinct, in writable folders, neither an input nor a file ssdfast
+    did not write (ssdfast.machinery.outputs.check_outputs), checked before evaluating."""
     if args.output:
         detections = Path(args.output)
         metrics = detections.with_name(detections.stem + ".metrics.json")
     else:
         detections = Path(args.weights).with_name(f"detections_{args.split}.json")
         metrics = detections.with_name(f"metrics_{args.split}.json")
-    return distinct(
-        {
-            "detections file": writable_file(detections, "detections file"),
-            "metrics file": writable_file(metrics, "metrics file"),
-        }
+    outputs = distinct({"detections file": detections, "metrics file": metrics})
+    check_outputs(
+        outputs.items(),
+        **run_inputs(
+            weights=[args.weights], data_path=args.data_path, annotations=[args.ann], image_folders=[args.images]
+        ),
     )
+    return {what: writable_file(path, what) for what, path in outputs.items()}
 
 
 def write_outputs(outputs: dict[str, Path], results: list, metrics: dict) -> None:
-    """The detections, then the metrics (with the detections' sha256), each atomically. The previous
-    metrics are deleted just before the new detections replace theirs: a run stopped in between
-    leaves new detections without metrics, never beside another run's."""
+    """The detections and the metrics (with the detections' sha256) as one pair (write_together): a stop
+    at any moment leaves the previous pair or the new one."""
     data = json.dumps(results).encode()
-    with atomic_output(outputs["detections file"], "detections file", needed=len(data)) as tmp:
-        tmp.write_bytes(data)
-        outputs["metrics file"].unlink(missing_ok=True)
-    write_json_atomic(
-        outputs["metrics file"],
-        {**metrics, "detections_sha256": hashlib.sha256(data).hexdigest()},
-        "metrics file",
-        indent=1,
+    metrics = {**metrics, "detections_sha256": hashlib.sha256(data).hexdigest()}
+    write_together(
+        [
+            (outputs["detections file"], "detections file", data),
+            (outputs["metrics file"], "metrics file", json.dumps(metrics, indent=1).encode()),
+        ]
     )
 
 

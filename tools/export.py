@@ -24,7 +24,7 @@ from pathlib import Path
 from ssdfast import flag_types as flags
 from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS
 from ssdfast.machinery.exit_codes import EXIT_DONE, EXIT_ERROR
-from ssdfast.machinery.outputs import OutputError, atomic_output, writable_file
+from ssdfast.machinery.outputs import OutputError, atomic_output, check_outputs, writable_file
 
 
 class CheckFailed(Exception):
@@ -56,7 +56,11 @@ def get_args(argv=None):
         help="onnx (.onnx, NMS as ONNX's "
         "NonMaxSuppression) or torch-export (.pt2 ExportedProgram, needs the ssdfast._C extension)",
     )
-    p.add_argument("--output", required=True, help="file to write: NAME.onnx or NAME.pt2")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="file to write: NAME.onnx or NAME.pt2; not the weights, and an existing file only if ssdfast wrote it",
+    )
     p.add_argument("--batch", type=batch_size, default=None, help="fixed batch size, or 'dynamic' (default)")
     p.add_argument(
         "--with-nms",
@@ -81,11 +85,11 @@ def get_args(argv=None):
 
 
 def check_args(args) -> Path:
+    """The output: the format's suffix, not the weights, not a file ssdfast did not write (check_outputs)."""
     output = Path(args.output)
     if output.suffix.lower() != EXPORT_FORMATS[args.format]:
         raise ValueError(f"--format {args.format} writes a {EXPORT_FORMATS[args.format]} file, got --output {output}")
-    if output.exists() and output.resolve() == Path(args.weights).resolve():
-        raise ValueError(f"the output would overwrite the weights {output}: choose another --output")
+    check_outputs([("output file", output)], inputs=[("weights", args.weights)])
     return writable_file(output, "output file")
 
 
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
     # Written under a temporary name beside the output; renamed only once it has passed the check.
     start = time.perf_counter()
     try:
-        with atomic_output(output, "exported model", keep_suffix=True) as partial:
+        with atomic_output(output, "exported model", keep_suffix=True, claim=True) as partial:
             info = export(
                 model,
                 meta,

@@ -217,11 +217,22 @@ def get_args(argv=None):
 def main(argv=None, stop_request: StopRequest | None = None) -> int:
     """Train as the command line `argv` says -> an exit code (ssdfast/machinery/exit_codes.py).
     stop_request: the signal flag run() installs before anything (a signal while loading is a stop too)."""
+    from ssdfast.machinery.outputs import check_outputs, run_inputs
     from ssdfast.models import canonical_name
     from ssdfast.training.run import TrainingRun
 
     args = get_args(argv)
     args.model = canonical_name(args.model)
+    check_outputs(
+        folders=[("save folder", args.save_folder), ("TensorBoard folder", args.log_path)],
+        only_own=False,
+        **run_inputs(
+            weights=[args.weights, args.backbone_weights],
+            data_path=args.data_path,
+            annotations=[args.train_ann, args.val_ann],
+            image_folders=[args.train_images, args.val_images],
+        ),
+    )
     training = TrainingRun(args, stop_request)  # flags that need no work fail here, before any
     training.setup()
     training.resume()

@@ -16,6 +16,7 @@ the policy; an
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -96,7 +97,12 @@ def export(
             onnx_digest.stamp(Path(path))
         else:
             program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
-            torch.export.save(program, str(path), extra_files={PT2_METADATA: json.dumps(info)})
+            # Serialised in memory (the file's size), written by Python: torch's zip writer, given a path, turns
+            # a full disk into a C++ exception its destructor throws again, which aborts the process.
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(info)})
+            with open(path, "wb") as f:
+                f.write(buffer.getbuffer())
     return info
 
 

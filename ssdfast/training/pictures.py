@@ -2,11 +2,15 @@
 train_batch0.jpg from the first batch trained (augmented images with their ground truth: are the labels
 read right?), predictions on a few val images in TensorBoard at each evaluation, and results.png (loss parts,
 lr, AP) and pr.png (precision-recall per class at IoU 0.5) after each epoch. Every file is written whole
-(ssdfast.machinery.outputs.atomic_output), so a run killed while drawing keeps the previous picture.
+(ssdfast.machinery.outputs.atomic_output), so a run killed while drawing keeps the previous picture. A
+picture that cannot be written (a full disk) is a warning, once per picture, and the run goes on: pictures
+are for looking, the checkpoints are what a run must keep (those stop it).
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -15,13 +19,24 @@ import torch
 
 from ssdfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 from ssdfast.defaults import DISPLAY_POLICY
-from ssdfast.machinery.outputs import atomic_output
+from ssdfast.machinery.outputs import OutputError, atomic_output
 from ssdfast.postprocess import postprocess, scale_to_image
 from ssdfast.training.plots import batch_grid, plot_precision_recall, plot_run
 from ssdfast.visualize import draw_detections
 
 SHOWN = 8  # images in train_batch0.jpg
 PREDICTED = 4  # val images shown with their predictions in TensorBoard
+_FAILED: set[str] = set()  # the pictures whose write failed in this process (each warned about once)
+
+
+def best_effort(path: Path, draw: Callable[[], None]) -> None:
+    """draw() writes the picture `path`; a failure is a warning, once per picture name, not the end of the run."""
+    try:
+        draw()
+    except (OutputError, OSError) as error:
+        if path.name not in _FAILED:
+            _FAILED.add(path.name)
+            print(f"warning: {error}; training goes on without {path.name}", file=sys.stderr)
 
 
 def rgb_uint8(images: torch.Tensor) -> np.ndarray:
@@ -43,10 +58,8 @@ def write_jpeg(path: Path, image_bgr: np.ndarray) -> None:
 def save_batch(batch, names: list[str], path: Path) -> None:
     """train_batch0.jpg: a training batch as the model sees it (augmented), with its ground truth."""
     n = min(SHOWN, len(batch.images))
-    write_jpeg(
-        path,
-        batch_grid(rgb_uint8(batch.images[:n]), batch.boxes[:n].cpu().numpy(), batch.labels[:n].cpu().numpy(), names),
-    )
+    grid = batch_grid(rgb_uint8(batch.images[:n]), batch.boxes[:n].cpu().numpy(), batch.labels[:n].cpu().numpy(), names)
+    best_effort(path, lambda: write_jpeg(path, grid))
 
 
 @torch.no_grad()
@@ -75,8 +88,15 @@ def prediction_grid(model, images: torch.Tensor, names: list[str], device) -> np
 
 def save_plots(folder: Path, curves: dict) -> None:
     """results.png from log.jsonl, and pr.png from the last evaluation's curves (if any)."""
-    with atomic_output(folder / "results.png", "picture", keep_suffix=True) as tmp:
-        plot_run(folder / "log.jsonl", tmp)
-    if curves:
+
+    def results():
+        with atomic_output(folder / "results.png", "picture", keep_suffix=True) as tmp:
+            plot_run(folder / "log.jsonl", tmp)
+
+    def precision_recall():
         with atomic_output(folder / "pr.png", "picture", keep_suffix=True) as tmp:
             plot_precision_recall(curves, tmp, "precision-recall per class, IoU 0.5 (last evaluation)")
+
+    best_effort(folder / "results.png", results)
+    if curves:
+        best_effort(folder / "pr.png", precision_recall)
