@@ -101,9 +101,14 @@ def image_targets(paths: list[Path], output: Path, single: bool) -> dict[Path, P
     return targets
 
 
+MAX_CAMERA = 99  # OpenCV reads an index of 100 or more as a capture backend (CAP_*, multiples of 100) plus one
+
+
 def video_source(spec: str) -> int | str | None:
     """A camera index ("0") or a stream URL, as cv2.VideoCapture opens them; None for anything else."""
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit():  # not "²", which Python's isdigit() also takes
+        if int(spec) > MAX_CAMERA:
+            raise ValueError(f"--input {spec[:30]}: a camera index is at most {MAX_CAMERA}")
         return int(spec)
     return spec if spec.lower().startswith(STREAM_SCHEMES) else None
 
@@ -118,18 +123,21 @@ def class_filter(names: list[str], wanted: list[str] | None) -> np.ndarray | Non
     return np.array([names.index(name) + 1 for name in wanted])
 
 
-def select(dets: list[dict], labels: np.ndarray | None, max_det: int) -> list[dict]:
-    """Each image's detections of the wanted classes, the best max_det by score (they come sorted)."""
+def select(dets: list[dict], labels: np.ndarray | None, max_det: int, cut) -> list[dict]:
+    """Each image's detections of the wanted classes above the score threshold (`cut`, a ScoreCut, which
+    remembers what it drops), the best max_det by score (they come sorted)."""
     out = []
     for det in dets:
         keep = np.ones(len(det["labels"]), bool) if labels is None else np.isin(det["labels"], labels)
-        out.append({key: value[keep][:max_det] for key, value in det.items()})
+        out.append(
+            {key: value[:max_det] for key, value in cut({key: value[keep] for key, value in det.items()}).items()}
+        )
     return out
 
 
-def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
+def run_images(detector, names, paths, output: Path, args, single: bool) -> dict:
     from ssdfast.data.coco import read_image
-    from ssdfast.inference import detect, to_records
+    from ssdfast.inference import run_detector, to_records
 
     targets = image_targets(paths, output, single)
     report = {}
@@ -145,8 +153,8 @@ def run_images(model, names, paths, output: Path, args, single: bool) -> dict:
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue
-        dets = detect(model, [img for _, img in readable], args.policy)
-        for (path, img), det in zip(readable, select(dets, args.labels, args.max_det)):
+        dets = run_detector(detector, [img for _, img in readable])
+        for (path, img), det in zip(readable, select(dets, args.labels, args.max_det, args.cut)):
             drawn = draw_detections(
                 cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
             )
@@ -205,7 +213,7 @@ def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]
     return writer
 
 
-def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
+def run_video(detector, names, path: Path | int | str, output: Path, args) -> dict:
     """A video file, a camera or a stream, frame by frame into `output`; {frame index: detections}."""
     capture = cv2.VideoCapture(path if isinstance(path, int) else str(path))
     if not capture.isOpened():
@@ -216,7 +224,7 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
     with atomic_output(output, "output video", keep_suffix=True) as tmp:
         writer = open_video_writer(tmp, output, fps, (width, height))
         try:
-            report = draw_video(model, names, capture, writer, args, announced)
+            report = draw_video(detector, names, capture, writer, args, announced)
         finally:
             capture.release()
             writer.release()
@@ -231,9 +239,9 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
     return report
 
 
-def draw_video(model, names, capture, writer, args, announced: int) -> dict:
+def draw_video(detector, names, capture, writer, args, announced: int) -> dict:
     """Detect on every frame `capture` yields, draw into `writer`; {frame index: detections}."""
-    from ssdfast.inference import detect, to_records
+    from ssdfast.inference import run_detector, to_records
 
     report, done = {}, False
     with tqdm(total=announced or None, desc="video", unit="frame") as bar:
@@ -251,8 +259,8 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
                 done = True
             if not frames:
                 break
-            dets = detect(model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.policy)
-            for frame, det in zip(frames, select(dets, args.labels, args.max_det)):
+            dets = run_detector(detector, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames])
+            for frame, det in zip(frames, select(dets, args.labels, args.max_det, args.cut)):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
                 report[str(len(report))] = to_records(det, names)
             bar.update(len(frames))
@@ -261,26 +269,30 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
 
 def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
-    from ssdfast.inference import load_detector
+    from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import configure_cudnn, pick_device
 
-    device = pick_device(args.device)
-    configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
-    stream = video_source(args.input)
-    video = stream is not None or (source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES)
-    source = source if stream is None else stream
     try:
+        device = pick_device(args.device)
+        configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
+        stream = video_source(args.input)
+        video = stream is not None or (source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES)
+        source = source if stream is None else stream
         if video:
             check_video_output(source, output)
         # --max-det cuts each image's detections after --classes (select): the post-processing keeps its K.
         args.policy = flags.detection_policy(args, DISPLAY_POLICY, max_det_flag=False)
         model, meta = load_detector(args.weights, device, policy=args.policy)
+        # The detector keeps weaker detections too, and args.cut drops them: a run that draws nothing
+        # can then say what the best one scored.
+        detector = keeping_weaker(as_detector(model, policy=args.policy))
+        args.cut = ScoreCut(args.policy.score_threshold)
         names = meta["category_names"]
         args.labels = class_filter(names, args.classes)
         if video:
-            report = run_video(model, names, source, output, args)
+            report = run_video(detector, names, source, output, args)
         else:
             paths = list_images(args.input)
             if not paths or not all(p.is_file() for p in paths):
@@ -301,7 +313,7 @@ def main(argv=None) -> int:
                 writable_file(output, "output image")
             else:
                 writable_folder(output, "output folder")
-            report = run_images(model, names, paths, output, args, single)
+            report = run_images(detector, names, paths, output, args, single)
             if not report:
                 raise ValueError(f"none of the {len(paths)} input image(s) could be read")
         json_path = output.with_suffix(".json") if output.is_file() else output / "detections.json"
@@ -310,6 +322,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     count = sum(len(v) for v in report.values())
+    if args.cut.note():
+        print(f"note: {args.cut.note()}: a lower --score-threshold draws them", file=sys.stderr)
     print(
         f"{count} detections in {len(report)} {'frame' if video else 'image'}(s); "
         f"drawn to {output}, listed in {json_path}"
