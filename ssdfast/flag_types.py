@@ -131,9 +131,13 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """Where a tool computes (tools/train.py, eval.py, detect.py): --device and --no-cudnn-benchmark."""
+def add_device_flags(p: argparse.ArgumentParser, cudnn: bool = True) -> None:
+    """Where a tool computes (tools/train.py, eval.py, detect.py; demo.py without cuDNN's flag): --device
+    and --no-cudnn-benchmark. The device is checked against the machine by ssdfast.machinery.runtime
+    (check_device), which needs PyTorch: after parsing, before any work."""
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    if not cudnn:
+        return
     p.add_argument(
         "--no-cudnn-benchmark",
         action="store_true",
