@@ -45,7 +45,7 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(shell find csrc -type f)
 	touch $@
 
 # make install EXTRAS=export (several: EXTRAS=export,dali) adds the packages of pyproject.toml's extras,
-# by name, to the venv. `pip install -e .[export]` would build ssdfast._C again, in an isolated environment
+# by name, to the venv. pip, given `.[export]`, would build ssdfast._C again, in an isolated environment
 # without this Makefile's FORCE_CUDA: minutes, and the CUDA kernels gone.
 EXTRAS ?=
 install: $(VENV)/.built
