@@ -129,9 +129,8 @@ def select(dets: list[dict], labels: np.ndarray | None, max_det: int, cut) -> li
     out = []
     for det in dets:
         keep = np.ones(len(det["labels"]), bool) if labels is None else np.isin(det["labels"], labels)
-        out.append(
-            {key: value[:max_det] for key, value in cut({key: value[keep] for key, value in det.items()}).items()}
-        )
+        shown = cut({key: value[keep] for key, value in det.items()})
+        out.append({key: value[:max_det] for key, value in shown.items()})
     return out
 
 
