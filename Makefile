@@ -2,7 +2,7 @@
 #   make demo   installs everything, builds the kernels, then trains/evaluates/detects on a synthetic set
 #   make test   installs everything, builds the kernels (CUDA ones compiled and linked even without a GPU), runs the tests
 #   make test-quick   the tests not marked slow (the edit loop)
-# Other targets: make install (venv + build), make bench (benchmarks -> benchmarks/results + README table),
+# Other targets: make install (venv + build; EXTRAS=export adds an extra's packages), make bench (benchmarks -> benchmarks/results + README table),
 #   make gpu (on a GPU machine with torch installed, no venv, no network: build, CUDA tests, training ladder,
 #   data-fed step, profile, compiled step, inference, ops, sanitizers, in that order within BUDGET seconds (default 540)
 #   -> benchmarks/results/<gpu>.json; see tools/gpu_check.py), make clean.
@@ -44,7 +44,19 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(shell find csrc -type f)
 	$(PY) -c "import ssdfast.ops as o; print('ssdfast._C backend: cpu', o.backend('cpu'), '| cuda kernels registered:', o._COMPILED[('nms', 'cuda')])"
 	touch $@
 
+# make install EXTRAS=export (several: EXTRAS=export,dali) adds the packages of pyproject.toml's extras,
+# by name, to the venv. pip, given `.[export]`, would build ssdfast._C again, in an isolated environment
+# without this Makefile's FORCE_CUDA: minutes, and the CUDA kernels gone.
+EXTRAS ?=
 install: $(VENV)/.built
+ifneq ($(strip $(EXTRAS)),)
+	@packages=$$($(PY) -c 'import sys, tomllib; \
+	  extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; \
+	  unknown = [e for e in sys.argv[1].split(",") if e not in extras]; \
+	  sys.exit("EXTRAS: no extra %r in pyproject.toml (%s)" % (unknown[0], ", ".join(extras))) if unknown \
+	  else print(*[p for e in sys.argv[1].split(",") for p in extras[e]])' '$(EXTRAS)') \
+	  && echo "$(PY) -m pip install $$packages" && $(PY) -m pip install --quiet $$packages
+endif
 
 # Two pytest-xdist workers (one thread each, see tests/conftest.py): the subprocess-heavy tests keep both
 # cores busy. worksteal: an idle worker takes tests from the busy one. TEST_JOBS=0 runs in one process.

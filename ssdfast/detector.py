@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssdfast import flag_types as flags
 from ssdfast.data.coco import read_image
 from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
-from ssdfast.inference import as_detector, load_detector, run_detector, to_records
+from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector, run_detector, to_records
 from ssdfast.machinery.outputs import writable_file
 from ssdfast.machinery.runtime import pick_device
 from ssdfast.postprocess import Detections
@@ -47,12 +49,21 @@ def load(
     device: "cpu", "cuda", "cuda:1" (default: CUDA when there is a GPU). score_threshold: keep detections
     scoring above it (default 0.3). nms_threshold: NMS IoU (default 0.45; an exported file's own). max_det:
     most detections per image (default 200; an exported file gives at most what it was exported with).
-    Raises ssdfast.machinery.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use."""
-    device = pick_device(None if device is None else str(device))
-    given = {"score_threshold": score_threshold, "nms_threshold": nms_threshold, "max_detections": max_det}
-    policy = replace(DISPLAY_POLICY, **{name: value for name, value in given.items() if value is not None})
+    Raises ssdfast.machinery.checkpoint.CheckpointError (a RuntimeError naming the file) for a file it cannot use,
+    and ValueError (TypeError) naming the argument for a value out of range (of the wrong type), the same
+    ranges as the tools' flags; a device this machine lacks is a ValueError saying what it has."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file name (str or Path), got {type(path).__name__}")
+    device = pick_device(device, name="device")
+    given = {  # field: (value, the argument's name, its flag's type)
+        "score_threshold": (score_threshold, "score_threshold", flags.score_threshold),
+        "nms_threshold": (nms_threshold, "nms_threshold", flags.nms_threshold),
+        "max_detections": (max_det, "max_det", flags.max_detections),
+    }
+    changes = {field: flags.argument(name, v, parse) for field, (v, name, parse) in given.items() if v is not None}
+    policy = replace(DISPLAY_POLICY, **changes)
     # An exported file: this score threshold, and the NMS threshold inside it unless one is given.
-    nms = {} if nms_threshold is None else {"nms_threshold": nms_threshold}
+    nms = {} if nms_threshold is None else {"nms_threshold": policy.nms_threshold}
     model, meta = load_detector(path, device, policy={"score_threshold": policy.score_threshold, **nms})
     return Detector(as_detector(model, policy=policy), meta, policy.max_detections)
 
@@ -80,16 +91,24 @@ class Detector:
         """Detect objects in `source`: an image file, a folder (its images, sorted by name), a PIL image, a
         numpy array (RGB, uint8, [H, W, 3]; grayscale [H, W] is accepted; OpenCV's BGR must be converted
         first: image[..., ::-1]), a tensor [3, H, W] (uint8 0-255 or float 0-1, RGB) or [B, 3, H, W], or a
-        list of any of these. Returns one Result per image, in order. Raises FileNotFoundError for a missing
-        file or a folder without images, ValueError for an unreadable file, TypeError/ValueError naming what
-        was given for anything else."""
+        list of any of these. batch_size: images per forward pass (1 to 4096). Returns one Result per image, in
+        order. Raises FileNotFoundError for a missing file or a folder without images, ValueError for an
+        unreadable file, TypeError/ValueError naming what was given for anything else.
+
+        When there are detections, but none above the score threshold, it warns once (UserWarning) with the
+        best score, so an empty result is not taken for a broken detector."""
+        batch_size = flags.argument("batch_size", batch_size, flags.batch_size)
         items = _single_images(source)
         results = []
+        # Weaker detections are kept and cut here (ScoreCut), to say what the best one scored.
+        detector, cut = keeping_weaker(self.core), ScoreCut(self.core.policy.score_threshold)
         for start in range(0, len(items), batch_size):
             images, paths = zip(*(_rgb_and_path(item) for item in items[start : start + batch_size]))
-            for image, path, dets in zip(images, paths, run_detector(self.core, list(images))):
-                kept = {key: value[: self.max_det] for key, value in dets.items()}  # sorted by score: the best
+            for image, path, dets in zip(images, paths, run_detector(detector, list(images))):
+                kept = {key: value[: self.max_det] for key, value in cut(dets).items()}  # sorted by score: the best
                 results.append(Result(**kept, image=image, path=path, categories=self.names))
+        if cut.note():
+            warnings.warn(f"{cut.note()}: a lower ssdfast.load(..., score_threshold=) keeps them", stacklevel=2)
         return results
 
     def __repr__(self) -> str:
@@ -122,6 +141,8 @@ class Result:
     def save(self, path: str | Path) -> Path:
         """Write draw() to `path` (its suffix picks the format: .jpg, .png, ...), whole or not at all, never
         over the input image. Returns the path."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file name (str or Path), got {type(path).__name__}")
         path = writable_file(path, "output image")
         if self.path is not None and path.exists() and os.path.samefile(path, self.path):
             raise ValueError(f"{path} is the input image: choose another file name for the drawing")
@@ -196,6 +217,8 @@ def _rgb_and_path(item) -> tuple[np.ndarray, Path | None]:
         return _rgb_tensor(item), None
     pil = sys.modules.get("PIL.Image")  # a PIL image means PIL is imported already: no import here
     if pil is not None and isinstance(item, pil.Image):
+        if 0 in item.size:
+            raise ValueError(f"source: a PIL image of {item.width}x{item.height} pixels has nothing to detect in")
         return np.asarray(item.convert("RGB")), None
     raise TypeError(f"cannot use a {type(item).__module__}.{type(item).__name__} as an image: give {SOURCE_KINDS}")
 
@@ -207,6 +230,8 @@ def _rgb_array(image: np.ndarray) -> np.ndarray:
             f"a numpy image must be uint8 (0-255), got {image.dtype}: for floats in [0, 1] "
             "give (image * 255).round().astype(np.uint8)"
         )
+    if 0 in image.shape:
+        raise ValueError(f"source: a numpy image of shape {image.shape} has no pixels")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
@@ -231,6 +256,8 @@ def _rgb_tensor(image: Tensor) -> np.ndarray:
         raise ValueError(
             f"a tensor image must be [3, H, W] (channels first) or [B, 3, H, W], got shape {list(image.shape)}"
         )
+    if 0 in image.shape:
+        raise ValueError(f"source: a tensor image of shape {list(image.shape)} has no pixels")
     image = image.detach().cpu()
     if image.is_floating_point():
         if not ((image >= 0) & (image <= 1)).all():

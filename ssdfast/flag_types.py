@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -29,8 +30,27 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # seconds a collective may wait (far above it,
 MAX_DETECTIONS = 100_000  # detections per image kept by an exported model
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The tools' --help: the module docstring as written (its example commands) and every flag's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The tools' --help: the module docstring as written (its example commands) and each flag's one default.
+
+    argparse's ArgumentDefaultsHelpFormatter appends "(default: X)" to every flag, which says the wrong
+    thing in four places: a flag whose help already states its default ("(default: detected)") gets a
+    second one; a flag without a default gets "(default: None)"; a switch shows its action's own value,
+    so the pair --with-nms/--no-nms both claim "(default: True)"; a required flag has no default at all.
+    Here the default is shown only for a flag that takes a value, has one, is not required, and whose
+    help does not state it already. A switch is off unless its help says "(default)", as the
+    --X/--no-X pairs do for the one that is on."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = (
+            action.nargs != 0  # switches (store_true/false/const) take no value
+            and not action.required
+            and action.default not in (None, argparse.SUPPRESS)
+            and "(default" not in text
+            and "%(default)" not in text
+        )
+        return f"{text} (default: %(default)s)" if shown else text
 
 
 def integer(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -81,6 +101,19 @@ batch_size = integer(1, MAX_BATCH)
 workers = integer(0, MAX_WORKERS)
 score_threshold = real(0, 1, high_open=True)  # 1 would drop every detection: AP 0, silently
 nms_threshold = real(0, 1, low_open=True)  # IoU above which the lower-scored of two boxes is dropped
+max_detections = integer(1, MAX_DETECTIONS)
+
+
+def argument(name: str, value, parse: Callable[[str], float]):
+    """An argument of the Python API held to the range of the flag it matches (`parse`: one of the types
+    above), so ssdfast.load(score_threshold=...) and --score-threshold refuse the same values. TypeError
+    naming `name` for a value that is not a number (True, "0.3"), ValueError naming it for one out of range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: must be a number, got {type(value).__name__} {str(value)[:50]!r}")
+    try:
+        return parse(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def pretrained_help(kind: str) -> str:
@@ -107,9 +140,13 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dali", dest="data_backend", action="store_const", const="dali", help="= --data-backend dali")
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """Where a tool computes (tools/train.py, eval.py, detect.py): --device and --no-cudnn-benchmark."""
+def add_device_flags(p: argparse.ArgumentParser, cudnn: bool = True) -> None:
+    """Where a tool computes (tools/train.py, eval.py, detect.py; demo.py without cuDNN's flag): --device
+    and --no-cudnn-benchmark. The device is checked against the machine by ssdfast.machinery.runtime
+    (check_device), which needs PyTorch: after parsing, before any work."""
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    if not cudnn:
+        return
     p.add_argument(
         "--no-cudnn-benchmark",
         action="store_true",
@@ -131,7 +168,7 @@ def add_policy_flags(
         p.add_argument("--score-threshold", type=score_threshold, default=base.score_threshold, help=score_help)
     p.add_argument("--nms-threshold", type=nms_threshold, default=base.nms_threshold, help=nms_help)
     if max_det_help:
-        p.add_argument("--max-det", type=integer(1, MAX_DETECTIONS), default=base.max_detections, help=max_det_help)
+        p.add_argument("--max-det", type=max_detections, default=base.max_detections, help=max_det_help)
 
 
 def detection_policy(

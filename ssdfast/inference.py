@@ -8,7 +8,10 @@ callers never ask which kind of file they hold.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -129,6 +132,43 @@ def run_detector(detector, images_rgb: list[np.ndarray]) -> list[dict]:
             }
         )
     return out
+
+
+def keeping_weaker(detector, floor: float = DETECTION_POLICY.score_threshold):
+    """The same detector (as_detector), keeping detections down to score `floor`, or to the lowest its file
+    allows (one exported with NMS inside stops at its own threshold): a ScoreCut then cuts them at the
+    threshold asked for, and knows the best score it cut. Above that threshold the detections are the
+    same (NMS visits boxes by decreasing score, so a weaker box never suppresses a stronger one); the
+    cost is NMS over the weaker candidates too."""
+    lowest = detector.exported.score_threshold if getattr(detector, "meta", {}).get("with_nms") else 0.0
+    policy = detector.policy
+    lowered = copy.copy(detector)
+    lowered.policy = replace(policy, score_threshold=max(min(policy.score_threshold, floor), lowest))
+    return lowered
+
+
+class ScoreCut:
+    """Cuts detections (detect's per-image dicts, sorted by score) at `threshold` and remembers the best
+    score it cut, so a run that finds nothing above the threshold can say why, once (note), instead of
+    leaving an empty picture that looks like a broken tool."""
+
+    def __init__(self, threshold: float):
+        self.threshold, self.kept, self.best_cut = threshold, 0, None
+
+    def __call__(self, det: dict) -> dict:
+        keep = det["scores"] > self.threshold  # as the post-processing: a score at the threshold is dropped
+        if not keep.all():
+            best = float(det["scores"][~keep].max())
+            self.best_cut = best if self.best_cut is None else max(self.best_cut, best)
+        self.kept += int(keep.sum())
+        return {key: value[keep] for key, value in det.items()}
+
+    def note(self) -> str | None:
+        """ "0 detections above 0.3; the best scored 0.12" when detections were cut and none kept, else None."""
+        if self.kept or self.best_cut is None:
+            return None
+        shown = math.floor(self.best_cut * 1000) / 1000  # rounded down: 0.2999 is not shown as 0.3
+        return f"0 detections above {self.threshold:g}; the best scored {shown:g}"
 
 
 def to_records(dets: dict, names: list[str]) -> list[dict]:

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,48 @@ def test_boxes_are_clipped_to_the_image():
     np.testing.assert_allclose(result.boxes, clipped, atol=1e-3)
     assert result.names == ["b"]
     assert result.to_dict()["detections"][0]["box"] == [0.0, 65.0, 50.0, 100.0]
+
+
+class FixedScores(nn.Module):
+    """Any image -> one anchor whose class probabilities are `probs` (background first): the logits are their
+    logarithms, so softmax gives them back (to float precision)."""
+
+    anchor_spec = SSDLITE300
+
+    def __init__(self, probs):
+        super().__init__()
+        self.register_buffer("anchors", torch.tensor([[0.25, 0.25, 0.75, 0.75]]))
+        self.logits = torch.tensor(probs).log()
+
+    def forward(self, images):
+        batch = images.shape[0]
+        return torch.zeros(batch, 1, 4), self.logits.expand(batch, 1, -1)
+
+
+def fixed_detector(probs, threshold: float) -> Detector:
+    policy = DetectionPolicy(score_threshold=threshold)
+    return Detector(
+        as_detector(FixedScores(probs), policy=policy), {"model_name": "fixed", "category_names": list("abc")}
+    )
+
+
+def test_predict_says_once_when_detections_exist_only_below_the_threshold():
+    images = [np.zeros((20, 30, 3), np.uint8)] * 3
+    below = fixed_detector([0.6, 0.1234, 0.2466, 0.03], threshold=0.3)  # every class below 0.3; the best 0.2466
+    with pytest.warns(UserWarning) as caught:
+        results = below.predict(images, batch_size=2)  # two batches, three images: one warning
+    assert [len(r.scores) for r in results] == [0, 0, 0]
+    assert [str(w.message) for w in caught] == [
+        "0 detections above 0.3; the best scored 0.246: a lower ssdfast.load(..., score_threshold=) keeps them"
+    ]
+    # Above a lower threshold: the box that passes is drawn, and nothing is said; the weaker one is still cut.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = fixed_detector([0.6, 0.1234, 0.2466, 0.03], threshold=0.2).predict(images[0])[0]
+        np.testing.assert_allclose(kept.scores, [0.2466], atol=1e-6)
+        assert kept.names == ["b"]
+        # Nothing at all worth a word: every score below the weakest kept for the note (0.05).
+        assert len(fixed_detector([0.91, 0.04, 0.03, 0.02], threshold=0.3).predict(images[0])[0].scores) == 0
 
 
 def test_draw_save_and_to_dict(checkpoint, folder, pil_arrays, oracle, tmp_path):

@@ -2,12 +2,20 @@
 --classes and --max-det, checked against the tool's own unfiltered output and OpenCV's frame counts."""
 
 import json
+import math
 
 import cv2
 import detect  # tools/detect.py (pyproject.toml puts tools/ on pytest's path)
 import numpy as np
 import pytest
+import torch
 from conftest import tool
+
+from ssdfast.data.transforms import SSDTransform
+from ssdfast.machinery.checkpoint import save_checkpoint
+from ssdfast.models import build_model
+
+EMPTY = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)  # no boxes: the transform of an image to detect in
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +109,39 @@ def test_classes_and_max_det_select_from_what_the_model_finds(trained_run, synth
     assert any(some.values())
     bad = tool("detect", *common, "--output", tmp_path / "bad", "--classes", "unicorn", check=False)
     assert bad.returncode == 1 and "--classes: unicorn not among the model's classes" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """An SSDLite with random weights and BatchNorm's initial statistics: every box scores about 0.4."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random") / "random.pt"
+    model = build_model("ssdlite", num_classes=3)
+    meta = {"model_name": "ssdlite300_mobilenetv2", "num_classes": 3, "category_names": ["a", "b", "c"]}
+    save_checkpoint(path, {"model": model.state_dict(), **meta, "category_ids": [1, 2, 3], "epoch": 0})
+    return path, model.eval()
+
+
+def test_zero_detections_above_the_threshold_says_what_the_best_scored_once(random_weights, tmp_path, capsys):
+    weights, model = random_weights
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(3)]
+    for i, image in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), image[..., ::-1])
+    # The oracle: NMS always keeps the best box, so the best detection is the best class score of any anchor.
+    batch = torch.stack([SSDTransform(train=False, normalised=True)(img, *EMPTY, rng=None)[0] for img in images])
+    with torch.no_grad():
+        best = float(model(batch)[1].softmax(-1)[..., 1:].max())
+    assert 0.05 < best < 0.9  # detections exist below the threshold of 0.9, none above
+    argv = ["--weights", str(weights), "--input", str(tmp_path), "--device", "cpu", "--score-threshold"]
+    assert detect.main([*argv, "0.9", "--output", str(tmp_path / "above")]) == 0
+    err = capsys.readouterr().err
+    shown = math.floor(best * 1000) / 1000
+    notes = [line for line in err.splitlines() if line.startswith("note: 0 detections")]
+    assert notes == [f"note: 0 detections above 0.9; the best scored {shown:g}: a lower --score-threshold draws them"]
+    report = json.loads((tmp_path / "above" / "detections.json").read_text())
+    assert len(report) == 3 and not any(report.values())
+    assert detect.main([*argv, f"{shown - 0.001:g}", "--output", str(tmp_path / "below")]) == 0
+    assert "note:" not in capsys.readouterr().err  # drawn: nothing to explain
+    report = json.loads((tmp_path / "below" / "detections.json").read_text())
+    assert max(r["score"] for recs in report.values() for r in recs) == pytest.approx(best, abs=1e-4)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ssdfast import flag_types as flags
+from ssdfast.machinery.exit_codes import EXIT_ERROR
 from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def get_args(argv=None):
     p.add_argument(
         "--batch-size", type=flags.batch_size, default=BATCH_SIZE, help="training batch size (lr scales with it)"
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    flags.add_device_flags(p, cudnn=False)
     p.add_argument("--fresh", action="store_true", help="retrain even if OUT/model/last.pt exists")
     p.add_argument(
         "--seed",
@@ -59,6 +60,13 @@ def get_args(argv=None):
 
 def main(argv=None) -> int:
     args = get_args(argv)
+    from ssdfast.machinery.runtime import check_device  # PyTorch: after --help
+
+    try:
+        check_device(args.device)  # here, not after writing the data, in the training step
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     data, model_dir, detections = out / "data", out / "model", out / "detections"
     py = sys.executable
@@ -117,6 +125,13 @@ def main(argv=None) -> int:
     print(f"  metrics:            {model_dir}/metrics_val.json, training log {model_dir}/log.jsonl")
     print(f"  annotated images:   {detections}/ (detections listed in {detections}/detections.json)")
     print(f"  TensorBoard:        tensorboard --logdir {model_dir}/tensorboard")
+    python = Path(py).relative_to(ROOT) if Path(py).is_relative_to(ROOT) else py  # .venv/bin/python after make demo
+    print(
+        f"  your own image:     {python} tools/detect.py --weights {model_dir}/last.pt --input IMAGE --output out.jpg"
+    )
+    print(
+        "  (the demo model knows only coloured circles, squares and triangles: README, 'What the demo model can detect')"
+    )
     return 0 if metrics["AP50"] > 0 else 1
 
 

@@ -113,9 +113,14 @@ def sidecar(output: Path, single_file: bool) -> Path:
     return output.with_suffix(".json") if single_file else output / "detections.json"
 
 
+MAX_CAMERA = 99  # OpenCV reads an index of 100 or more as a capture backend (CAP_*, multiples of 100) plus one
+
+
 def video_source(spec: str) -> int | str | None:
     """A camera index ("0") or a stream URL, as cv2.VideoCapture opens them; None for anything else."""
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit():  # not "²", which Python's isdigit() also takes
+        if int(spec) > MAX_CAMERA:
+            raise ValueError(f"--input {spec[:30]}: a camera index is at most {MAX_CAMERA}")
         return int(spec)
     return spec if spec.lower().startswith(STREAM_SCHEMES) else None
 
@@ -130,18 +135,20 @@ def class_filter(names: list[str], wanted: list[str] | None) -> np.ndarray | Non
     return np.array([names.index(name) + 1 for name in wanted])
 
 
-def select(dets: list[dict], labels: np.ndarray | None, max_det: int) -> list[dict]:
-    """Each image's detections of the wanted classes, the best max_det by score (they come sorted)."""
+def select(dets: list[dict], labels: np.ndarray | None, max_det: int, cut) -> list[dict]:
+    """Each image's detections of the wanted classes above the score threshold (`cut`, a ScoreCut, which
+    remembers what it drops), the best max_det by score (they come sorted)."""
     out = []
     for det in dets:
         keep = np.ones(len(det["labels"]), bool) if labels is None else np.isin(det["labels"], labels)
-        out.append({key: value[keep][:max_det] for key, value in det.items()})
+        shown = cut({key: value[keep] for key, value in det.items()})
+        out.append({key: value[:max_det] for key, value in shown.items()})
     return out
 
 
-def run_images(model, names, targets: dict[Path, Path], args, single: bool) -> dict:
+def run_images(detector, names, targets: dict[Path, Path], args, single: bool) -> dict:
     from ssdfast.data.coco import read_image
-    from ssdfast.inference import detect, to_records
+    from ssdfast.inference import run_detector, to_records
 
     paths, report = list(targets), {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
@@ -156,8 +163,8 @@ def run_images(model, names, targets: dict[Path, Path], args, single: bool) -> d
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue
-        dets = detect(model, [img for _, img in readable], args.policy)
-        for (path, img), det in zip(readable, select(dets, args.labels, args.max_det)):
+        dets = run_detector(detector, [img for _, img in readable])
+        for (path, img), det in zip(readable, select(dets, args.labels, args.max_det, args.cut)):
             drawn = draw_detections(
                 cv2.cvtColor(img, cv2.COLOR_RGB2BGR), det["boxes"], det["scores"], det["labels"], names
             )
@@ -213,7 +220,7 @@ def open_video_writer(tmp: Path, output: Path, fps: float, size: tuple[int, int]
     return writer
 
 
-def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
+def run_video(detector, names, path: Path | int | str, output: Path, args) -> dict:
     """A video file, a camera or a stream, frame by frame into `output`; {frame index: detections}."""
     capture = cv2.VideoCapture(path if isinstance(path, int) else str(path))
     if not capture.isOpened():
@@ -224,7 +231,7 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
     with atomic_output(output, "output video", keep_suffix=True, claim=True) as tmp:
         writer = open_video_writer(tmp, output, fps, (width, height))
         try:
-            report = draw_video(model, names, capture, writer, args, announced)
+            report = draw_video(detector, names, capture, writer, args, announced)
         finally:
             capture.release()
             writer.release()
@@ -239,9 +246,9 @@ def run_video(model, names, path: Path | int | str, output: Path, args) -> dict:
     return report
 
 
-def draw_video(model, names, capture, writer, args, announced: int) -> dict:
+def draw_video(detector, names, capture, writer, args, announced: int) -> dict:
     """Detect on every frame `capture` yields, draw into `writer`; {frame index: detections}."""
-    from ssdfast.inference import detect, to_records
+    from ssdfast.inference import run_detector, to_records
 
     report, done = {}, False
     with tqdm(total=announced or None, desc="video", unit="frame") as bar:
@@ -259,8 +266,8 @@ def draw_video(model, names, capture, writer, args, announced: int) -> dict:
                 done = True
             if not frames:
                 break
-            dets = detect(model, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], args.policy)
-            for frame, det in zip(frames, select(dets, args.labels, args.max_det)):
+            dets = run_detector(detector, [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames])
+            for frame, det in zip(frames, select(dets, args.labels, args.max_det, args.cut)):
                 writer.write(draw_detections(frame, det["boxes"], det["scores"], det["labels"], names))
                 report[str(len(report))] = to_records(det, names)
             bar.update(len(frames))
@@ -289,17 +296,17 @@ def image_plan(spec: str, source: Path, output_spec: str) -> tuple[dict[Path, Pa
 
 def main(argv=None) -> int:
     args = get_args(argv)  # --help and usage errors before PyTorch is imported
-    from ssdfast.inference import load_detector
+    from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import configure_cudnn, pick_device
 
-    device = pick_device(args.device)
-    configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
     source, output = Path(args.input), Path(args.output)
-    stream = video_source(args.input)
-    video = stream is not None or (source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES)
-    source = source if stream is None else stream
     try:
+        device = pick_device(args.device)
+        configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
+        stream = video_source(args.input)
+        video = stream is not None or (source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES)
+        source = source if stream is None else stream
         if video:
             check_video_output(source, output)
             json_path, single = sidecar(output, True), True
@@ -323,12 +330,16 @@ def main(argv=None) -> int:
         # --max-det cuts each image's detections after --classes (select): the post-processing keeps its K.
         args.policy = flags.detection_policy(args, DISPLAY_POLICY, max_det_flag=False)
         model, meta = load_detector(args.weights, device, policy=args.policy)
+        # The detector keeps weaker detections too, and args.cut drops them: a run that draws nothing
+        # can then say what the best one scored.
+        detector = keeping_weaker(as_detector(model, policy=args.policy))
+        args.cut = ScoreCut(args.policy.score_threshold)
         names = meta["category_names"]
         args.labels = class_filter(names, args.classes)
         if video:
-            report = run_video(model, names, source, output, args)
+            report = run_video(detector, names, source, output, args)
         else:
-            report = run_images(model, names, targets, args, single)
+            report = run_images(detector, names, targets, args, single)
             if not report:
                 raise ValueError(f"none of the {len(targets)} input image(s) could be read")
         write_json_atomic(json_path, report, "detections file", indent=1, claim=True)
@@ -336,6 +347,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     count = sum(len(v) for v in report.values())
+    if args.cut.note():
+        print(f"note: {args.cut.note()}: a lower --score-threshold draws them", file=sys.stderr)
     print(
         f"{count} detections in {len(report)} {'frame' if video else 'image'}(s); "
         f"drawn to {output}, listed in {json_path}"

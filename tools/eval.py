@@ -78,7 +78,7 @@ def get_args(argv=None):
         "--output",
         default=None,
         help="detections JSON (default: next to the weights, detections_{split}.json); "
-        "the metrics go beside it as NAME.metrics.json (default: metrics_{split}.json). Neither may be an input "
+        "the metrics go beside it as NAME.metrics.json (metrics_{split}.json without --output). Neither may be an input "
         "or lie in the dataset folder, and an existing file there is replaced only if ssdfast wrote it: "
         "otherwise the run is refused before any work",
     )
@@ -217,9 +217,9 @@ def main(argv=None) -> int:
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import autocast_dtype, configure_cudnn, setup_distributed
 
-    rank, world, device = setup_distributed(args.device)
-    configure_cudnn(device, not args.no_cudnn_benchmark)
     try:
+        rank, world, device = setup_distributed(args.device)
+        configure_cudnn(device, not args.no_cudnn_benchmark)
         outputs = output_paths(args) if rank == 0 else {}
         model, meta, loader, policy, channels_last = load_model_and_data(args, rank, world, device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:

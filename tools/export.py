@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             import onnxscript  # noqa: F401  (the exporter and the check need them)
         except ImportError as error:
             print(
-                f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): pip install -e .[export]",
+                f"error: exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): make install EXTRAS=export",
                 file=sys.stderr,
             )
             return EXIT_ERROR

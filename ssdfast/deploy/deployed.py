@@ -40,7 +40,7 @@ def _onnx_session(path: Path, device: torch.device):
         import onnxruntime as ort
     except ImportError as error:
         raise CheckpointError(
-            f"{path} is an ONNX model: running it needs onnx and onnxruntime (pip install -e .[export])"
+            f"{path} is an ONNX model: running it needs onnx and onnxruntime (make install EXTRAS=export)"
         ) from error
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":

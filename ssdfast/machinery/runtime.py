@@ -19,9 +19,12 @@ def setup_distributed(device_arg: str | None = None, timeout: timedelta | None =
     """(rank, world_size, device). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set, world > 1) this starts
     the process group: NCCL on GPUs, gloo on CPU. device_arg: 'cpu', 'cuda', 'cuda:N' or None (auto).
     timeout: how long any collective may wait for a peer before it fails (None: torch's default)."""
-    cuda = torch.cuda.is_available() and device_arg != "cpu"
+    requested = check_device(device_arg)
+    cuda = requested.type == "cuda" if requested is not None else torch.cuda.is_available()
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda and local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local_rank} has no GPU of its own: this machine has {machine_devices()}")
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, **attempt_store(timeout))
@@ -44,14 +47,57 @@ def attempt_store(timeout: timedelta | None) -> dict:
     return {"store": dist.PrefixStore(f"ssdfast/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
-def pick_device(device_arg: str | None = None) -> torch.device:
-    """The device of a one-process run: `device_arg`, or CUDA when there is a GPU; a plain "cuda" is
-    the current CUDA device, made explicit so every consumer (model, data, DALI) agrees on one index."""
-    cuda = torch.cuda.is_available() and device_arg != "cpu"
-    device = torch.device(device_arg or ("cuda" if cuda else "cpu"))
+DEVICE_TYPES = ("cpu", "cuda")  # what ssdfast's kernels and their PyTorch twins are built and tested for
+
+
+def pick_device(device_arg: str | torch.device | None = None, name: str = "--device") -> torch.device:
+    """The device of a one-process run: `device_arg` (checked: check_device), or CUDA when there is a GPU;
+    a plain "cuda" is the current CUDA device, made explicit so every consumer (model, data, DALI) agrees
+    on one index."""
+    device = check_device(device_arg, name)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def check_device(device_arg: str | torch.device | None, name: str = "--device") -> torch.device | None:
+    """The device `device_arg` names ("cpu", "cuda", "cuda:N"), or None for "pick one". Every tool and
+    ssdfast.load resolve their device here, so a device this machine lacks is one ValueError, before any
+    work, naming `name` (the flag or argument), what was asked and what this machine has; PyTorch's
+    own error comes later, deep in a traceback ("Found no NVIDIA driver on your system")."""
+    if device_arg is None:
+        return None
+    asked = str(device_arg)
+    try:
+        device = torch.device(asked)
+    except (RuntimeError, ValueError):  # "tpu", "cuda:x", "cuda:-1"
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"{name} {asked}: ssdfast runs on cpu, cuda or cuda:N; this machine has {machine_devices()}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count() > 0:
+        raise ValueError(f"{name} {asked}: no such GPU; this machine has {machine_devices()}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {asked}: this machine has no CUDA GPU ({_why_no_cuda()}); it has {machine_devices()}")
+    return device
+
+
+def machine_devices() -> str:
+    """What this machine offers ssdfast, in words: "cpu" or "cpu, cuda:0 (NVIDIA H100 80GB HBM3), ..."."""
+    gpus = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        try:
+            gpus.append(f"cuda:{index} ({torch.cuda.get_device_name(index)})")
+        except RuntimeError:  # a GPU that is counted but cannot start: named without its model
+            gpus.append(f"cuda:{index}")
+    return ", ".join(["cpu", *gpus]) + ("" if gpus else " only")
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None and torch.version.hip is None:
+        return "this PyTorch is built without CUDA"
+    return "no NVIDIA driver or no GPU visible; CUDA_VISIBLE_DEVICES may hide them"
 
 
 def configure_cudnn(device: torch.device, benchmark: bool = True) -> bool:
