@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -80,6 +81,16 @@ batch_size = integer(1, MAX_BATCH)
 workers = integer(0, MAX_WORKERS)
 score_threshold = real(0, 1, high_open=True)  # 1 would drop every detection: AP 0, silently
 nms_threshold = real(0, 1, low_open=True)  # IoU above which the lower-scored of two boxes is dropped
+
+
+def default_workers() -> int:
+    """--num-workers' default: min(4, the CPU cores this process may run on). More workers than cores
+    only adds switching (and PyTorch warns on every run); beyond 4, decoding rarely limits one process."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use (taskset, cgroups' cpusets)
+    except AttributeError:  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    return min(4, cores)
 
 
 # The flag groups several tools share (each tool adds its own flags around them).
