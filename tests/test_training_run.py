@@ -166,6 +166,9 @@ def test_fine_tuning_keeps_the_categories_shared_by_name(synthetic_coco, tmp_pat
     assert started(arguments(data, tuned, "--weights", source / "last.pt")).train() == EXIT_DONE
     out = capsys.readouterr().out
     assert "class heads: 2 of 3 categories matched by name" in out, out
+    # The fine-tuning recipe, told in one line: the flags given win, warm-up and milestones from the recipe.
+    assert "recipe: fine-tune (--weights): epochs 1 (given), batch 4 (given), lr 0.05 for 32 images (given), " in out
+    assert "warmup 50 iterations, lr x0.1 at epochs 1, 1\n" in out
     wrong_model = arguments(data, tmp_path / "wrong", "--weights", source / "last.pt", "--model", "ssd")
     with pytest.raises(ValueError, match="holds ssdlite300_mobilenetv2, not ssd300_resnet50"):
         started(wrong_model)
@@ -263,3 +266,96 @@ def test_the_tensorboard_steps_go_on_from_the_resumed_step():
     log = RunLog(steps_per_epoch=5, resumed_at=12, start=(2, 1))  # 12: where a run with other batches stopped
     assert (log.step(2, 1), log.step(2, 4), log.step(3, 0)) == (12, 15, 16)
     assert RunLog(steps_per_epoch=5, resumed_at=11, start=(2, 1)).step(3, 0) == 15  # unchanged: epoch x 5 + it
+
+
+# --- the recipe (ssdfast/training/recipe.py) and TrainConfig, from the command line ------------------------
+
+
+def config_of(*flags) -> TrainConfig:
+    return TrainConfig.from_flags(vars(train.get_args(["--data-path", "d", *map(str, flags)])))
+
+
+def test_the_lr_milestones_scale_with_the_epochs_unless_given():
+    # 43/65 and 54/65 of the run, rounded by hand: 30 -> 19.85, 24.92; 12 -> 7.94, 9.97; 100 -> 66.15, 83.08.
+    for epochs, drops in ((65, (43, 54)), (30, (20, 25)), (12, (8, 10)), (100, (66, 83)), (1, (1, 1))):
+        config = config_of("--epochs", epochs)
+        assert config.schedule.multistep == drops, epochs
+        assert config.recipe_line.endswith(f"lr x0.1 at epochs {drops[0]}, {drops[1]}"), config.recipe_line
+    assert config_of().schedule.multistep == (43, 54)  # COCO's own, at its 65 epochs
+    assert config_of("--epochs", 30, "--multistep", 5).schedule.multistep == (5,)
+    never = config_of("--epochs", 30, "--multistep")  # the flag with no epoch: no drop
+    assert never.schedule.multistep == () and never.recipe_line.endswith("no lr drop (given)")
+
+
+def test_the_fine_tuning_recipe_comes_with_weights_only_and_a_given_flag_wins():
+    def recipe_of(config):
+        s = config.schedule
+        return s.epochs, s.batch_size, s.lr, s.warmup, s.multistep
+
+    assert recipe_of(config_of()) == (65, 32, 2.6e-3, 0, (43, 54))
+    assert config_of().recipe_line.startswith("recipe: COCO: epochs 65, batch 32,")
+    tuned = config_of("--weights", "w.pt")
+    assert recipe_of(tuned) == (30, 8, 1.3e-3, 50, (20, 25))
+    assert tuned.recipe_line == (
+        "recipe: fine-tune (--weights): epochs 30, batch 8, lr 0.0013 for 32 images, warmup 50 iterations, "
+        "lr x0.1 at epochs 20, 25"
+    )
+    # Every flag given wins, also one equal to the other recipe's default (--epochs 65).
+    given = config_of("--weights", "w.pt", "--epochs", 65, "--batch-size", 16, "--lr", 0.01, "--warmup", 0)
+    assert recipe_of(given) == (65, 16, 0.01, 0, (43, 54))
+    assert "epochs 65 (given), batch 16 (given), lr 0.01 for 32 images (given), warmup 0 iterations (given)" in (
+        given.recipe_line
+    )
+    assert recipe_of(config_of("--weights", "w.pt", "--epochs", 10)) == (10, 8, 1.3e-3, 50, (7, 8))
+    # Only --weights chooses it: --backbone-weights starts a detector from scratch.
+    assert recipe_of(config_of("--backbone-weights", "none")) == (65, 32, 2.6e-3, 0, (43, 54))
+
+
+def test_a_short_run_warns_with_its_numbers_and_what_to_change(synthetic_coco, tmp_path, capsys):
+    from ssdfast.training.recipe import short_run_warning
+
+    # 3 epochs x 4 steps = 12 steps; 100 steps need ceil(100 / 4) = 25 epochs.
+    warning = short_run_warning(epochs=3, steps_per_epoch=4, global_batch=32, images=128)
+    assert warning == (
+        "warning: this run takes 12 optimizer steps (3 epochs x 4 steps of 32 images; 128 training images): "
+        "fewer than about 100 rarely train a detector. Give --epochs 25 or more, or a smaller --batch-size"
+    )
+    assert short_run_warning(epochs=25, steps_per_epoch=4, global_batch=32, images=128) is None
+    assert short_run_warning(epochs=24, steps_per_epoch=4, global_batch=32, images=128) is not None
+    # A run says it once at the start: 24 images in batches of 4, 2 epochs = 12 steps.
+    flags = resume_args(synthetic_coco, tmp_path, epochs=2)
+    run = TrainingRun.build(TrainConfig.from_flags(vars(train.get_args([str(flag) for flag in flags]))))
+    run.log.close()
+    out = capsys.readouterr().out
+    assert out.count("warning: this run takes") == 1
+    assert "takes 12 optimizer steps (2 epochs x 6 steps of 4 images; 24 training images)" in out
+    assert "Give --epochs 17 or more" in out
+
+
+def test_num_workers_defaults_to_the_cores_this_process_may_use_at_most_4(monkeypatch):
+    import os
+
+    from ssdfast import flag_types
+
+    for cores, expected in (({0}, 1), ({0, 1}, 2), (set(range(4)), 4), (set(range(64)), 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: cores, raising=False)
+        assert flag_types.default_workers() == expected
+        assert train.get_args(["--data-path", "d"]).num_workers == expected
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert flag_types.default_workers() == 3
+
+
+def test_the_config_is_frozen_and_stores_the_flags_as_before():
+    import dataclasses
+
+    args = train.get_args(["--data-path", "d", "--model", "ssdlite", "--epochs", 3])
+    config = TrainConfig.from_flags(vars(args))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.schedule.epochs = 4
+    stored = config.as_flags()  # what args.json and last.pt hold: a flat dict of every flag, plain values
+    assert set(stored) == set(vars(args))
+    assert stored["model"] == "ssdlite300_mobilenetv2" and stored["multistep"] == [2, 2] and stored["epochs"] == 3
+    assert TrainConfig.from_flags(stored).schedule == config.schedule  # read back as given
+    with pytest.raises(ValueError, match="does not match the flags"):
+        TrainConfig.from_flags({**stored, "unknown_flag": 1})

@@ -52,7 +52,7 @@ def milestones(epochs: int) -> tuple[int, ...]:
 
 def choose(given: dict, fine_tune: bool) -> tuple[dict, str]:
     """The recipe's values with the flags `given` (RECIPE_FLAGS -> value, None: not given) on top
-    -> (RECIPE_FLAGS -> value, the one line that says what was chosen)."""
+    -> (RECIPE_FLAGS -> value, the one line that says what was chosen, "(given)" after a flag's value)."""
     recipe = FINE_TUNE if fine_tune else COCO
     values = {
         name: given[name] if given.get(name) is not None else getattr(recipe, name)
@@ -62,7 +62,7 @@ def choose(given: dict, fine_tune: bool) -> tuple[dict, str]:
     values["multistep"] = tuple(steps) if steps is not None else milestones(values["epochs"])
 
     def shown(name: str, text: str) -> str:
-        return f"{text} (--{name.replace('_', '-')})" if given.get(name) is not None else text
+        return f"{text} (given)" if given.get(name) is not None else text
 
     drops = ", ".join(map(str, values["multistep"]))
     line = ", ".join(
