@@ -349,7 +349,7 @@ def test_num_workers_defaults_to_the_cores_this_process_may_use_at_most_4(monkey
 def test_the_config_is_frozen_and_stores_the_flags_as_before():
     import dataclasses
 
-    args = train.get_args(["--data-path", "d", "--model", "ssdlite", "--epochs", 3])
+    args = train.get_args(["--data-path", "d", "--model", "ssdlite", "--epochs", "3"])
     config = TrainConfig.from_flags(vars(args))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.schedule.epochs = 4
