@@ -4,6 +4,11 @@
     torchrun --nproc_per_node=8 tools/train.py --data-path /coco --model ssd --amp --dali
     python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
     python tools/train.py --data-path VOCdevkit/VOC2007 --model ssdlite   # or a YOLO data.yaml (detected)
+    python tools/train.py --data-path my_photos/data.yaml --model ssd --weights coco_detector.pt   # fine-tune
+
+Without --weights the recipe is COCO's; with it, one for a few hundred images (fewer epochs, smaller
+batch, lower lr, a warm-up). Either way the lr drops at fractions of --epochs, a flag given wins, and
+the first line printed says what was chosen.
 
 Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
 scaler, epoch and the iteration inside it; the data order and augmentation derive from --seed, the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ssdfast.data import build_loader
+from ssdfast.data.loader import DatasetInfo, Loader
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.placement import Placement
 
@@ -14,9 +15,9 @@ from ssdfast.training.placement import Placement
 class RunData:
     """train_loader, val_loader (None: the run never evaluates) and info (train_loader.info)."""
 
-    train_loader: object
-    val_loader: object | None
-    info: object
+    train_loader: Loader
+    val_loader: Loader | None
+    info: DatasetInfo
 
     @classmethod
     def load(cls, config: TrainConfig, placement: Placement) -> RunData:
