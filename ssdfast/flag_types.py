@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -122,6 +123,16 @@ def pretrained_help(kind: str) -> str:
         f"a pretrained name: {known_names(kind)} (a file in $TORCH_HOME/ssdfast or ~/.cache/ssdfast, downloaded "
         "once and sha256-checked where a sha256 is published; README: Pretrained starting points)"
     )
+
+
+def default_workers() -> int:
+    """--num-workers' default: min(4, the CPU cores this process may run on). More workers than cores
+    only adds switching (and PyTorch warns on every run); beyond 4, decoding rarely limits one process."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use (taskset, cgroups' cpusets)
+    except AttributeError:  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    return min(4, cores)
 
 
 # The flag groups several tools share (each tool adds its own flags around them).

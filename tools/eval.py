@@ -61,7 +61,12 @@ def get_args(argv=None):
         "ImageSets/Main/{split}.txt; YOLO: data.yaml's {split}:)",
     )
     p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per batch (per process)")
-    p.add_argument("--num-workers", type=flags.workers, default=4, help="data loading workers (DALI: threads)")
+    p.add_argument(
+        "--num-workers",
+        type=flags.workers,
+        default=flags.default_workers(),
+        help="data loading workers (DALI: threads)",
+    )
     p.add_argument(
         "--amp",
         action="store_true",

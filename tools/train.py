@@ -4,6 +4,11 @@
     torchrun --nproc_per_node=8 tools/train.py --data-path /coco --model ssd --amp --dali
     python tools/train.py --data-path demo_data --model ssdlite --backbone-weights none --epochs 2
     python tools/train.py --data-path VOCdevkit/VOC2007 --model ssdlite   # or a YOLO data.yaml (detected)
+    python tools/train.py --data-path my_photos/data.yaml --model ssd --weights coco_detector.pt   # fine-tune
+
+Without --weights the recipe is COCO's; with it, one for a few hundred images (fewer epochs, smaller
+batch, lower lr, a warm-up). Either way the lr drops at fractions of --epochs, a flag given wins, and
+the first line printed says what was chosen.
 
 Start the same command again to resume: it continues from --save-folder/last.pt (model, optimizer,
 scaler, epoch and the iteration inside it; the data order and augmentation derive from --seed, the
@@ -27,184 +32,19 @@ from ssdfast.data.image_files import add_image_limit_args
 from ssdfast.defaults import COMPILE_BACKENDS, COMPILE_MODES, DEFAULT_MAX_BOXES, DETECTION_POLICY, MODEL_CHOICES
 from ssdfast.machinery.exit_codes import EXIT_ABORTED, EXIT_ERROR, EXIT_PEER_LOST
 from ssdfast.models.registry import MODEL_HELP
+from ssdfast.training import recipe
 
 if TYPE_CHECKING:
     from ssdfast.machinery.preemption import StopRequest
 
 
-def get_args(argv=None):
+def get_args(argv=None) -> argparse.Namespace:
+    """The command line's flags (argparse dests). The recipe flags (ssdfast/training/recipe.py) are None
+    where not given: the recipe fills them in when TrainConfig is built."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=flags.HelpFormatter)
-    p.add_argument(
-        "--data-path",
-        default=None,
-        help="dataset: COCO layout root (annotations/, train2017/, val2017/), "
-        "VOCdevkit year folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO data.yaml (or its folder)",
-    )
-    flags.add_data_flags(p)  # --data-format, --data-backend, --dali
-    p.add_argument(
-        "--train-ann", default=None, help="a COCO annotation file for training, anywhere (with --train-images)"
-    )
-    p.add_argument("--train-images", default=None, help="the image folder of --train-ann")
-    p.add_argument(
-        "--val-ann", default=None, help="a COCO annotation file for evaluation, anywhere (with --val-images)"
-    )
-    p.add_argument("--val-images", default=None, help="the image folder of --val-ann")
-    p.add_argument(
-        "--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here"
-    )
-    p.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
-    p.add_argument("--model", default="ssd", choices=MODEL_CHOICES, help=MODEL_HELP)
-    p.add_argument("--epochs", type=flags.positive, default=65, help="number of epochs")
-    p.add_argument("--batch-size", type=flags.batch_size, default=32, help="images per GPU (per process)")
-    p.add_argument(
-        "--multistep", type=flags.non_negative, nargs="*", default=[43, 54], help="epochs where lr is multiplied by 0.1"
-    )
-    p.add_argument(
-        "--lr",
-        type=flags.real(0, low_open=True),
-        default=2.6e-3,
-        help="lr for a global batch of 32; scaled linearly by global batch / 32",
-    )
-    p.add_argument("--momentum", type=flags.real(0, 1, high_open=True), default=0.9, help="SGD momentum")
-    p.add_argument(
-        "--no-nesterov",
-        action="store_true",
-        help="plain momentum instead of the older implementation's Nesterov momentum",
-    )
-    p.add_argument("--weight-decay", type=flags.real(0), default=5e-4, help="SGD weight decay")
-    p.add_argument(
-        "--no-bn-weight-decay",
-        action="store_true",
-        help="no weight decay on BatchNorm and bias parameters (NVIDIA's tweak)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=flags.non_negative,
-        default=0,
-        help="linear lr warmup over this many iterations (NVIDIA uses 300)",
-    )
-    flags.add_policy_flags(
-        p, DETECTION_POLICY, nms_help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)"
-    )
-    p.add_argument(
-        "--num-workers", type=flags.workers, default=4, help="data loading workers per process (DALI: threads)"
-    )
-    p.add_argument("--amp", action="store_true", help="mixed precision (autocast; GradScaler with fp16)")
-    p.add_argument(
-        "--amp-dtype",
-        choices=["fp16", "bf16"],
-        default=None,
-        help="autocast dtype (default: fp16 on CUDA; bf16 with --cuda-graphs and on CPU)",
-    )
-    p.add_argument(
-        "--channels-last",
-        dest="channels_last",
-        action="store_true",
-        default=None,
-        help="channels_last memory format (default on CUDA)",
-    )
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
-    p.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the step's targets, forward and loss (and so their backward; the optimizer step "
-        "stays eager): the first step compiles (SSDLite on a 2-core CPU: about 2 minutes), later ones run "
-        "fused kernels. Not with --cuda-graphs (--compile-mode reduce-overhead is the compiled way to CUDA graphs)",
-    )
-    p.add_argument(
-        "--compile-mode",
-        choices=COMPILE_MODES,
-        default="default",
-        help="with --compile: default (fused kernels, the shortest compile), reduce-overhead (also replays the "
-        "compiled forward and backward from CUDA graphs: fewer launches, more memory; on CPU as default), "
-        "max-autotune (also times kernel variants of each matmul/convolution, with CUDA graphs: the longest compile)",
-    )
-    p.add_argument(
-        "--compile-backend",
-        choices=COMPILE_BACKENDS,
-        default="inductor",
-        help="with --compile: inductor (generated kernels) or aot_eager (the same graphs run by eager kernels: "
-        "compiles in seconds, no speed-up; tells a compiler bug from a tracing one)",
-    )
-    flags.add_device_flags(p)  # --device, --no-cudnn-benchmark
-    p.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
-    p.add_argument(
-        "--eval-batches",
-        type=flags.positive,
-        default=None,
-        help="evaluate on at most this many val batches (quick checks)",
-    )
-    p.add_argument(
-        "--iters-per-epoch",
-        type=flags.positive,
-        default=None,
-        help="stop each epoch after this many iterations (smoke tests)",
-    )
-    p.add_argument(
-        "--seed", type=flags.integer(0, flags.MAX_SEED), default=0, help="seed of the data order, augmentation and init"
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="fine-tune: start from this detector checkpoint (ssdfast's, the "
-        "older implementation's or NVIDIA's) trained on other categories, or "
-        + flags.pretrained_help("detector")
-        + "; backbone and box heads are kept, the class heads keep the rows of categories with the same names",
-    )
-    p.add_argument(
-        "--backbone-weights",
-        default="imagenet",
-        help="none (random init), a path to a torchvision state dict, or " + flags.pretrained_help("backbone"),
-    )
-    p.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="start from scratch even if SAVE_FOLDER/last.pt exists (the previous run's files are moved "
-        "into SAVE_FOLDER/previous_run_<time>/)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        default="10m",
-        help="also write last.pt inside an epoch: every N iterations "
-        "(e.g. 500) or wall time (e.g. 10m, 90s, 1h); 0: at epoch ends only",
-    )
-    p.add_argument(
-        "--keep-checkpoints",
-        type=flags.non_negative,
-        default=0,
-        metavar="K",
-        help="keep the last K epoch checkpoints as epoch_NNN.pt besides last.pt and best.pt (0: none)",
-    )
-    p.add_argument(
-        "--dist-timeout",
-        type=flags.real(0, flags.MAX_DIST_TIMEOUT, low_open=True),
-        default=600,
-        help="seconds a collective may wait for another rank "
-        "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)",
-    )
-    p.add_argument(
-        "--max-boxes",
-        type=flags.integer(1, flags.MAX_BOXES),
-        default=DEFAULT_MAX_BOXES,
-        help="ground-truth boxes per image after padding (G)",
-    )
-    p.add_argument(
-        "--log-every", type=flags.positive, default=10, help="iterations between loss checks/logs (each is a host sync)"
-    )
-    p.add_argument(
-        "--ignore-category-names",
-        action="store_true",
-        help="resume even if SAVE_FOLDER/last.pt was trained "
-        "on categories with other names than the dataset's (only the count must match)",
-    )
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
-    add_image_limit_args(p)
-    args = p.parse_args(argv)
+    for add_group in (data_flags, model_flags, schedule_flags, speed_flags, run_flags, evaluation_flags, logging_flags):
+        add_group(p)
+    args = p.parse_args(argv, argparse.Namespace(**dict.fromkeys(recipe.RECIPE_FLAGS)))
     if args.data_path is None and not (args.train_ann and args.train_images):
         p.error("no dataset given: --data-path, or --train-ann and --train-images (and --val-ann, --val-images)")
     if not args.compile and (args.compile_mode != "default" or args.compile_backend != "inductor"):
@@ -214,30 +54,252 @@ def get_args(argv=None):
     return args
 
 
+def data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data-path",
+        default=None,
+        help="dataset: COCO layout root (annotations/, train2017/, val2017/), "
+        "VOCdevkit year folder (Annotations/, JPEGImages/, ImageSets/Main/), or YOLO data.yaml (or its folder)",
+    )
+    flags.add_data_flags(g)  # --data-format, --data-backend, --dali
+    g.add_argument(
+        "--train-ann", default=None, help="a COCO annotation file for training, anywhere (with --train-images)"
+    )
+    g.add_argument("--train-images", default=None, help="the image folder of --train-ann")
+    g.add_argument(
+        "--val-ann", default=None, help="a COCO annotation file for evaluation, anywhere (with --val-images)"
+    )
+    g.add_argument("--val-images", default=None, help="the image folder of --val-ann")
+    g.add_argument(
+        "--num-workers",
+        type=flags.workers,
+        default=flags.default_workers(),
+        help="data loading workers per process (DALI: threads); the default is min(4, the CPU cores this "
+        "process may use)",
+    )
+    g.add_argument(
+        "--max-boxes",
+        type=flags.integer(1, flags.MAX_BOXES),
+        default=DEFAULT_MAX_BOXES,
+        help="ground-truth boxes per image after padding (G)",
+    )
+    add_image_limit_args(g)  # --max-pixels, --allow-outside-paths
+
+
+def model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ssd", choices=MODEL_CHOICES, help=MODEL_HELP)
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="fine-tune: start from this detector checkpoint (ssdfast's, the "
+        "older implementation's or NVIDIA's) trained on other categories, or "
+        + flags.pretrained_help("detector")
+        + "; backbone and box heads are kept, the class heads keep the rows of categories with the same names. "
+        "Chooses the fine-tuning recipe",
+    )
+    g.add_argument(
+        "--backbone-weights",
+        default="imagenet",
+        help="none (random init), a path to a torchvision state dict, or " + flags.pretrained_help("backbone"),
+    )
+
+
+def schedule_flags(p: argparse.ArgumentParser) -> None:
+    """The recipe's flags show both recipes' defaults in their help (argparse's own is suppressed: the
+    recipe, not the parser, fills them in)."""
+    coco, tune = recipe.COCO, recipe.FINE_TUNE
+    g = p.add_argument_group(
+        "optimisation and schedule",
+        f"recipe defaults: {coco.name} without --weights, {tune.name} with it; a flag given always wins",
+    )
+    g.add_argument(
+        "--epochs",
+        type=flags.positive,
+        default=argparse.SUPPRESS,
+        help=f"number of epochs (default: {coco.epochs}); {tune.epochs} with --weights",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=flags.batch_size,
+        default=argparse.SUPPRESS,
+        help=f"images per GPU (per process) (default: {coco.batch_size}); {tune.batch_size} with --weights",
+    )
+    g.add_argument(
+        "--multistep",
+        type=flags.non_negative,
+        nargs="*",
+        default=argparse.SUPPRESS,
+        help="epochs where lr is multiplied by 0.1 (default: 43/65 and 54/65 of --epochs, rounded: 43 54 "
+        "of 65); none given: no drop",
+    )
+    g.add_argument(
+        "--lr",
+        type=flags.real(0, low_open=True),
+        default=argparse.SUPPRESS,
+        help=f"lr for a global batch of 32; scaled linearly by global batch / 32 (default: {coco.lr:g}); "
+        f"{tune.lr:g} with --weights",
+    )
+    g.add_argument(
+        "--warmup",
+        type=flags.non_negative,
+        default=argparse.SUPPRESS,
+        help=f"linear lr warmup over this many iterations (default: {coco.warmup}); {tune.warmup} with --weights "
+        "(NVIDIA uses 300 on COCO)",
+    )
+    g.add_argument("--momentum", type=flags.real(0, 1, high_open=True), default=0.9, help="SGD momentum")
+    g.add_argument(
+        "--no-nesterov",
+        action="store_true",
+        help="plain momentum instead of the older implementation's Nesterov momentum",
+    )
+    g.add_argument("--weight-decay", type=flags.real(0), default=5e-4, help="SGD weight decay")
+    g.add_argument(
+        "--no-bn-weight-decay",
+        action="store_true",
+        help="no weight decay on BatchNorm and bias parameters (NVIDIA's tweak)",
+    )
+    g.add_argument(
+        "--iters-per-epoch",
+        type=flags.positive,
+        default=None,
+        help="stop each epoch after this many iterations (smoke tests)",
+    )
+
+
+def speed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision and speed")
+    flags.add_device_flags(g)  # --device, --no-cudnn-benchmark
+    g.add_argument("--amp", action="store_true", help="mixed precision (autocast; GradScaler with fp16)")
+    g.add_argument(
+        "--amp-dtype",
+        choices=["fp16", "bf16"],
+        default=None,
+        help="autocast dtype (default: fp16 on CUDA; bf16 with --cuda-graphs and on CPU)",
+    )
+    g.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        default=None,
+        help="channels_last memory format (default on CUDA)",
+    )
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW")
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="capture the whole training step in a CUDA graph (one CUDA GPU; not with torchrun)",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the step's targets, forward and loss (and so their backward; the optimizer step "
+        "stays eager): the first step compiles (SSDLite on a 2-core CPU: about 2 minutes), later ones run "
+        "fused kernels. Not with --cuda-graphs (--compile-mode reduce-overhead is the compiled way to CUDA graphs)",
+    )
+    g.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="with --compile: default (fused kernels, the shortest compile), reduce-overhead (also replays the "
+        "compiled forward and backward from CUDA graphs: fewer launches, more memory; on CPU as default), "
+        "max-autotune (also times kernel variants of each matmul/convolution, with CUDA graphs: the longest compile)",
+    )
+    g.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default="inductor",
+        help="with --compile: inductor (generated kernels) or aot_eager (the same graphs run by eager kernels: "
+        "compiles in seconds, no speed-up; tells a compiler bug from a tracing one)",
+    )
+
+
+def run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run and checkpoints")
+    g.add_argument(
+        "--save-folder", default="trained_models", help="checkpoints (last.pt, best.pt) and log.jsonl go here"
+    )
+    g.add_argument(
+        "--seed", type=flags.integer(0, flags.MAX_SEED), default=0, help="seed of the data order, augmentation and init"
+    )
+    g.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from scratch even if SAVE_FOLDER/last.pt exists (the previous run's files are moved "
+        "into SAVE_FOLDER/previous_run_<time>/)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        default="10m",
+        help="also write last.pt inside an epoch: every N iterations "
+        "(e.g. 500) or wall time (e.g. 10m, 90s, 1h); 0: at epoch ends only",
+    )
+    g.add_argument(
+        "--keep-checkpoints",
+        type=flags.non_negative,
+        default=0,
+        metavar="K",
+        help="keep the last K epoch checkpoints as epoch_NNN.pt besides last.pt and best.pt (0: none)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=flags.real(0, flags.MAX_DIST_TIMEOUT, low_open=True),
+        default=600,
+        help="seconds a collective may wait for another rank "
+        "before the job stops with exit code 3 (a rank died or hangs outside torchrun's watch)",
+    )
+    g.add_argument(
+        "--ignore-category-names",
+        action="store_true",
+        help="resume even if SAVE_FOLDER/last.pt was trained "
+        "on categories with other names than the dataset's (only the count must match)",
+    )
+    g.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
+
+
+def evaluation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every", type=flags.non_negative, default=1, help="COCO evaluation every N epochs (0: never)")
+    g.add_argument(
+        "--eval-batches",
+        type=flags.positive,
+        default=None,
+        help="evaluate on at most this many val batches (quick checks)",
+    )
+    flags.add_policy_flags(
+        g, DETECTION_POLICY, nms_help="NMS IoU threshold for the per-epoch evaluation (the same default as eval.py)"
+    )
+
+
+def logging_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-path", default=None, help="TensorBoard folder (default: SAVE_FOLDER/tensorboard)")
+    g.add_argument(
+        "--log-every", type=flags.positive, default=10, help="iterations between loss checks/logs (each is a host sync)"
+    )
+
+
 def main(argv=None, stop_request: StopRequest | None = None) -> int:
     """Train as the command line `argv` says -> an exit code (ssdfast/machinery/exit_codes.py).
     stop_request: the signal flag run() installs before anything (a signal while loading is a stop too)."""
     from ssdfast.machinery.outputs import check_outputs, run_inputs
-    from ssdfast.models import canonical_name
+    from ssdfast.training.config import TrainConfig
     from ssdfast.training.run import TrainingRun
 
-    args = get_args(argv)
-    args.model = canonical_name(args.model)
+    config = TrainConfig.from_flags(vars(get_args(argv)))  # flags that need no work fail here, before any
+    data, model = config.data, config.model
     check_outputs(
-        folders=[("save folder", args.save_folder), ("TensorBoard folder", args.log_path)],
+        folders=[("save folder", config.save_folder), ("TensorBoard folder", config.logging.log_path)],
         only_own=False,
         **run_inputs(
-            weights=[args.weights, args.backbone_weights],
-            data_path=args.data_path,
-            annotations=[args.train_ann, args.val_ann],
-            image_folders=[args.train_images, args.val_images],
+            weights=[model.weights, model.backbone_weights],
+            data_path=data.data_path,
+            annotations=[data.train_ann, data.val_ann],
+            image_folders=[data.train_images, data.val_images],
         ),
     )
-    training = TrainingRun(args, stop_request)  # flags that need no work fail here, before any
-    training.setup()
-    training.resume()
-    training.start()
-    return training.train()
+    return TrainingRun.build(config, stop_request).train()
 
 
 def is_collective_failure(error: BaseException) -> bool:

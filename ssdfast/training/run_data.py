@@ -1,0 +1,52 @@
+"""A run's data: this rank's shard of the training set, of the validation set when the run evaluates,
+and what the dataset says about itself (categories, image count)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ssdfast.data import build_loader
+from ssdfast.data.loader import DatasetInfo, Loader
+from ssdfast.training.config import TrainConfig
+from ssdfast.training.placement import Placement
+
+
+@dataclass(frozen=True)
+class RunData:
+    """train_loader, val_loader (None: the run never evaluates) and info (train_loader.info)."""
+
+    train_loader: Loader
+    val_loader: Loader | None
+    info: DatasetInfo
+
+    @classmethod
+    def load(cls, config: TrainConfig, placement: Placement) -> RunData:
+        data = config.data
+        common = dict(
+            batch_size=config.schedule.batch_size,
+            num_workers=data.num_workers,
+            rank=placement.rank,
+            world_size=placement.world,
+            seed=config.run.seed,
+            max_boxes=data.max_boxes,
+            backend=data.data_backend,
+            device=placement.device,
+            channels_last=placement.channels_last,
+            data_format=data.data_format,
+            max_pixels=data.max_pixels,
+            allow_outside_paths=data.allow_outside_paths,
+        )
+        train = build_loader(
+            data.data_path, "train", train=True, ann_file=data.train_ann, image_dir=data.train_images, **common
+        )
+        val = None
+        if config.evaluation.eval_every > 0:
+            val = build_loader(
+                data.data_path, "val", train=False, ann_file=data.val_ann, image_dir=data.val_images, **common
+            )
+        return cls(train_loader=train, val_loader=val, info=train.info)
+
+    def steps_per_epoch(self, iters_per_epoch: int | None) -> int:
+        """Optimizer steps in one epoch of this rank (--iters-per-epoch caps it)."""
+        steps = len(self.train_loader)
+        return steps if iters_per_epoch is None else min(steps, iters_per_epoch)
