@@ -5,8 +5,9 @@ Stops the run (ValueError naming the file, the record id and the field): the fil
 or a string `name`, or two categories with one id; an image without an integer `id`.
 Dropped and counted (one warning listing each problem class with the first few ids), because dropping
 them cannot change what the rest means:
-  * images: no `file_name`, or `width`/`height` missing, not a number or not positive (their boxes
-    could not be normalised); and the annotations of such an image;
+  * images: no `file_name`, or `width`/`height` missing, not a number, not positive, not finite or over
+    MAX_IMAGE_SIDE (their boxes could not be normalised; 1e30 overflows an integer tensor); and the
+    annotations of such an image;
   * annotations: no `image_id` of a kept image, a `category_id` not in `categories`, a `bbox` that
     is not 4 numbers, or a non-finite coordinate, or no integer `id`.
 Completed and counted: an annotation without `area` gets its bbox area (COCOeval needs one).
@@ -20,7 +21,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssdfast.machinery.user_errors import shown
+
 SHOW_IDS = 5  # how many record ids a message lists
+# The largest width or height an image may have: OpenCV decodes no side longer (CV_IO_MAX_IMAGE_WIDTH).
+MAX_IMAGE_SIDE = 2**20
 
 
 @dataclass
@@ -41,7 +46,7 @@ class ValidationReport:
 
         def show(kind, problems):
             return [
-                f"{kind} {len(ids)} {problem} (ids {', '.join(map(str, ids[:SHOW_IDS]))}"
+                f"{kind} {len(ids)} {problem} (ids {', '.join(map(shown, ids[:SHOW_IDS]))}"
                 f"{', ...' if len(ids) > SHOW_IDS else ''})"
                 for problem, ids in problems.items()
             ]
@@ -75,24 +80,28 @@ def validate_coco(data, path: str | Path) -> tuple[dict, ValidationReport]:
     categories, category_ids = [], set()
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            fail(f"category #{i}: 'id' must be an integer, got {cat.get('id') if isinstance(cat, dict) else cat!r}")
+            fail(
+                f"category #{i}: 'id' must be an integer, got {shown(cat.get('id') if isinstance(cat, dict) else cat)}"
+            )
         if not isinstance(cat.get("name"), str):
-            fail(f"category id {cat['id']}: 'name' must be a string, got {cat.get('name')!r}")
+            fail(f"category id {shown(cat['id'])}: 'name' must be a string, got {shown(cat.get('name'))}")
         if cat["id"] in category_ids:
-            fail(f"category id {cat['id']} appears twice")
+            fail(f"category id {shown(cat['id'])} appears twice")
         category_ids.add(cat["id"])
         categories.append(cat)
 
     images, image_ids = [], set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
-            fail(f"image #{i}: 'id' must be an integer, got {img.get('id') if isinstance(img, dict) else img!r}")
+            fail(f"image #{i}: 'id' must be an integer, got {shown(img.get('id') if isinstance(img, dict) else img)}")
         if img["id"] in image_ids:
-            fail(f"image id {img['id']} appears twice")
+            fail(f"image id {shown(img['id'])} appears twice")
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             report.drop("images without a file_name", img["id"])
         elif not all(_is_number(img.get(k)) and img[k] > 0 for k in ("width", "height")):
             report.drop("images without a positive width and height", img["id"])
+        elif not all(img[k] <= MAX_IMAGE_SIDE for k in ("width", "height")):  # also infinity
+            report.drop(f"images wider or higher than {MAX_IMAGE_SIDE} pixels", img["id"])
         else:
             images.append(img)
             image_ids.add(img["id"])

@@ -132,6 +132,7 @@ class TrainingRun:
             channels_last=self.channels_last,
             data_format=args.data_format,
             max_pixels=args.max_pixels,
+            max_image_bytes=args.max_image_bytes,
             allow_outside_paths=args.allow_outside_paths,
         )
         self.train_loader = build_loader(
