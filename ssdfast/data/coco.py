@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 from ssdfast.data.dataset_files import UnusableFile, contained, open_regular, read_bounded, resolves_inside
 from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, image_bytes
 from ssdfast.data.transforms import SSDTransform
-from ssdfast.data.validate import ValidationReport, validate_coco
+from ssdfast.data.validate import SHOW_IDS, ValidationReport, validate_coco
+from ssdfast.machinery.user_errors import shown
 
 COCO_CLASSES = (
     "person",
@@ -119,7 +120,16 @@ COCO_CLASSES = (
 
 
 OUTSIDE_REASON = "image paths outside the image folder"
-UNUSABLE_IMAGE_PATHS = ("image paths that are not regular files", "image paths the file system cannot open")
+NOT_REGULAR_REASON = "image paths that are not regular files"
+CANNOT_OPEN_REASON = "image paths the file system cannot open"
+LEFT_OUT_AT_LOAD = {  # why an image is left out when the dataset loads -> its warning
+    "missing image files": "{n} image file(s) listed in {ann_file} are missing: left out",
+    OUTSIDE_REASON: "{n} image path(s) in {ann_file} lead outside the image folder: left out "
+    "(--allow-outside-paths reads them)",
+    NOT_REGULAR_REASON: "{n} image path(s) in {ann_file} are not regular files (a folder, a FIFO): left out",
+    CANNOT_OPEN_REASON: "{n} image path(s) in {ann_file} cannot be opened (a name too long for the file system, "
+    "no permission): left out",
+}
 
 
 def coco_paths(root: str | Path, split: str, allow_outside: bool = False) -> tuple[Path, Path]:
@@ -128,7 +138,7 @@ def coco_paths(root: str | Path, split: str, allow_outside: bool = False) -> tup
     root = Path(root)
     ann_file = root / "annotations" / f"instances_{split}2017.json"
     image_dir = root / f"{split}2017"
-    if not ann_file.is_file():
+    if not ann_file.exists():  # a FIFO or folder there is refused when read (ssdfast.data.dataset_files)
         raise FileNotFoundError(
             f"annotation file not found: {ann_file} "
             f"(expected the COCO layout: DATA/annotations/instances_{split}2017.json)"
@@ -165,7 +175,7 @@ def read_coco_json(ann_file: Path) -> dict:
 def coco_source(ann_file: str | Path, image_dir: str | Path) -> DataSource:
     """A COCO annotation file and its image folder, anywhere (--train-ann / --train-images)."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not ann_file.is_file():
+    if not ann_file.exists():  # a FIFO or folder there is refused when read (ssdfast.data.dataset_files)
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
@@ -232,14 +242,14 @@ def read_image(
 
 
 def _image_file_problem(path: Path) -> str | None:
-    """Why an image path of the annotations is left out at load ("missing image files", or one of
-    UNUSABLE_IMAGE_PATHS: a FIFO, a folder, a name over 255 bytes), or None when it is a regular file."""
+    """Why an image path of the annotations is left out at load (a LEFT_OUT_AT_LOAD reason: missing, a
+    FIFO or a folder, a name over 255 bytes), or None when it is a regular file."""
     try:
-        return None if stat.S_ISREG(os.stat(path).st_mode) else UNUSABLE_IMAGE_PATHS[0]
+        return None if stat.S_ISREG(os.stat(path).st_mode) else NOT_REGULAR_REASON
     except FileNotFoundError:
         return "missing image files"
     except (OSError, ValueError):  # ENAMETOOLONG, EACCES, ELOOP, a NUL byte
-        return UNUSABLE_IMAGE_PATHS[1]
+        return CANNOT_OPEN_REASON
 
 
 @dataclass
@@ -319,15 +329,18 @@ class CocoDetection(Dataset):
         self.records: list[ImageRecord] = []
         # What was left out and why (the annotation file's own problems first), for messages.
         self.dropped = Counter({k: len(v) for k, v in self.coco.validation.dropped.items()})
+        left_out: dict[str, list[str]] = {}  # file names of the images left out at load, by LEFT_OUT_AT_LOAD reason
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
             path = self.image_dir / info["file_name"]
-            if not allow_outside_paths and not resolves_inside(self.image_dir, info["file_name"]):  # once per image
-                self.dropped[OUTSIDE_REASON] += 1
-                continue
-            problem = _image_file_problem(path)  # one stat per image, once
+            problem = (
+                OUTSIDE_REASON
+                if not allow_outside_paths and not resolves_inside(self.image_dir, info["file_name"])
+                else _image_file_problem(path)  # one stat per image, once
+            )
             if problem:
                 self.dropped[problem] += 1
+                left_out.setdefault(problem, []).append(info["file_name"])
                 continue
             boxes, labels = parse_annotations(
                 self.coco.imgToAnns.get(image_id, []), info["width"], info["height"], label_of, self.dropped
@@ -336,25 +349,11 @@ class CocoDetection(Dataset):
                 self.dropped["training images without a usable box"] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
-        if self.dropped.get("missing image files") and self.records:
-            warnings.warn(
-                f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
-                f"{self.ann_file} are missing: left out",
-                stacklevel=2,
-            )
-        unusable = {why: n for why, n in self.dropped.items() if why in UNUSABLE_IMAGE_PATHS}
-        if unusable and self.records:
-            warnings.warn(
-                f"{self.image_dir}: {', '.join(f'{n} {why}' for why, n in unusable.items())} in {self.ann_file}: "
-                "left out",
-                stacklevel=2,
-            )
-        if self.dropped.get(OUTSIDE_REASON) and self.records:
-            warnings.warn(
-                f"{self.image_dir}: {self.dropped[OUTSIDE_REASON]} image path(s) in {self.ann_file} lead "
-                "outside the image folder: left out (--allow-outside-paths reads them)",
-                stacklevel=2,
-            )
+        if self.records:  # (without any, _require_records says it all in one line)
+            for why, names in left_out.items():
+                listed = ", ".join(shown(n) for n in names[:SHOW_IDS]) + (", ..." if len(names) > SHOW_IDS else "")
+                message = LEFT_OUT_AT_LOAD[why].format(n=len(names), ann_file=self.ann_file)
+                warnings.warn(f"{self.image_dir}: {message} ({listed})", stacklevel=2)
         self._require_records()
 
     def _require_records(self) -> None:

@@ -74,10 +74,10 @@ def contained(folder: str | Path, name: str | Path, allow_outside: bool = False)
     return folder / name
 
 
-def open_regular(path: str | Path, max_bytes: int | None, limit: str = "") -> BinaryIO:
+def open_regular(path: str | Path, max_bytes: int | None, limit: str = "the limit") -> BinaryIO:
     """`path` opened for reading once it is known to be a regular file of at most max_bytes (None: any
     size). FileNotFoundError as usual; UnusableFile for anything else (a FIFO, a device, a directory, a
-    larger file, a name the file system cannot hold). limit: how the user sets max_bytes, for the message."""
+    larger file, a name the file system cannot hold). limit: what max_bytes is called, for the message."""
     try:
         # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (it is then refused);
         # on a regular file it changes nothing.
@@ -91,7 +91,7 @@ def open_regular(path: str | Path, max_bytes: int | None, limit: str = "") -> Bi
         if not stat.S_ISREG(info.st_mode):
             raise UnusableFile(path, NOT_REGULAR, _kind(info.st_mode))
         if max_bytes is not None and info.st_size > max_bytes:
-            raise UnusableFile(path, TOO_LARGE, f"{info.st_size} bytes, the limit is {max_bytes}{limit}")
+            raise UnusableFile(path, TOO_LARGE, f"{info.st_size} bytes; {limit} is {max_bytes}")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -99,11 +99,11 @@ def open_regular(path: str | Path, max_bytes: int | None, limit: str = "") -> Bi
         raise
 
 
-def read_bounded(file: BinaryIO, path: str | Path, max_bytes: int | None, limit: str = "") -> bytes:
+def read_bounded(file: BinaryIO, path: str | Path, max_bytes: int | None, limit: str = "the limit") -> bytes:
     """The rest of an open_regular file: at most max_bytes, even if it grew since it was opened."""
     data = file.read() if max_bytes is None else file.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
-        raise UnusableFile(path, TOO_LARGE, f"it grew past the limit of {max_bytes} bytes{limit} while read")
+        raise UnusableFile(path, TOO_LARGE, f"it grew while read; {limit} is {max_bytes}")
     return data
 
 

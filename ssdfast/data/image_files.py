@@ -53,14 +53,14 @@ def image_bytes(
     """The bytes of an image file once its size (at most max_bytes) and its header (at most max_pixels,
     width x height) are known to be fine; FileNotFoundError, or UnusableFile naming the file and the limit
     it breaks (its `problem` is what a drop is counted under)."""
-    with open_regular(path, max_bytes, ", --max-image-bytes") as file:
+    with open_regular(path, max_bytes, "--max-image-bytes") as file:
         pixels = header_pixels(file)  # Pillow reads the header alone from the open file
         if pixels is None:
             raise UnusableFile(path, NOT_AN_IMAGE)
         if pixels > max_pixels:
             raise UnusableFile(path, OVER_PIXEL_CAP, f"its header claims {pixels} pixels, --max-pixels is {max_pixels}")
         file.seek(0)
-        return read_bounded(file, path, max_bytes, ", --max-image-bytes")
+        return read_bounded(file, path, max_bytes, "--max-image-bytes")
 
 
 def add_image_limit_args(parser: argparse.ArgumentParser, outside_paths: bool = True) -> None:

@@ -121,7 +121,8 @@ def split_images(root: Path, entry: Path, found: ValidationReport, allow_outside
     """The images of one folder (recursive) or list file, sorted, all inside root (lexically: where
     they resolve to is checked as each is read)."""
     if entry.is_dir():
-        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # Not only regular files: a FIFO or a link out named *.jpg is dropped by name when it is read.
+        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     images = []
     for line in read_dataset_text(root, entry.relative_to(root), allow_outside).splitlines():
         image = inside(entry.parent, line.strip()) if line.strip() else None
