@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, tool, train_args
-from test_bad_input import fake_weights, names_of
+from test_bad_input import fake_weights
 from test_datasets import write_voc_from_coco, write_yolo_from_coco
 
 from ssdfast.data import CocoDetection, write_synthetic_coco
@@ -31,6 +31,7 @@ from ssdfast.data.formats import resolve_source
 from ssdfast.data.gpu_pipeline import read_payload
 from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from ssdfast.data.validate import MAX_IMAGE_SIDE
+from ssdfast.data.voc import read_voc
 from ssdfast.data.yolo import read_yolo
 from ssdfast.machinery.user_errors import MAX_SHOWN, shown
 from ssdfast.training.lock import SaveFolderLock
@@ -68,6 +69,10 @@ def tiny_set(data_format: str, tmp_path: Path) -> Path:
         (yolo / "train.txt").write_text("\n".join(listed) + "\n")
         (yolo / "data.yaml").write_text((yolo / "data.yaml").read_text().replace("images/train", "train.txt", 1))
     return yolo
+
+
+def voc_names(root: Path) -> list[str]:
+    return [c["name"] for c in read_voc(root, "train").annotations["categories"]]
 
 
 def load(root: Path, allow: bool = False) -> tuple[CocoDetection, str]:
@@ -134,14 +139,15 @@ def test_tools_refuse_a_symlinked_annotation_file_in_one_line_and_read_it_when_a
     listing = root / "ImageSets" / "Main" / "val.txt"
     shutil.move(listing, tmp_path / "val.txt")
     listing.symlink_to(tmp_path / "val.txt")
-    weights = fake_weights(tmp_path / "w.pt", names_of(tmp_path / "coco"))
+    weights = fake_weights(tmp_path / "w.pt", voc_names(root))
     run = ("--data-path", root, "--weights", weights, "--num-workers", 0, "--output", tmp_path / "e" / "d.json")
     refused = tool("eval", *run, check=False)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert refused.stderr.startswith(f"error: {listing}: outside the dataset folder")
     tool("eval", *run, "--allow-outside-paths")
     trained = tool("train", *train_args(root, tmp_path / "run", 1), check=False)
-    assert trained.returncode == 1 and trained.stderr.startswith("error: ") and "outside" in trained.stderr
+    error = trained.stderr.strip().splitlines()[-1]  # after a warning: 2 training images for a batch of 4
+    assert trained.returncode == 1 and error.startswith(f"error: {listing}: outside the dataset folder"), error
     assert "Traceback" not in trained.stderr and not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -182,8 +188,7 @@ def test_a_stale_regular_lock_is_still_taken_over(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["symlink", "directory"])
-def test_train_refuses_a_lock_that_is_a_symlink_or_directory_in_one_line(synthetic_coco, tmp_path, kind):
+def test_train_refuses_a_lock_that_is_a_symlink_in_one_line(synthetic_coco, tmp_path, kind="symlink"):
     victim = tmp_path / "precious.txt"
     victim.write_text("precious")
     (tmp_path / "run").mkdir()
@@ -394,7 +399,7 @@ def test_eval_of_a_voc_set_with_a_huge_width_names_the_record_and_goes_on(tmp_pa
     val = (root / "ImageSets" / "Main" / "val.txt").read_text().split()[0]
     xml = root / "Annotations" / f"{val}.xml"
     xml.write_text(re.sub("<width>[0-9]+</width>", "<width>1e30</width>", xml.read_text()))
-    weights = fake_weights(tmp_path / "w.pt", names_of(tmp_path / "coco"))
+    weights = fake_weights(tmp_path / "w.pt", voc_names(root))
     result = tool(
         "eval",
         "--data-path",
@@ -410,3 +415,13 @@ def test_eval_of_a_voc_set_with_a_huge_width_names_the_record_and_goes_on(tmp_pa
     assert "Traceback" not in result.stderr and "Overflow" not in result.stderr, result.stderr
     assert result.returncode == 1 and "no usable val images" in result.stderr, result.stderr
     assert f"1 images wider or higher than {MAX_IMAGE_SIDE} pixels" in result.stderr
+
+
+def test_an_xml_entity_bomb_is_dropped_by_name(tmp_path):
+    root = tiny_set("voc", tmp_path)
+    entities = '<!ENTITY l0 "lol">' + "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    xml = root / "Annotations" / f"{B}.xml"
+    xml.write_text(f"<?xml version='1.0'?><!DOCTYPE annotation [{entities}]><annotation><filename>&l9;</filename>")
+    with no_hang(10):
+        kept, warned = load(root)
+    assert sorted(records(kept)) == ["000000000001"] and f"{B}.xml: limit on input amplification" in warned, warned
