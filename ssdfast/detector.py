@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ssdfast import flag_types as flags
-from ssdfast.data.coco import read_image
+from ssdfast.data.coco import decode_image
 from ssdfast.defaults import DISPLAY_POLICY, IMAGE_SUFFIXES
 from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector, run_detector, to_records
 from ssdfast.machinery.outputs import writable_file
@@ -207,10 +207,10 @@ def _single_images(source) -> list:
 def _rgb_and_path(item) -> tuple[np.ndarray, Path | None]:
     """One image of _single_images -> (RGB uint8 [H, W, 3], its file or None)."""
     if isinstance(item, Path):
-        image = read_image(item)
-        if image is None:
-            raise ValueError(f"cannot read the image {item} (empty, truncated or not an image)")
-        return image, item
+        try:
+            return decode_image(item), item
+        except ValueError as error:  # names the file and why: empty, truncated, over a limit, ...
+            raise ValueError(f"cannot read the image {error}") from None
     if isinstance(item, np.ndarray):
         return _rgb_array(item), None
     if isinstance(item, Tensor):

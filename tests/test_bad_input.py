@@ -12,7 +12,7 @@ import torch
 from conftest import tool, train_args
 
 from ssdfast import ops, reference
-from ssdfast.data import CocoDetection
+from ssdfast.data import CocoDetection, Collate
 from ssdfast.machinery.checkpoint import save_checkpoint
 from ssdfast.models import build_model
 
@@ -216,6 +216,9 @@ BAD_VALUES = {
     "list": [1],
     "bool": True,
     "nan": float("nan"),
+    "infinity": float("inf"),
+    "huge": 10**30,  # overflows an int64 tensor
+    "long": "x" * 300,  # as a file_name: longer than the file system allows
 }
 
 
@@ -266,6 +269,10 @@ def test_every_broken_annotation_field_is_a_named_error_or_a_counted_drop(tmp_pa
         counted = sum(dataset.dropped.values()) + sum(map(len, dataset.coco.validation.repaired.values()))
         changed = kept_boxes != 2 or len(dataset.records) != 2
         assert not changed or counted > 0, f"{name}: silently changed ({kept_boxes} boxes, {dataset.dropped})"
+        try:  # and what was kept can be read and batched (sizes and ids become int64 tensors)
+            Collate(keep_batch_size=False)([dataset[i] for i in range(len(dataset))])
+        except Exception as error:
+            pytest.fail(f"{name}: kept at load, fails when batched: {type(error).__name__}: {error}")
 
 
 # ---------------------------------------------------------------- 6, 9: one error line, found early

@@ -214,6 +214,7 @@ RANGES = {
         "--max-boxes": (1, 10_000, INT),
         "--log-every": (1, None, INT),
         "--max-pixels": (1, PILLOW_LIMIT, INT),
+        "--max-image-bytes": (1, 2**40, INT),
     },
     "eval": {
         "--batch-size": (1, 4096, INT),
@@ -222,12 +223,14 @@ RANGES = {
         "--score-threshold": (0, (1, "open"), REAL),
         "--max-batches": (1, None, INT),
         "--max-pixels": (1, PILLOW_LIMIT, INT),
+        "--max-image-bytes": (1, 2**40, INT),
     },
     "detect": {
         "--batch-size": (1, 4096, INT),
         "--nms-threshold": ((0, "open"), 1, REAL),
         "--score-threshold": (0, (1, "open"), REAL),
         "--max-pixels": (1, PILLOW_LIMIT, INT),
+        "--max-image-bytes": (1, 2**40, INT),
         "--max-det": (1, 100_000, INT),
     },
     "export": {

@@ -147,19 +147,20 @@ def select(dets: list[dict], labels: np.ndarray | None, max_det: int, cut) -> li
 
 
 def run_images(detector, names, targets: dict[Path, Path], args, single: bool) -> dict:
-    from ssdfast.data.coco import read_image
+    from ssdfast.data.coco import decode_image
     from ssdfast.inference import run_detector, to_records
+
+    def read(path: Path) -> np.ndarray | None:
+        try:
+            return decode_image(path, args.max_pixels, args.max_image_bytes)
+        except ValueError as error:  # names the file and why: missing, truncated, over a limit, ...
+            print(f"warning: cannot read image {error}: skipped", file=sys.stderr)
+            return None
 
     paths, report = list(targets), {}
     for start in tqdm(range(0, len(paths), args.batch_size), desc="detect", disable=single):
         chunk = paths[start : start + args.batch_size]
-        images = [read_image(p, args.max_pixels) for p in chunk]
-        for p, img in zip(chunk, images):
-            if img is None:
-                print(
-                    f"warning: cannot read image {p} (not an image, truncated, or over --max-pixels): skipped",
-                    file=sys.stderr,
-                )
+        images = [read(p) for p in chunk]
         readable = [(p, img) for p, img in zip(chunk, images) if img is not None]
         if not readable:
             continue

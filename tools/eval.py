@@ -169,6 +169,7 @@ def load_model_and_data(args, rank: int, world: int, device):
         ann_file=args.ann,
         image_dir=args.images,
         max_pixels=args.max_pixels,
+        max_image_bytes=args.max_image_bytes,
         allow_outside_paths=args.allow_outside_paths,
     )
     check_categories(

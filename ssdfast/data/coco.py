@@ -8,7 +8,8 @@ Crowd boxes and degenerate boxes are dropped; boxes are clipped to the image. Tr
 images without boxes; evaluation keeps every image. An unreadable image (missing, zero bytes,
 not an image, truncated JPEG, a header over the pixel cap) does not stop the run: the sample comes
 back as {"unreadable": path} and the collate counts it. Image paths that resolve outside the image
-folder are left out at load and counted (ssdfast.data.image_files says why).
+folder, and paths that are not regular files, are left out at load and counted (ssdfast.data.dataset_files
+says why).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,10 +29,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from ssdfast.data.dataset_files import UnusableFile, contained, open_regular, read_bounded, resolves_inside
 from ssdfast.data.draws import draw
-from ssdfast.data.image_files import DEFAULT_MAX_PIXELS, header_problem, resolves_inside
+from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, image_bytes
 from ssdfast.data.transforms import SSDTransform
-from ssdfast.data.validate import ValidationReport, validate_coco
+from ssdfast.data.validate import SHOW_IDS, ValidationReport, validate_coco
+from ssdfast.machinery.user_errors import shown
 
 COCO_CLASSES = (
     "person",
@@ -116,21 +121,32 @@ COCO_CLASSES = (
 
 
 OUTSIDE_REASON = "image paths outside the image folder"
+NOT_REGULAR_REASON = "image paths that are not regular files"
+CANNOT_OPEN_REASON = "image paths the file system cannot open"
+LEFT_OUT_AT_LOAD = {  # why an image is left out when the dataset loads -> its warning
+    "missing image files": "{n} image file(s) listed in {ann_file} are missing: left out",
+    OUTSIDE_REASON: "{n} image path(s) in {ann_file} lead outside the image folder: left out "
+    "(--allow-outside-paths reads them)",
+    NOT_REGULAR_REASON: "{n} image path(s) in {ann_file} are not regular files (a folder, a FIFO): left out",
+    CANNOT_OPEN_REASON: "{n} image path(s) in {ann_file} cannot be opened (a name too long for the file system, "
+    "no permission): left out",
+}
 
 
-def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """(annotation file, image folder) of a split in the COCO layout, checked to exist."""
+def coco_paths(root: str | Path, split: str, allow_outside: bool = False) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split in the COCO layout, checked to exist; the annotation
+    file must lie inside DATA/annotations/ (ssdfast.data.dataset_files), the folder itself may be a link."""
     root = Path(root)
     ann_file = root / "annotations" / f"instances_{split}2017.json"
     image_dir = root / f"{split}2017"
-    if not ann_file.is_file():
+    if not ann_file.exists():  # a FIFO or folder there is refused when read (ssdfast.data.dataset_files)
         raise FileNotFoundError(
             f"annotation file not found: {ann_file} "
             f"(expected the COCO layout: DATA/annotations/instances_{split}2017.json)"
         )
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir} (expected the COCO layout: DATA/{split}2017/)")
-    return ann_file, image_dir
+    return contained(ann_file.parent, ann_file.name, allow_outside), image_dir
 
 
 @dataclass(frozen=True)
@@ -145,17 +161,22 @@ class DataSource:
 
 
 def read_coco_json(ann_file: Path) -> dict:
-    """The parsed annotation file; a ValueError naming it when it is not JSON."""
+    """The parsed annotation file (a regular file, of any size: COCO's own is 450 MB); a ValueError
+    naming it when it is not JSON."""
+    with open_regular(ann_file, None) as file:
+        raw = read_bounded(file, ann_file, None)
     try:
-        return json.loads(Path(ann_file).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return json.loads(raw)
+    except ValueError as error:  # not JSON, not UTF-8, an integer of over 4300 digits
         raise ValueError(f"cannot parse COCO annotation file {ann_file}: {error}") from error
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack
+        raise ValueError(f"cannot parse COCO annotation file {ann_file}: nested too deeply") from None
 
 
 def coco_source(ann_file: str | Path, image_dir: str | Path) -> DataSource:
     """A COCO annotation file and its image folder, anywhere (--train-ann / --train-images)."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not ann_file.is_file():
+    if not ann_file.exists():  # a FIFO or folder there is refused when read (ssdfast.data.dataset_files)
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
@@ -187,25 +208,49 @@ def _jpeg_is_complete(raw: bytes) -> bool:
     return sos != -1 and raw.rfind(b"\xff\xd9") > sos
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
-    """RGB uint8 [H, W, 3], or None when the file is missing, empty, truncated, not an image, or its
-    header claims more than `max_pixels` (width x height; checked before decoding).
+def decode_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of an image file; a ValueError naming the file and why it cannot be used:
+    missing, not a regular file, over max_bytes (checked before reading) or max_pixels (width x height,
+    checked from the header before decoding), empty, truncated, not an image.
 
     OpenCV applies the EXIF orientation and converts grayscale, CMYK and PNG (with alpha) to 3 channels.
     """
     try:
-        raw = Path(path).read_bytes()
-    except OSError:
-        return None
-    if not raw or (raw[:2] == b"\xff\xd8" and not _jpeg_is_complete(raw)):
-        return None
-    if header_problem(io.BytesIO(raw), max_pixels):  # before decoding: a few bytes can claim gigapixels
-        return None
+        raw = image_bytes(path, max_pixels, max_bytes)
+    except FileNotFoundError:
+        raise UnusableFile(path, "missing") from None
+    if raw[:2] == b"\xff\xd8" and not _jpeg_is_complete(raw):
+        raise UnusableFile(path, "a truncated JPEG")
     try:
         image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:  # what OpenCV refuses by itself (its own pixel limit, a broken stream)
+        image = None
+    if image is None:
+        raise UnusableFile(path, "not an image OpenCV can decode")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> np.ndarray | None:
+    """decode_image, or None when the image cannot be used (the datasets count it as unreadable)."""
+    try:
+        return decode_image(path, max_pixels, max_bytes)
+    except UnusableFile:
         return None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _image_file_problem(path: Path) -> str | None:
+    """Why an image path of the annotations is left out at load (a LEFT_OUT_AT_LOAD reason: missing, a
+    FIFO or a folder, a name over 255 bytes), or None when it is a regular file."""
+    try:
+        return None if stat.S_ISREG(os.stat(path).st_mode) else NOT_REGULAR_REASON
+    except FileNotFoundError:
+        return "missing image files"
+    except (OSError, ValueError):  # ENAMETOOLONG, EACCES, ELOOP, a NUL byte
+        return CANNOT_OPEN_REASON
 
 
 @dataclass
@@ -253,7 +298,8 @@ class CocoDetection(Dataset):
         train: training augmentation and skip images without boxes (default: split == "train").
         seed: with the epoch (set_epoch) and the index, fixes every random choice of a sample.
         max_pixels: images whose header claims more (width x height) are not decoded (unreadable).
-        allow_outside_paths: also read images whose path resolves outside the image folder.
+        max_image_bytes: image files larger than this are not read (unreadable).
+        allow_outside_paths: also read files whose path resolves outside their folder (dataset_files).
     """
 
     def __init__(
@@ -266,14 +312,15 @@ class CocoDetection(Dataset):
         source: DataSource | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         allow_outside_paths: bool = False,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ):
         cv2.setNumThreads(1)  # the loader parallelises over images; OpenCV threads would only contend
-        source = source or coco_source(*coco_paths(root, split))
+        source = source or coco_source(*coco_paths(root, split, allow_outside_paths))
         root = source.origin if root is None else root
         self.root, self.split = root, split
         self.ann_file, self.image_dir, self.data_format = source.origin, source.image_dir, source.data_format
         self.train = split == "train" if train is None else train
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_image_bytes = max_pixels, max_image_bytes
         self.transform = SSDTransform(size=size)
         self.seed, self.epoch = seed, 0
         self.coco = load_coco(source)
@@ -283,14 +330,18 @@ class CocoDetection(Dataset):
         self.records: list[ImageRecord] = []
         # What was left out and why (the annotation file's own problems first), for messages.
         self.dropped = Counter({k: len(v) for k, v in self.coco.validation.dropped.items()})
+        left_out: dict[str, list[str]] = {}  # file names of the images left out at load, by LEFT_OUT_AT_LOAD reason
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
             path = self.image_dir / info["file_name"]
-            if not allow_outside_paths and not resolves_inside(self.image_dir, info["file_name"]):  # once per image
-                self.dropped[OUTSIDE_REASON] += 1
-                continue
-            if not path.is_file():  # one stat per image, once
-                self.dropped["missing image files"] += 1
+            problem = (
+                OUTSIDE_REASON
+                if not allow_outside_paths and not resolves_inside(self.image_dir, info["file_name"])
+                else _image_file_problem(path)  # one stat per image, once
+            )
+            if problem:
+                self.dropped[problem] += 1
+                left_out.setdefault(problem, []).append(info["file_name"])
                 continue
             boxes, labels = parse_annotations(
                 self.coco.imgToAnns.get(image_id, []), info["width"], info["height"], label_of, self.dropped
@@ -299,18 +350,11 @@ class CocoDetection(Dataset):
                 self.dropped["training images without a usable box"] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
-        if self.dropped.get("missing image files") and self.records:
-            warnings.warn(
-                f"{self.image_dir}: {self.dropped['missing image files']} image file(s) listed in "
-                f"{self.ann_file} are missing: left out",
-                stacklevel=2,
-            )
-        if self.dropped.get(OUTSIDE_REASON) and self.records:
-            warnings.warn(
-                f"{self.image_dir}: {self.dropped[OUTSIDE_REASON]} image path(s) in {self.ann_file} lead "
-                "outside the image folder: left out (--allow-outside-paths reads them)",
-                stacklevel=2,
-            )
+        if self.records:  # (without any, _require_records says it all in one line)
+            for why, names in left_out.items():
+                listed = ", ".join(shown(n) for n in names[:SHOW_IDS]) + (", ..." if len(names) > SHOW_IDS else "")
+                message = LEFT_OUT_AT_LOAD[why].format(n=len(names), ann_file=self.ann_file)
+                warnings.warn(f"{self.image_dir}: {message} ({listed})", stacklevel=2)
         self._require_records()
 
     def _require_records(self) -> None:
@@ -337,7 +381,7 @@ class CocoDetection(Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
         path = self.image_dir / record.file_name
-        image = read_image(path, self.max_pixels)
+        image = read_image(path, self.max_pixels, self.max_image_bytes)
         if image is None:
             return {"unreadable": str(path)}
         params = draw((self.seed, epoch, index), record.boxes, self.train)

@@ -57,9 +57,11 @@ def resolve_source(
     data_format: str | None = None,
     ann_file: str | Path | None = None,
     image_dir: str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> DataSource:
     """The split `split` of what the user gave: explicit COCO paths (ann_file and image_dir) win over
-    data_path; data_format None means detect it."""
+    data_path; data_format None means detect it. Every file the dataset names must lie inside its folder
+    unless allow_outside_paths (ssdfast.data.dataset_files); explicit paths are the user's own."""
     if ann_file or image_dir:
         if not (ann_file and image_dir):
             given, missing = ("annotation file", "image folder") if ann_file else ("image folder", "annotation file")
@@ -75,9 +77,9 @@ def resolve_source(
         raise FileNotFoundError(f"dataset not found: {path} does not exist (expected {expected})")
     data_format = data_format or detect_format(path)
     if data_format == "coco":
-        return coco_source(*coco_paths(path, split))
+        return coco_source(*coco_paths(path, split, allow_outside_paths))
     if data_format == "voc":
-        return read_voc(voc_root(path) or path, split)
+        return read_voc(voc_root(path) or path, split, allow_outside_paths)
     if data_format == "yolo":
-        return read_yolo(path, split)
+        return read_yolo(path, split, allow_outside_paths)
     raise ValueError(f"unknown data format {data_format!r}: one of {', '.join(DATA_FORMATS)}")

@@ -26,8 +26,9 @@ from torchvision.transforms.v2 import functional as TF
 from ssdfast.data import batched_color
 from ssdfast.data.batch import Batch, pad_targets, split_unreadable, with_copies
 from ssdfast.data.coco import CocoDetection, read_image
+from ssdfast.data.dataset_files import UnusableFile
 from ssdfast.data.draws import draw
-from ssdfast.data.image_files import DEFAULT_MAX_PIXELS
+from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, image_bytes
 from ssdfast.data.jpeg_header import TRANSPOSED, read_jpeg_header
 from ssdfast.data.sampler import EpochKeyedSampler
 from ssdfast.data.torch_loader import TorchLoader
@@ -35,15 +36,15 @@ from ssdfast.data.transforms import augment_boxes, crop_pixels, normalise
 from ssdfast.machinery.preemption import ignore_stop_signals_in_workers
 
 
-def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> dict:
     """What a worker ships of an image file: {"jpeg": bytes [N] uint8, "orientation": EXIF 1..8,
     "displayed_size": (H, W) after it} for a complete colour JPEG, {"pixels": [3, H, W] uint8} for anything else OpenCV reads (read_image), or
     {"unreadable": path}, also for a header that claims more than max_pixels (never decoded). NumPy arrays,
     not tensors: they are pickled through the worker's pipe, where each tensor would hold a shared-memory
     file descriptor in the main process until freed (thousands with 14 workers of batch 128)."""
     try:
-        raw = path.read_bytes()
-    except OSError:
+        raw = image_bytes(path, max_pixels, max_bytes)  # size and header checked before the rest is read
+    except (OSError, UnusableFile):
         return {"unreadable": str(path)}
     header = read_jpeg_header(raw)
     if header and header.width * header.height > max_pixels:
@@ -54,7 +55,7 @@ def read_payload(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
             "orientation": header.orientation,
             "displayed_size": header.displayed_size,
         }
-    image = read_image(path, max_pixels)
+    image = read_image(path, max_pixels, max_bytes)
     if image is None:
         return {"unreadable": str(path)}
     return {"pixels": np.ascontiguousarray(image.transpose(2, 0, 1))}
@@ -75,7 +76,7 @@ class JpegSamples(Dataset):
         epoch, index = key
         record = self.dataset.records[index]
         path = self.dataset.image_dir / record.file_name
-        payload = read_payload(path, self.dataset.max_pixels)
+        payload = read_payload(path, self.dataset.max_pixels, self.dataset.max_image_bytes)
         if "unreadable" in payload:
             return payload
         params = draw((self.dataset.seed, epoch, index), record.boxes, self.dataset.train)

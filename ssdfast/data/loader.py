@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ssdfast.data.batch import Collate
 from ssdfast.data.coco import CocoDetection
 from ssdfast.data.formats import resolve_source
-from ssdfast.data.image_files import DEFAULT_MAX_PIXELS
+from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS
 from ssdfast.data.sampler import epoch_sampler
 from ssdfast.data.torch_loader import Loader, TorchLoader
 from ssdfast.defaults import DATA_BACKENDS, DEFAULT_MAX_BOXES
@@ -38,18 +38,19 @@ def build_loader(
     backend: str = "pytorch",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_outside_paths: bool = False,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Loader:
     """A Loader of Batches for `split` of a dataset, sharded for (rank, world_size), from the data path
     `backend` (DATA_BACKENDS), every one with the same `info` (DatasetInfo), sampler and
     (seed, epoch, index) keyed draws. The dataset: data_path in the COCO, VOC or YOLO layout (data_format,
     detected when None), or the explicit COCO ann_file and image_dir (ssdfast.data.formats.resolve_source).
-    max_pixels, allow_outside_paths: what images may be read (CocoDetection)."""
+    max_pixels, max_image_bytes, allow_outside_paths: what files may be read (CocoDetection)."""
     if backend not in DATA_BACKENDS:
         raise ValueError(f"unknown data backend {backend!r}: choose one of {', '.join(DATA_BACKENDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # Every path starts from the same checked dataset: one validation, one count, one error for "nothing usable".
-    source = resolve_source(data_path, split, data_format, ann_file, image_dir)
+    source = resolve_source(data_path, split, data_format, ann_file, image_dir, allow_outside_paths)
     dataset = CocoDetection(
         split=split,
         train=train,
@@ -57,6 +58,7 @@ def build_loader(
         source=source,
         max_pixels=max_pixels,
         allow_outside_paths=allow_outside_paths,
+        max_image_bytes=max_image_bytes,
     )
     sampler, drop_last = epoch_sampler(dataset, split, train, batch_size, rank, world_size, seed)
     if num_workers > 0:

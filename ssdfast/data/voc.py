@@ -13,6 +13,10 @@ Decisions (one home for each):
   * width/height from <size>, or from the image header when <size> is missing or zero.
   * a file that is not parseable XML, or not a VOC <annotation>, is dropped and counted by name; an
     <object> without a name or without 4 numeric box coordinates is dropped and counted.
+  * files: an XML must lie inside Annotations/, the split list inside ImageSets/Main/, an image read for
+    its size inside JPEGImages/, symlinks followed, and each must be a regular file
+    (ssdfast.data.dataset_files; --allow-outside-paths lifts the first). An XML that breaks it is
+    dropped and counted by name, never read; a list file that does stops with one line.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 from PIL import Image
 
 from ssdfast.data.coco import DataSource
+from ssdfast.data.dataset_files import UnusableFile, contained, open_regular, read_dataset_bytes, read_dataset_text
 from ssdfast.data.validate import ValidationReport
+from ssdfast.machinery.user_errors import shown
 
 VOC_CLASSES = (
     "aeroplane",
@@ -63,15 +69,20 @@ def _number(element, tag: str) -> float | None:
         return None
 
 
-def parse_voc_xml(path: Path) -> dict:
+def parse_voc_xml(path: Path, allow_outside: bool = False) -> dict:
     """{"filename", "width", "height", "objects": [{"name", "box": (xmin, ymin, xmax, ymax) | None,
-    "difficult"}]}; a ValueError naming the file when it is not XML or not a VOC annotation."""
+    "difficult"}]}; a ValueError naming the file when it cannot be used (ssdfast.data.dataset_files),
+    is not XML or is not a VOC annotation."""
     try:
-        root = ET.parse(path).getroot()  # the standard parser: no external entities, no DTD fetches
+        # The standard parser: no external entities, no DTD fetches; expat (>= 2.4) stops entity expansion
+        # bombs ("billion laughs") itself.
+        root = ET.fromstring(read_dataset_bytes(path.parent, path.name, allow_outside))
+    except UnusableFile as error:
+        raise ValueError(f"{shown(path.name)}: {error.problem}") from None
     except (ET.ParseError, OSError) as error:
-        raise ValueError(f"{path.name}: {error}") from error
+        raise ValueError(f"{shown(path.name)}: {error}") from error
     if root.tag != "annotation":
-        raise ValueError(f"{path.name}: root element <{root.tag}>, expected <annotation>")
+        raise ValueError(f"{shown(path.name)}: root element <{shown(root.tag)}>, expected <annotation>")
     size = root.find("size")
     objects = [
         {
@@ -89,13 +100,13 @@ def parse_voc_xml(path: Path) -> dict:
     }
 
 
-def _all_annotations(annotations_dir: Path) -> dict[str, dict | str]:
+def _all_annotations(annotations_dir: Path, allow_outside: bool = False) -> dict[str, dict | str]:
     """id -> parsed XML, or the error text. Every XML, not only the split's, because the categories
     come from all of them: about 2 s for VOC2012's 17k files, once per split."""
     parsed = {}
     for path in sorted(annotations_dir.glob("*.xml")):
         try:
-            parsed[path.stem] = parse_voc_xml(path)
+            parsed[path.stem] = parse_voc_xml(path, allow_outside)
         except ValueError as error:
             parsed[path.stem] = str(error)
     return parsed
@@ -108,22 +119,24 @@ def voc_categories(parsed: dict[str, dict | str]) -> list[dict]:
     return [{"id": i + 1, "name": name} for i, name in enumerate(ordered)]
 
 
-def _image_size(path: Path) -> tuple[float, float]:
-    """(width, height) from the image header (no decode); (0, 0) when unreadable (the check drops it)."""
+def _image_size(image_dir: Path, name: str, allow_outside: bool) -> tuple[float, float]:
+    """(width, height) from the image header (no decode); (0, 0) when it cannot be used (the check drops it)."""
     try:
-        with Image.open(path) as image:
+        with open_regular(contained(image_dir, name, allow_outside), None) as file, Image.open(file) as image:
             return image.size
-    except OSError:
+    except Exception:  # missing, outside, not a regular file, or whatever a hostile header trips in Pillow
         return 0, 0
 
 
-def _image_record(image_id: int, stem: str, xml: dict, image_dir: Path) -> dict:
+def _image_record(image_id: int, stem: str, xml: dict, image_dir: Path, allow_outside: bool = False) -> dict:
     # A bare file name from <filename>; anything with a folder part is not trusted: the id's .jpg instead.
     name = xml["filename"] if xml["filename"] and Path(xml["filename"]).name == xml["filename"] else f"{stem}.jpg"
     width, height = xml["width"], xml["height"]
     if not all(v is not None and math.isfinite(v) and v > 0 for v in (width, height)):
-        width, height = _image_size(image_dir / name)
-    width, height = int(width), int(height)  # pixel counts; DALI's COCO reader wants integers
+        width, height = _image_size(image_dir, name, allow_outside)
+    # Pixel counts (DALI's COCO reader wants integers); a finite size too large for any image stays
+    # as it is, for the check to drop with the file named (int(1e30) is exact, no overflow here).
+    width, height = int(width), int(height)
     return {"id": image_id, "file_name": name, "width": width, "height": height, "voc_id": stem}
 
 
@@ -140,22 +153,25 @@ def _annotation(ann_id: int, image_id: int, obj: dict, category_id: int) -> dict
     }
 
 
-def split_ids(root: Path, split: str) -> list[str]:
+def split_ids(root: Path, split: str, allow_outside: bool = False) -> list[str]:
     """The image ids of ImageSets/Main/{split}.txt (first word per line; the class files' flags ignored)."""
-    listing = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not listing.is_file():
-        raise FileNotFoundError(f"VOC split list not found: {listing}")
-    return [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    folder = root / "ImageSets" / "Main"
+    try:
+        text = read_dataset_text(folder, f"{split}.txt", allow_outside)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VOC split list not found: {folder / f'{split}.txt'}") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def read_voc(root: str | Path, split: str) -> DataSource:
-    """The split `split` of a VOCdevkit-style folder (e.g. VOCdevkit/VOC2007) as a DataSource."""
+def read_voc(root: str | Path, split: str, allow_outside: bool = False) -> DataSource:
+    """The split `split` of a VOCdevkit-style folder (e.g. VOCdevkit/VOC2007) as a DataSource.
+    allow_outside: also read files that resolve outside their folder (ssdfast.data.dataset_files)."""
     root = Path(root)
     image_dir, listing = root / "JPEGImages", root / "ImageSets" / "Main" / f"{split}.txt"
     if not image_dir.is_dir():
         raise FileNotFoundError(f"VOC image folder not found: {image_dir}")
-    stems = split_ids(root, split)
-    parsed = _all_annotations(root / "Annotations")
+    stems = split_ids(root, split, allow_outside)
+    parsed = _all_annotations(root / "Annotations", allow_outside)
     categories = voc_categories(parsed)
     category_of = {c["name"]: c["id"] for c in categories}
     found, images, annotations = ValidationReport(), [], []
@@ -167,7 +183,7 @@ def read_voc(root: str | Path, split: str) -> DataSource:
         if isinstance(xml, str):
             found.drop("VOC annotation files that cannot be read", xml)
             continue
-        images.append(_image_record(image_id, stem, xml, image_dir))
+        images.append(_image_record(image_id, stem, xml, image_dir, allow_outside))
         for obj in xml["objects"]:
             if not obj["name"] or None in obj["box"]:
                 found.drop("VOC objects without a name or 4 numeric bndbox coordinates", stem)

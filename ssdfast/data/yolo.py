@@ -4,10 +4,12 @@
     DATA/images/train/x.jpg    DATA/labels/train/x.txt: one "class cx cy w h" line per box, in [0, 1]
 
 Decisions (one home for each):
-  * data.yaml is read with PyYAML's safe_load (no tag can run code). `train:`/`val:` is a folder (its
-    images, recursively), a .txt list of image paths (relative to the list's folder), or a list of those.
+  * data.yaml is read with PyYAML's safe loader (no tag can run code), refusing aliases (`*name`): a
+    510-byte chain of aliases expands to gigabytes. `train:`/`val:` is a folder (its images,
+    recursively), a .txt list of image paths (relative to the list's folder), or a list of those.
   * The dataset is data.yaml's folder: `path:` is not used, and whatever data.yaml or a list names
-    must lie inside that folder (a file we are handed reads nothing outside its folder). Roboflow's
+    (folders, list files, images, label files) must lie inside that folder, symlinks followed, and be
+    a regular file (ssdfast.data.dataset_files; --allow-outside-paths lifts the first). Roboflow's
     "../train/images" is read as "train/images", as Ultralytics does.
   * Label file: the image path with its last "images" folder replaced by "labels" and the suffix by
     .txt (Ultralytics' rule; beside the image when there is no "images" folder). None: no boxes.
@@ -15,8 +17,9 @@ Decisions (one home for each):
   * Image size from the header (PIL, no decode; one small read per image at load, as YOLO labels are
     relative), EXIF rotation applied as OpenCV's decoder applies it.
   * Dropped and counted by file and line: lines that are not 5 numbers with an integer class, class
-    ids not in `names`, unreadable label files, listed images outside the folder. Boxes partly or wholly
-    outside the image are clipped or dropped (and counted) by the dataset, as for COCO.
+    ids not in `names`, label files that cannot be used (outside the folder, not a regular file, not
+    UTF-8), listed images outside the folder. Boxes partly or wholly outside the image are clipped or
+    dropped (and counted) by the dataset, as for COCO.
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from PIL import Image
 
 from ssdfast.data.coco import DataSource
+from ssdfast.data.dataset_files import (
+    MAX_TEXT_BYTES,
+    UnusableFile,
+    contained,
+    open_regular,
+    read_bounded,
+    read_dataset_text,
+)
 from ssdfast.data.jpeg_header import ORIENTATION_TAG, TRANSPOSED
 from ssdfast.data.validate import ValidationReport
 from ssdfast.defaults import IMAGE_SUFFIXES
+from ssdfast.machinery.user_errors import shown
 
 
 def find_data_yaml(path: Path) -> Path | None:
@@ -39,15 +52,33 @@ def find_data_yaml(path: Path) -> Path | None:
     return next((path / n for n in ("data.yaml", "data.yml") if (path / n).is_file()), None)
 
 
+class LoaderWithoutAliases(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses an anchor (`&name`) or an alias (`*name`) where it meets one,
+    before anything is expanded: what an alias saves in a data.yaml is a few lines."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_data_yaml(path: Path) -> dict:
+    """data.yaml as a dict (a regular file of at most MAX_TEXT_BYTES, UTF-8, without aliases)."""
+    with open_regular(path, MAX_TEXT_BYTES) as file:
+        raw = read_bounded(file, path, MAX_TEXT_BYTES)
     try:
-        import yaml
-    except ImportError as error:
-        raise ValueError(f"reading {path} needs PyYAML: pip install pyyaml") from error
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot parse {path}: {error}") from error
+        config = yaml.load(raw.decode("utf-8-sig"), Loader=LoaderWithoutAliases)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"cannot parse {path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
+        ) from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"cannot parse {path}: {shown(' '.join(str(error).split()))}") from None
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack
+        raise ValueError(f"cannot parse {path}: nested too deeply") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping with names, train and val, got {type(config).__name__}")
     return config
@@ -62,7 +93,7 @@ def class_names(config: dict, path: Path) -> dict[int, str]:
         raise ValueError(f"{path}: 'names' must be a non-empty list or a dict of class index -> name")
     for index, name in names.items():
         if not isinstance(index, int) or isinstance(index, bool) or index < 0 or not isinstance(name, str):
-            raise ValueError(f"{path}: names entry {index!r}: {name!r} is not a class index >= 0 and a name")
+            raise ValueError(f"{path}: names entry {shown(index)}: {shown(name)} is not a class index >= 0 and a name")
     return names
 
 
@@ -72,25 +103,28 @@ def inside(root: Path, entry: str | Path) -> Path | None:
     return path if path.is_relative_to(os.path.normpath(root)) else None
 
 
-def split_entry(root: Path, entry: str, path: Path) -> Path:
-    """The folder or list file `entry` of data.yaml names, checked to exist inside root."""
+def split_entry(root: Path, entry: str, path: Path, allow_outside: bool = False) -> Path:
+    """The folder or list file `entry` of data.yaml names, checked to exist inside root (lexically, and
+    with symlinks followed unless allow_outside: ssdfast.data.dataset_files)."""
     found = inside(root, entry)
     fallback = inside(root, entry[3:]) if entry.startswith("../") else None  # Roboflow's exports
-    if (found is None or not found.exists()) and fallback is not None and fallback.exists():
+    if (found is None or not os.path.exists(found)) and fallback is not None and os.path.exists(fallback):
         found = fallback
     if found is None:
-        raise ValueError(f"{path}: {entry!r} lies outside {root} (move data.yaml into the dataset folder)")
-    if not found.exists():
-        raise FileNotFoundError(f"{path}: {entry!r} not found (looked for {found})")
-    return found
+        raise ValueError(f"{path}: {shown(entry)} lies outside {root} (move data.yaml into the dataset folder)")
+    if not os.path.exists(found):  # also a name longer than the file system holds: not found either
+        raise FileNotFoundError(f"{path}: {shown(entry)} not found (looked for {shown(str(found))})")
+    return contained(root, found.relative_to(root), allow_outside)
 
 
-def split_images(root: Path, entry: Path, found: ValidationReport) -> list[Path]:
-    """The images of one folder (recursive) or list file, sorted, all inside root."""
+def split_images(root: Path, entry: Path, found: ValidationReport, allow_outside: bool = False) -> list[Path]:
+    """The images of one folder (recursive) or list file, sorted, all inside root (lexically: where
+    they resolve to is checked as each is read)."""
     if entry.is_dir():
-        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # Not only regular files: a FIFO or a link out named *.jpg is dropped by name when it is read.
+        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     images = []
-    for line in entry.read_text().splitlines():
+    for line in read_dataset_text(root, entry.relative_to(root), allow_outside).splitlines():
         image = inside(entry.parent, line.strip()) if line.strip() else None
         if image is None or inside(root, image) is None:
             if line.strip():
@@ -109,14 +143,25 @@ def label_file(root: Path, image: Path) -> Path:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as decoded (EXIF rotation applied), from the header only; (0, 0) if unreadable."""
+    """(width, height) as decoded (EXIF rotation applied), from the header only; (0, 0) if missing or
+    not an image; UnusableFile when it is not a regular file (ssdfast.data.dataset_files)."""
     try:
-        with Image.open(path) as image:
+        with open_regular(path, None) as file, Image.open(file) as image:
             width, height = image.size
             rotated = image.getexif().get(ORIENTATION_TAG) in TRANSPOSED
-    except OSError:
+    except UnusableFile:
+        raise
+    except Exception:  # missing, or whatever a hostile header trips in Pillow: the check drops size 0
         return 0, 0
     return (height, width) if rotated else (width, height)
+
+
+def label_lines(root: Path, labels: Path, allow_outside: bool = False) -> list[str]:
+    """The lines of a label file ([] when there is none); UnusableFile when it cannot be used."""
+    try:
+        return read_dataset_text(root, labels.relative_to(root), allow_outside).splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def parse_label_line(line: str) -> tuple[int, list[float]] | None:
@@ -132,7 +177,7 @@ def parse_label_line(line: str) -> tuple[int, list[float]] | None:
 
 
 def image_annotations(
-    labels: Path,
+    lines: list[str],
     name: str,
     image_id: int,
     size: tuple[int, int],
@@ -140,12 +185,7 @@ def image_annotations(
     found: ValidationReport,
     first_id: int,
 ) -> list[dict]:
-    """COCO annotations of one image's label file ([] when there is none)."""
-    try:
-        lines = labels.read_text().splitlines() if labels.is_file() else []
-    except (OSError, UnicodeDecodeError):
-        found.drop("YOLO label files that cannot be read", name)
-        return []
+    """COCO annotations of one image's label lines."""
     width, height = size
     annotations = []
     for number, line in enumerate(lines, start=1):
@@ -174,8 +214,9 @@ def image_annotations(
     return annotations
 
 
-def read_yolo(path: str | Path, split: str) -> DataSource:
-    """The split `split` ("train", "val", ...) of the dataset described by data.yaml (or the folder with it)."""
+def read_yolo(path: str | Path, split: str, allow_outside: bool = False) -> DataSource:
+    """The split `split` ("train", "val", ...) of the dataset described by data.yaml (or the folder with it).
+    allow_outside: also read files that resolve outside the dataset folder (ssdfast.data.dataset_files)."""
     yaml_file = find_data_yaml(Path(path))
     if yaml_file is None:
         raise FileNotFoundError(f"no data.yaml in {path}")
@@ -186,12 +227,19 @@ def read_yolo(path: str | Path, split: str) -> DataSource:
         raise ValueError(f"{yaml_file}: no '{split}:' entry (a folder or list of images)")
     found, images, annotations = ValidationReport(), [], []
     for entry in entries if isinstance(entries, list) else [entries]:
-        for image in split_images(root, split_entry(root, str(entry), yaml_file), found):
-            name, image_id, size = image.relative_to(root).as_posix(), len(images) + 1, image_size(image)
+        folder_or_list = split_entry(root, str(entry), yaml_file, allow_outside)
+        for image in split_images(root, folder_or_list, found, allow_outside):
+            name, labels = image.relative_to(root).as_posix(), label_file(root, image)
+            try:  # an image whose label file cannot be used is left out: its ground truth is unknown
+                size = image_size(contained(root, name, allow_outside))
+                lines = label_lines(root, labels, allow_outside)
+            except UnusableFile as error:
+                what = "label files" if error.path == labels else "images"
+                found.drop(f"YOLO {what} {error.problem}", error.path.relative_to(root).as_posix())
+                continue
+            image_id = len(images) + 1
             images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
-            annotations += image_annotations(
-                label_file(root, image), name, image_id, size, names, found, len(annotations) + 1
-            )
+            annotations += image_annotations(lines, name, image_id, size, names, found, len(annotations) + 1)
     categories = [{"id": index + 1, "name": name} for index, name in sorted(names.items())]
     data = {"images": images, "annotations": annotations, "categories": categories}
     return DataSource(data, root, yaml_file, "yolo", found)

@@ -35,6 +35,7 @@ class DataConfig:
     num_workers: int
     max_boxes: int
     max_pixels: int
+    max_image_bytes: int
     allow_outside_paths: bool
 
 

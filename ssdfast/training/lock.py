@@ -7,15 +7,21 @@ flock when its process dies, however it dies (SIGKILL, OOM), so a lock file left
 run on this host is recognised and taken over. A lock naming another host (a shared file system,
 where flock may not reach across machines) is never taken over: the message says how to override.
 Only rank 0 takes it; the other ranks of the run share the folder.
+
+The lock file is written (the holder's pid), so it is only ever a regular file of its own: created with
+O_EXCL, reopened with O_NOFOLLOW, and refused in one line when it is anything else (a symlink, which
+would have training write through it into another file; a hard link; a directory, a FIFO).
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -39,17 +45,47 @@ class SaveFolderLock:
     def acquire(self, say=print) -> SaveFolderLock:
         """Take the lock (FolderInUseError if a live run holds it); say() reports a stale lock taken over."""
         while self.fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
+            if fd is None:
+                continue  # its holder deleted it between our two opens: create it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = _read_holder(fd)
                 os.close(fd)
-                raise FolderInUseError(self._in_use(self._holder(), "is in use by")) from None
+                raise FolderInUseError(self._in_use(holder, "is in use by")) from None
             if _same_file(fd, self.path):  # not a file its holder unlinked while we opened it
                 self._take(fd, say)
             else:
                 os.close(fd)
         return self
+
+    def _open(self) -> int | None:
+        """A descriptor of the lock file, created if absent (O_EXCL: never through a link), else opened
+        without following a symlink; None when it vanished in between. A ValueError naming it when it is
+        not a regular file of its own."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO opens at once
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                fd = os.open(self.path, flags)
+            except FileNotFoundError:
+                return None
+            except OSError as error:
+                known = {errno.ELOOP: "a symlink", errno.EISDIR: "a directory"}
+                raise self._not_a_lock(known.get(error.errno, f"cannot be opened ({error.strerror})")) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise self._not_a_lock("not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link")
+        return fd
+
+    def _not_a_lock(self, what: str) -> ValueError:
+        return ValueError(
+            f"{self.path}: {what}, not a lock file a training wrote (a training writes its pid there, into "
+            "whatever the name leads to): remove it, or choose another --save-folder"
+        )
 
     def _take(self, fd: int, say) -> None:
         holder, me = _read_holder(fd), _identity()
@@ -68,13 +104,6 @@ class SaveFolderLock:
         os.pwrite(fd, json.dumps(me).encode(), 0)
         os.fsync(fd)
         self.fd = fd
-
-    def _holder(self) -> dict:
-        try:
-            with open(self.path, "rb") as f:
-                return _read_holder(f.fileno())
-        except OSError:
-            return {}
 
     def _in_use(self, holder: dict, verb: str) -> str:
         return (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ssdfast.data import build_loader
-from ssdfast.data.loader import DatasetInfo, Loader
+from ssdfast.data.torch_loader import DatasetInfo, Loader
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.placement import Placement
 
@@ -34,6 +34,7 @@ class RunData:
             channels_last=placement.channels_last,
             data_format=data.data_format,
             max_pixels=data.max_pixels,
+            max_image_bytes=data.max_image_bytes,
             allow_outside_paths=data.allow_outside_paths,
         )
         train = build_loader(
