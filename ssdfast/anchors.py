@@ -1,4 +1,5 @@
-"""SSD default boxes (anchors), exactly as the older implementation and NVIDIA's SSD300 build them (docs/ssd.md section 1).
+"""SSD default boxes (anchors), exactly as the checkpoints ssdfast loads were trained with (NVIDIA's SSD300,
+the older implementation's SSDLite; docs/ssd.md section 1).
 
 For each feature map k (size f_k, step s_k, scales S_k and S_k+1 in pixels of a `fig_size` image):
   * box shapes, in this order: (S_k, S_k), (S', S') with S' = sqrt(S_k S_k+1), then for every aspect

@@ -60,7 +60,7 @@ class DetectionPolicy:
     value is one ValueError naming the setting, not a silent AP of 0 (score 1) or an empty tensor (K 0)."""
 
     score_threshold: float = 0.05  # class scores at or below this are dropped (>= 0: ONNX's NMS needs it)
-    nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the older implementation trained with 0.5)
+    nms_threshold: float = 0.45  # NMS suppresses IoU > this within a class (the paper's 0.45)
     topk_per_class: int = 200  # candidates per class before NMS
     max_detections: int = 200  # detections per image after NMS (K of the fixed-size output)
 

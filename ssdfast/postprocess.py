@@ -2,9 +2,8 @@
 
 decode offsets (with the model's anchor_spec.variances) -> softmax -> per class: the top
 `policy.topk_per_class` scores -> class-aware NMS that ignores scores <= `policy.score_threshold` and
-stops at `policy.max_detections` kept boxes (= the best K by score). The older implementation's
-decode_batch did the same with a Python loop per image and per class (baselines.postprocess_loop,
-the test oracle).
+stops at `policy.max_detections` kept boxes (= the best K by score). The same steps as a Python loop per
+image and per class (benchmarks/baselines.postprocess_loop) are the test oracle.
 """
 
 from __future__ import annotations

@@ -116,8 +116,8 @@ def match(gt_boxes: Tensor, gt_mask: Tensor, anchors: Tensor, iou_threshold: flo
     target = torch.where(gt_mask, gt_best_anchor, torch.full_like(gt_best_anchor, A))  # invalid -> spare column A
     gt_index = torch.arange(G, device=gt_boxes.device).expand(B, G)
     claim = torch.full((B, A + 1), -1, dtype=torch.long, device=gt_boxes.device)
-    # amax over ground-truth indices = the claimant with the highest index = the last one in the older implementation's
-    # loop, which overwrote earlier claims. Invalid slots all write to the spare column A, cut off here.
+    # amax over ground-truth indices = the claimant with the highest index = the last one a sequential loop
+    # of claims would write (docs/ssd.md section 2). Invalid slots all write to the spare column A, cut off here.
     claim = claim.scatter_reduce(1, target, gt_index, reduce="amax")[:, :A]
     claimed = claim >= 0
     matched = torch.where(claimed, claim, anchor_best_gt)

@@ -4,8 +4,8 @@
     python tools/demo.py --out demo_output
 
 1. writes a COCO-layout dataset of coloured shapes (256 train, 64 val images) to OUT/data;
-2. trains SSDLite-MobileNetV2 from scratch (tools/train.py with ssdfast/training/demo_recipe.py's recipe; ~5 minutes
-   on 2 CPU cores, AP50 ~0.9);
+2. trains SSDLite-MobileNetV2 from scratch (tools/train.py with ssdfast/training/demo_recipe.py's recipe; minutes
+   on a CPU: the time and the AP50 it reaches are in docs/quality.md);
 3. evaluates it (tools/eval.py: the 12-number COCO table);
 4. draws its detections on a few val images (tools/detect.py).
 Every step is one of the real tools, run with the command line printed before it.

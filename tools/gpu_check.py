@@ -195,10 +195,9 @@ def phase_build(logs: Path, timeout: float, smoke: bool = False) -> dict:
         }
         if code != 0:
             return result
-        # A bad-input error must reach Python as a RuntimeError on both backends. Seen on a lent H100:
-        # its wrapper compiler (CXX=/opt/gcc/bin/g++) put a copy of libstdc++'s stream code into _C.so,
-        # and formatting the first number of an error message crashed the process; the system g++ of
-        # the same version did not. So: check, and on a crash rebuild once with the system compiler.
+        # A bad-input error must reach Python as a RuntimeError on both backends. A wrapper compiler can
+        # put its own copy of libstdc++'s stream code into _C.so, whose formatting of an error message then
+        # crashes the process (docs/speed.md). So: check, and on a crash rebuild once with the system compiler.
         check, _ = run(
             [sys.executable, "-c", ERROR_PATH_CHECK, "cpu", "cuda"], logs / f"build{attempt or ''}_error_path.log", 120
         )
@@ -282,7 +281,7 @@ def phase_sanitizers(logs: Path, timeout: float, smoke: bool = False) -> dict:
         log = logs / f"sanitizer_{name}.log"
         # memcheck/racecheck/synccheck instrument only our kernels (torch's are not ours to fix). Not
         # initcheck: writes by uninstrumented kernels go unseen, so every tensor torch filled would be
-        # reported "uninitialized" when ours read it (seen on the H100: 97 such reports).
+        # reported "uninitialized" when ours read it (docs/speed.md).
         only_ours = [] if name == "initcheck" else ["--kernel-name", "kns=ssdfast"]
         tests = pytest_cmd("tests/test_ops.py", "-q", "-m", "cuda", "-k", "not clear_errors and not device_mismatch")
         if smoke:  # the same selection for every sanitizer: collected once

@@ -195,7 +195,7 @@ def speed_flags(p: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the step's targets, forward and loss (and so their backward; the optimizer step "
-        "stays eager): the first step compiles (SSDLite on a 2-core CPU: about 2 minutes), later ones run "
+        "stays eager): the first step compiles (minutes on a CPU: docs/training.md), later ones run "
         "fused kernels. Not with --cuda-graphs (--compile-mode reduce-overhead is the compiled way to CUDA graphs)",
     )
     g.add_argument(

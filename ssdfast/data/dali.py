@@ -11,7 +11,7 @@ DALI (an external_source fed batch by batch): decoders.image_slice of exactly th
 ("mixed" = nvJPEG on the GPU when device_id is set, "cpu" otherwise; EXIF orientation applied) -> resize
 (antialiased bilinear, PIL's filter) -> brightness_contrast, hsv (the same factors; DALI's arithmetic: contrast
 about mid-grey, not the image's mean grey) -> crop_mirror_normalize with the flip (float32, CHW or
-HWC = channels_last). With device_id=None the whole graph runs on the CPU (how CI tests it).
+HWC = channels_last). With device_id=None the whole graph runs on the CPU (how the tests run it without a GPU).
 
 Left different by design of DALI: a JPEG whose body is corrupt behind a sound header stops the pipeline with
 DALI's error (the PyTorch path skips it): check a dataset with the PyTorch path first.

@@ -8,7 +8,7 @@ existing ones (drawing it earlier would change every existing sample's stream, a
 output), with its "off" value in NO_AUGMENTATION; then apply it in each of the three paths above, and add
 it to the same-draw test (tests/test_data.py) and to the path comparisons (tests/test_gpu_data.py).
 
-The recipe is the older implementation's (docs/ssd.md section 7; the paper's section 2.2 "Data augmentation"):
+The recipe is SSD's (the paper's section 2.2 "Data augmentation"; ssdfast's details and why: docs/ssd.md section 7):
 SSD random crop, horizontal flip (p=0.5), then torchvision ColorJitter's factors. The order of the draws
 from the sample's numpy Generator is fixed: crop option (and windows), flip, brightness, contrast,
 saturation, hue.

@@ -1,13 +1,13 @@
-"""SSD augmentation applied on the PyTorch data path (OpenCV + NumPy), the older implementation's recipe
-(docs/ssd.md section 7; augmentation: the paper section 2.2 "Data augmentation"). What to do to a sample
+"""SSD augmentation applied on the PyTorch data path (OpenCV + NumPy): the paper's recipe (section 2.2
+"Data augmentation"), with the details docs/ssd.md section 7 gives. What to do to a sample
 is drawn in draws.py (a Draw); this module only applies it, and holds the box and pixel pieces the GPU
 and DALI paths share (crop_pixels, augment_boxes, resize, normalise).
 
 Training: SSD random crop -> horizontal flip -> resize 300x300 -> colour jitter (uint8, after the
-resize as the older implementation and NVIDIA do: 300x300 pixels instead of the crop's) -> uint8 [3, 300, 300].
+resize, as NVIDIA's SSD300 does: 300x300 pixels to jitter instead of the crop's) -> uint8 [3, 300, 300].
 Evaluation: resize only (NO_AUGMENTATION). The ImageNet normalisation happens where the batch reaches its device (`normalise`,
 called by Batch.to): a worker ships 270 KB of uint8 per image instead of 1.08 MB of float32.
-The resize is PIL's antialiased bilinear filter (see `resize`), the filter the older implementation's
+The resize is PIL's antialiased bilinear filter (see `resize`), the filter the published SSD300
 checkpoints were trained with and the one DALI's `fn.resize` applies. Boxes are normalised xyxy in [0, 1].
 """
 
@@ -78,7 +78,7 @@ def shift_hue(image: np.ndarray, shift: int) -> np.ndarray:
 
 def adjust_bcs(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
     """Brightness, contrast, saturation on RGB uint8 with OpenCV's saturating uint8 arithmetic, rounded
-    after each step (as PIL's ImageEnhance in the older implementation): about 0.3 ms at 300x300."""
+    after each step, as PIL's ImageEnhance rounds: a fraction of a millisecond at 300x300 (docs/ssd.md section 7)."""
     image = cv2.convertScaleAbs(image, alpha=brightness)
     mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean())
     image = cv2.addWeighted(image, contrast, image, 0.0, (1 - contrast) * mean)
@@ -106,8 +106,8 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> RGB uint8 [size, size, 3], bilinear, antialiased when shrinking.
 
     PIL's bilinear filter (torchvision's uint8 port of it, within 1 uint8 level of PIL), which widens
-    with the scale when shrinking, as the older implementation, NVIDIA's SSD and DALI's fn.resize filter;
-    why not OpenCV's INTER_LINEAR or INTER_AREA, measured: docs/ssd.md section 7.
+    with the scale when shrinking: the filter NVIDIA's SSD trained with and DALI's fn.resize applies;
+    why not OpenCV's INTER_LINEAR or INTER_AREA: docs/ssd.md section 7.
     """
     if not image.flags.writeable:  # e.g. np.asarray(PIL image): torch.from_numpy would warn
         image = image.copy()

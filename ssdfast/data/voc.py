@@ -102,7 +102,7 @@ def parse_voc_xml(path: Path, allow_outside: bool = False) -> dict:
 
 def _all_annotations(annotations_dir: Path, allow_outside: bool = False) -> dict[str, dict | str]:
     """id -> parsed XML, or the error text. Every XML, not only the split's, because the categories
-    come from all of them: about 2 s for VOC2012's 17k files, once per split."""
+    come from all of them: a parse of each, once per split (seconds for VOC2012: docs/speed.md)."""
     parsed = {}
     for path in sorted(annotations_dir.glob("*.xml")):
         try:

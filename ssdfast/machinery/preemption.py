@@ -94,7 +94,7 @@ def end_workers_at_exit() -> None:
 
     Each call moves it to the end of the atexit list, so it runs before the exit hooks of libraries imported
     earlier: NVIDIA DALI's (`_unload_dali`) collects garbage, and a DataLoader iterator collected there joins
-    its workers, which never come (seen: a --dali run stopped by SIGTERM hung at exit)."""
+    its workers, which never come: a --dali run stopped by SIGTERM would hang at exit."""
     atexit.unregister(_end_daemonic_children)
     atexit.register(_end_daemonic_children)
 

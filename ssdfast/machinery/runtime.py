@@ -117,9 +117,9 @@ def autocast_dtype(
     device: torch.device, enabled: bool, requested: str | None = None, cuda_graphs: bool = False
 ) -> torch.dtype | None:
     """The autocast dtype of every tool: None when AMP is off; else `requested` ('fp16'/'bf16'), or by
-    default fp16 on CUDA (the fastest there: docs/speed.md), bf16 with CUDA graphs (the combination
-    measured on a GPU; fp16 there captures the GradScaler too, not yet run on a GPU) and bf16 on CPU
-    (CPU autocast's type)."""
+    default fp16 on CUDA (the fastest there: docs/speed.md), bf16 with CUDA graphs (no GradScaler in the
+    graph; fp16 there captures it with the step, and which of the two ran on a GPU: docs/training.md) and
+    bf16 on CPU (CPU autocast's type)."""
     if not enabled:
         return None
     name = requested or ("bf16" if cuda_graphs or device.type != "cuda" else "fp16")

@@ -3,9 +3,9 @@
 Subclasses build `self.loc` / `self.conf` (one head per feature map) and define
 `feature_maps(x) -> list[Tensor]`.
 
-Head layout: head conv channel = value * nd + shape (nd = boxes per location), which is the older implementation's
-and NVIDIA's layout (they reshape [B, nd*4, H, W] with `.view(B, 4, -1)`), so their checkpoints load
-unchanged. ssdfast returns per-anchor rows instead, [B, A, 4] and [B, A, C+1], in anchor order
+Head layout: head conv channel = value * nd + shape (nd = boxes per location), the layout of the checkpoints
+ssdfast loads (NVIDIA's and the older implementation's reshape [B, nd*4, H, W] with `.view(B, 4, -1)`), so they
+load unchanged. ssdfast returns per-anchor rows instead, [B, A, 4] and [B, A, C+1], in anchor order
 (map, shape, location), which is what the loss and the post-processing want.
 """
 
@@ -28,7 +28,7 @@ def flatten_head(out: Tensor, boxes_per_location: int, values: int) -> Tensor:
 
 
 def xavier_init(modules) -> None:
-    """The older implementation's init of the extra layers and heads: Xavier-uniform on every weight with dim > 1."""
+    """Init of the extra layers and heads, as NVIDIA's SSD300: Xavier-uniform on every weight with dim > 1."""
     for module in modules:
         for param in module.parameters():
             if param.dim() > 1:
@@ -44,7 +44,7 @@ class SSDBase(nn.Module, abc.ABC):
             raise ValueError(f"num_classes must be >= 1 (not counting background), got {num_classes}")
         self.num_classes = num_classes  # C, without background
         self.anchor_spec = anchor_spec
-        # Not persistent: recomputed from the spec, so state dicts stay the older implementation's.
+        # Not persistent: recomputed from the spec, so state dicts keep the keys of the checkpoints ssdfast loads.
         self.register_buffer("anchors", default_boxes(anchor_spec, "xyxy"), persistent=False)
 
     @abc.abstractmethod

@@ -1,10 +1,10 @@
-"""SSD300 with a ResNet-50 backbone (the older implementation's and NVIDIA DeepLearningExamples' model).
+"""SSD300 with a ResNet-50 backbone (NVIDIA DeepLearningExamples' SSD300).
 
 Backbone: torchvision resnet50 children()[:7] (stem, layer1-3) with layer3's first block made
 stride 1, so a 300x300 image gives a 38x38x1024 map. Five extra blocks
 (1x1 conv -> BN -> ReLU -> 3x3 conv -> BN -> ReLU) give 19, 10, 5, 3 and 1. Heads: 3x3 convs.
 Parameter names (feature_extractor.feature_extractor.N, additional_blocks.i.j, loc.i, conf.i)
-are the older implementation's, so its checkpoints load as they are.
+are those of the checkpoints ssdfast loads (NVIDIA's, the older implementation's), so they load as they are.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""SSDLite with a MobileNetV2 backbone at 300x300 (the older implementation's SSDLite, without its unused 7th head).
+"""SSDLite with a MobileNetV2 backbone at 300x300: six heads (a checkpoint's unused seventh is dropped at load).
 
 Feature maps: the 576-channel expansion output inside MobileNetV2 block 14 (19x19), the backbone's
-1280-channel output (10x10), and four InvertedResidual extras (5, 3, 2, 1). The older implementation took the 19x19
-map through a forward hook that detached it, so no gradient reached the backbone from that head;
-here it is computed in the forward pass and gradient flows. Heads: depthwise 3x3 -> BN -> ReLU6 -> 1x1.
+1280-channel output (10x10), and four InvertedResidual extras (5, 3, 2, 1). The 19x19 map is computed
+in the forward pass, so the gradient of its head reaches the backbone (a detached map trains worse:
+docs/ssd.md section 7). Heads: depthwise 3x3 -> BN -> ReLU6 -> 1x1.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The demo's recipe, in one home: the synthetic set and the tools/train.py command that trains on it.
 
-tools/demo.py runs it; benchmarks/quality.py measures it over seeds (and hands the older implementation
-the same recipe through benchmarks/older_recipe.py); benchmarks/finetune.py starts from it. Without
+tools/demo.py runs it; benchmarks/quality.py trains it over seeds, and benchmarks/older_recipe.py reads the
+same command (docs/quality.md); benchmarks/finetune.py starts from it. Without
 PyTorch at import: tools/demo.py's --help answers at once.
 
     cmd = train_command(write_demo_data(Path("demo_output/data")), Path("demo_output/model"), seed=0)
@@ -13,8 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The recipe's length: 384 steps of 8 images. Batch 16 for 8 epochs (128 steps) left 2 seeds in 5 below
-# AP50 0.6, batch 8 for 8 epochs 1 in 5 (benchmarks/quality.py; docs/quality.md).
+# The recipe's length: 384 steps of 8 images. Shorter recipes left some seeds below AP50 0.6 (docs/quality.md).
 EPOCHS, BATCH_SIZE = 12, 8
 
 

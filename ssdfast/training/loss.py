@@ -50,7 +50,7 @@ class MultiBoxLoss(nn.Module):
         rank = neg_ce.argsort(dim=1, descending=True).argsort(dim=1)
         num_neg = (self.neg_pos_ratio * num_pos).clamp(max=num_anchors)
         negative = rank < num_neg[:, None]
-        conf = (ce * (positive.float() + negative.float())).sum(dim=1)  # the older implementation's weighting
+        conf = (ce * (positive.float() + negative.float())).sum(dim=1)  # as NVIDIA's SSD300 (docs/ssd.md section 4)
 
         scale = (num_pos > 0).float() / num_pos.float().clamp(min=1e-6)  # 0 for images without positives
         loc, conf = (loc * scale).mean(), (conf * scale).mean()

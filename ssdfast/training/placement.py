@@ -40,8 +40,8 @@ class Placement:
         if speed.cuda_graphs and device.type != "cuda":
             raise ValueError("--cuda-graphs needs a CUDA device (CUDA graphs do not exist on CPU)")
         if speed.cuda_graphs and world > 1:
-            # PyTorch's recipe for capturing DDP (DDP built on a side stream, 11+ eager warm-up steps,
-            # NCCL async error handling off) has not been run on several GPUs here: refuse rather than guess.
+            # Capturing DDP takes PyTorch's own recipe (DDP built on a side stream, 11+ eager warm-up steps,
+            # NCCL async error handling off), which CudaGraphTrainStep does not follow: refused (docs/training.md).
             raise ValueError(
                 "--cuda-graphs is single-process for now (capturing DDP is untested): drop "
                 "--cuda-graphs under torchrun, or train on one GPU"

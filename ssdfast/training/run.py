@@ -238,7 +238,7 @@ class TrainingRun:
         if self.placement.world > 1:
             # Tear down together: without an evaluation at the end nothing else waits for rank 0's last
             # save, and a rank destroying its gloo group while a peer still holds the connection can abort
-            # with "terminate called without an active exception" (seen once in 4 CI runs).
+            # with "terminate called without an active exception" (docs/training.md "Stop and resume").
             dist.barrier()
             dist.destroy_process_group()
         return EXIT_DONE

@@ -74,7 +74,7 @@ class CompiledTrainStep(TrainStep):
     Under DDP the trace breaks at DDP's forward (its bookkeeping runs eagerly): the wrapped model, the
     targets and the loss compile as separate graphs, the model's split at the gradient buckets by
     dynamo's DDPOptimizer so that the all-reduces can overlap the backward (the split shows in
-    TORCH_LOGS=ddp_graphs; the overlap was not measured).
+    TORCH_LOGS=ddp_graphs; docs/training.md "Compiled step").
     mode: torch.compile's ('reduce-overhead' and 'max-autotune' also replay the compiled forward and
     backward from CUDA graphs). backend: 'inductor' (generated kernels) or 'aot_eager' (the same graphs
     run by eager kernels: compiles in seconds; what the CPU tests compare with the eager step)."""
