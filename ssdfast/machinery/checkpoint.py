@@ -12,7 +12,8 @@ Loading never runs code from the file (torch.load(weights_only=True)) and never 
   * a zip checkpoint (what torch.save writes) is read once, its entries' CRCs checked, and torch loads an
     archive rebuilt from the checked entries (ssdfast.machinery.zip_archive), so a file that PyTorch's
     zip reader reads otherwise than Python's is refused, not loaded. A file in torch's legacy pickle
-    format (torch < 1.6) has no CRCs: it is unpickled as it is;
+    format (torch < 1.6) has no CRCs: it is unpickled as it is (a file that either reader takes for a zip
+    is checked as one);
   * ssdfast's checkpoints carry the sha256 of their weights (DIGEST_KEY), recomputed at load: it catches
     what a CRC cannot (an entry rewritten with a fresh CRC, a reader tricked into other bytes);
   * the metadata is validated key by key against the weights (checkpoint_metadata).
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import io
 import math
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -94,7 +96,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     data = path.read_bytes()
-    if data.startswith(ZIP_MAGIC):  # torch.load's own test for its zip format
+    if data.startswith(ZIP_MAGIC) or zipfile.is_zipfile(io.BytesIO(data)):  # torch's test for its format, or Python's
         try:
             data = read_archive(path, data, "checkpoint").data
         except ArchiveError as error:
