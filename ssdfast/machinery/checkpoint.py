@@ -218,7 +218,13 @@ def checkpoint_metadata(path: str | Path, ckpt: dict, state: Mapping[str, torch.
     if wrong is not None:
         key, must = wrong
         raise CheckpointError(f"{path}: its metadata key {key!r} must be {must} (found: {found(ckpt, key)})")
-    return {key: info[key] for key in ("model_name", "num_classes", "category_names", "category_ids", "epoch")}
+    lists = {key: list(info[key]) for key in ("category_names", "category_ids") if info[key] is not None}
+    return {
+        **{key: info[key] for key in ("model_name", "num_classes", "epoch")},
+        "category_names": None,
+        "category_ids": None,
+        **lists,
+    }
 
 
 def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<checkpoint>") -> None:

@@ -28,7 +28,7 @@ def is_int(value, low: int, high: int) -> bool:
 
 def _names_ok(names, info: dict) -> bool:
     return (
-        isinstance(names, list)
+        isinstance(names, (list, tuple))
         and len(names) == info.get("num_classes")
         and all(isinstance(name, str) and len(name) <= MAX_NAME_CHARS for name in names)
     )
@@ -36,7 +36,7 @@ def _names_ok(names, info: dict) -> bool:
 
 def _ids_ok(ids, info: dict) -> bool:
     return ids is None or (
-        isinstance(ids, list)
+        isinstance(ids, (list, tuple))
         and len(ids) == info.get("num_classes")
         and all(is_int(i, 0, MAX_CATEGORY_ID) for i in ids)
         and len(set(ids)) == len(ids)
