@@ -151,6 +151,35 @@ def test_the_two_directory_pt2_really_runs_its_payload_in_torch_alone(tied, tmp_
     assert marker.exists()
 
 
+def test_a_pt2_read_two_ways_under_the_same_names_loads_what_was_checked(tied, tmp_path):
+    """Both readings list the same entries; torch's holds the anchors as a pickle that writes the marker.
+    torch.export.load alone runs it; ssdfast loads the archive it checked, which detects as the genuine file."""
+    from test_trust_models import rezip, two_directories
+
+    marker = tmp_path / "MARKER"
+
+    def pickled_anchors(name, data):
+        if name == "data/constants/model_constants_config.json":
+            config = json.loads(data)
+            config["config"]["model.anchors"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        return pickle.dumps(Marker(marker), protocol=2) + data if name == "data/constants/tensor_0" else data
+
+    genuine = (tied[0] / "m.pt2").read_bytes()
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(two_directories(genuine, rezip(genuine, pickled_anchors)))
+    names = [name.split("/", 1)[1] for name in zipfile.ZipFile(bad).namelist()]
+    assert torch._C.PyTorchFileReader(str(bad)).get_all_records() == names
+    images = torch.randn(2, 3, 300, 300, generator=torch.Generator().manual_seed(3))
+    got, expected = Deployed(bad)(images), Deployed(tied[0] / "m.pt2")(images)
+    assert not marker.exists()
+    for want, have in zip(expected, got):
+        assert torch.equal(want, have)
+    with contextlib.suppress(Exception):  # the oracle: torch alone reads the other archive and runs it
+        torch.export.load(str(bad))
+    assert marker.exists()
+
+
 def test_a_valid_pt2_that_torch_lists_otherwise_is_refused(tied, tmp_path):
     from test_trust_models import with_odd_name
 
@@ -262,6 +291,8 @@ def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
         ("num_classes", {"num_classes": 2, "category_names": ["a", "b"], "category_ids": [1, 2]}),  # weights: 3
         ("category_ids", [1, 1, 2]),
         ("format", []),
+        ("max_det", 10**12),
+        ("topk_per_class", 10**12),
         ("model_name", {}),
     ],
 )

@@ -105,7 +105,8 @@ class Deployed:
     ):
         self.path, self.device = Path(path), torch.device(device)
         if not self.path.is_file():
-            raise CheckpointError(f"exported model not found: {self.path}")
+            found_there = "is not a regular file" if self.path.exists() else "not found"
+            raise CheckpointError(f"exported model {found_there}: {self.path}")
         if self.path.suffix.lower() == ".onnx":
             self.session, text, sizes = _onnx_session(self.path, self.device)
         else:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
+from ssdfast.flag_types import MAX_DETECTIONS
 from ssdfast.machinery.checkpoint import CheckpointError
 from ssdfast.machinery.model_metadata import MODEL_RULES, found
 
@@ -76,11 +77,16 @@ def _model_checks(info: dict, head_classes: int | None) -> dict:
 
 
 def _policy_checks(info: dict) -> dict:
-    """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges."""
+    """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges; the counts
+    also at most the tools' cap (the post-processing allocates [B, K] rows: 10**12 would be tried)."""
     checks = {}
     for key, field in POLICY_NAMES.items():
         ok, must = POLICY_RANGES[field]
-        checks[key] = (ok(info.get(key)) or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
+        value = info.get(key)
+        valid = ok(value)
+        if field in ("topk_per_class", "max_detections"):
+            valid, must = valid and value <= MAX_DETECTIONS, f"an integer in [1, {MAX_DETECTIONS}]"
+        checks[key] = (valid or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
     return checks
 
 

@@ -94,7 +94,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint dict safely (see the module docstring). Raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        found_there = "is not a regular file" if path.exists() else "not found"
+        raise CheckpointError(f"checkpoint {found_there}: {path}")
     data = path.read_bytes()
     if data.startswith(ZIP_MAGIC) or zipfile.is_zipfile(io.BytesIO(data)):  # torch's test for its format, or Python's
         try:
@@ -201,7 +202,10 @@ def checkpoint_metadata(path: str | Path, ckpt: dict, state: Mapping[str, torch.
     `state` (model_state_dict), each key checked (CHECKPOINT_RULES) and num_classes equal to the class heads'.
     A key a file does not carry (the older implementation's and NVIDIA's carry none) is inferred from the weights
     (model_name, num_classes) or None (category_names, category_ids, epoch). CheckpointError naming the key."""
-    classes = infer_num_classes(state)
+    try:
+        classes = infer_num_classes(state)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from error
     carried = {key: ckpt[key] for key in CHECKPOINT_RULES if ckpt.get(key) is not None}
     info = {
         "model_name": infer_model_name(state),
