@@ -21,13 +21,7 @@ from torch import Tensor, nn
 from ssdfast.data.coco import COCO_CLASSES
 from ssdfast.data.transforms import SSDTransform
 from ssdfast.defaults import DETECTION_POLICY, DISPLAY_POLICY, DetectionPolicy
-from ssdfast.machinery.checkpoint import (
-    infer_model_name,
-    infer_num_classes,
-    load_checkpoint,
-    load_model_weights,
-    model_state_dict,
-)
+from ssdfast.machinery.checkpoint import checkpoint_metadata, load_checkpoint, load_model_weights, model_state_dict
 from ssdfast.machinery.runtime import autocast, unwrap
 from ssdfast.models import SSDBase, build_model
 from ssdfast.models.pretrained import resolve
@@ -55,20 +49,14 @@ def load_detector(
         return deployed, {**{k: deployed.meta[k] for k in keys}, "epoch": None}
     ckpt = load_checkpoint(weights)
     state = model_state_dict(ckpt, weights)
-    name = ckpt.get("model_name") or infer_model_name(state, weights)
-    num_classes = ckpt.get("num_classes") or infer_num_classes(state)
-    model = build_model(name, num_classes=num_classes)
+    meta = checkpoint_metadata(weights, ckpt, state)  # checked key by key, against the weights too
+    num_classes = meta["num_classes"]
+    model = build_model(meta["model_name"], num_classes=num_classes)
     load_model_weights(model, state, weights)
-    names = ckpt.get("category_names") or (
-        list(COCO_CLASSES) if num_classes == 80 else [f"class {i}" for i in range(1, num_classes + 1)]
-    )
-    meta = {
-        "model_name": name,
-        "num_classes": num_classes,
-        "category_names": list(names),
-        "category_ids": ckpt.get("category_ids"),
-        "epoch": ckpt.get("epoch"),
-    }
+    if meta["category_names"] is None:  # the older implementation's and NVIDIA's files: COCO, or unnamed
+        meta["category_names"] = (
+            list(COCO_CLASSES) if num_classes == 80 else [f"class {i}" for i in range(1, num_classes + 1)]
+        )
     return model.to(device).eval(), meta
 
 

@@ -7,6 +7,7 @@ every location of a feature map gets exactly the same scores: the exact ties of 
 ONNX Runtime and PyTorch keep different boxes.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -76,7 +77,32 @@ def rewrite_zip(src: Path, dst: Path, change) -> None:
             zout.writestr(name, change(name.split("/", 1)[1], zin.read(name)))
 
 
+def with_opaque_constant(genuine: bytes, marker: Path) -> bytes:
+    """`genuine` (a .pt2) with one more constant, an "opaque" one: torch.export.load pickle.loads it."""
+    from test_trust_models import rezip
+
+    def change(name, data):
+        if name == "data/constants/model_constants_config.json":
+            config = json.loads(data)
+            config["config"]["hidden"] = {
+                "path_name": "opaque_obj_0",
+                "is_param": False,
+                "use_pickle": True,
+                "tensor_meta": None,
+            }
+            return json.dumps(config).encode()
+        return data
+
+    payload = pickle.dumps(Marker(marker), protocol=2)
+    return rezip(genuine, change, add=[("data/constants/opaque_obj_0", payload)])
+
+
 def crafted_pt2(genuine: Path, dst: Path, how: str, marker: Path) -> Path:
+    if how == "two_directories":  # zipfile reads the genuine archive, torch's reader the one with the payload
+        from test_trust_models import two_directories
+
+        dst.write_bytes(two_directories(genuine.read_bytes(), with_opaque_constant(genuine.read_bytes(), marker)))
+        return dst
     payload = pickle.dumps(Marker(marker), protocol=2)
     with zipfile.ZipFile(genuine) as archive:
         root = archive.namelist()[0].split("/")[0]
@@ -99,21 +125,100 @@ def crafted_pt2(genuine: Path, dst: Path, how: str, marker: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("how", ["sample_inputs", "pickled_weight", "file_op"])
+@pytest.mark.parametrize("how", ["sample_inputs", "pickled_weight", "file_op", "two_directories"])
 def test_a_crafted_pt2_is_refused_and_runs_nothing(tied, tmp_path, how):
+    import ssdfast
     from ssdfast.deploy.pt2_guard import UnsafePT2Error
 
     marker = tmp_path / "MARKER"
     bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", how, marker)
-    with pytest.raises(UnsafePT2Error, match="is refused"):
-        Deployed(bad)
+    for load in (Deployed, ssdfast.load):
+        with pytest.raises(UnsafePT2Error, match="is refused"):
+            load(bad)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("name", ["eval", "detect"])
-def test_the_tools_refuse_a_crafted_pt2(tied, synthetic_coco, tmp_path, name):
+def test_the_two_directory_pt2_really_runs_its_payload_in_torch_alone(tied, tmp_path):
+    """The oracle for the test above: zipfile sees the genuine archive, torch's reader the payload, and
+    torch.export.load unguarded runs it (here: creates a file)."""
     marker = tmp_path / "MARKER"
-    bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", "sample_inputs", marker)
+    bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", "two_directories", marker)
+    assert zipfile.ZipFile(bad).testzip() is None
+    assert not any("opaque" in name for name in zipfile.ZipFile(bad).namelist())
+    assert "data/constants/opaque_obj_0" in torch._C.PyTorchFileReader(str(bad)).get_all_records()
+    with contextlib.suppress(Exception):  # it fails after the payload ran: a file object is no constant
+        torch.export.load(str(bad))
+    assert marker.exists()
+
+
+def test_a_pt2_read_two_ways_under_the_same_names_loads_what_was_checked(tied, tmp_path):
+    """Both readings list the same entries; torch's holds the anchors as a pickle that writes the marker.
+    torch.export.load alone runs it; ssdfast loads the archive it checked, which detects as the genuine file."""
+    from test_trust_models import rezip, two_directories
+
+    marker = tmp_path / "MARKER"
+
+    def pickled_anchors(name, data):
+        if name == "data/constants/model_constants_config.json":
+            config = json.loads(data)
+            config["config"]["model.anchors"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        return pickle.dumps(Marker(marker), protocol=2) + data if name == "data/constants/tensor_0" else data
+
+    genuine = (tied[0] / "m.pt2").read_bytes()
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(two_directories(genuine, rezip(genuine, pickled_anchors)))
+    names = [name.split("/", 1)[1] for name in zipfile.ZipFile(bad).namelist()]
+    assert torch._C.PyTorchFileReader(str(bad)).get_all_records() == names
+    images = torch.randn(2, 3, 300, 300, generator=torch.Generator().manual_seed(3))
+    got, expected = Deployed(bad)(images), Deployed(tied[0] / "m.pt2")(images)
+    assert not marker.exists()
+    for want, have in zip(expected, got):
+        assert torch.equal(want, have)
+    with contextlib.suppress(Exception):  # the oracle: torch alone reads the other archive and runs it
+        torch.export.load(str(bad))
+    assert marker.exists()
+
+
+def test_a_valid_pt2_that_torch_lists_otherwise_is_refused(tied, tmp_path):
+    from test_trust_models import with_odd_name
+
+    from ssdfast.deploy.pt2_guard import UnsafePT2Error
+
+    odd = tmp_path / "odd.pt2"
+    odd.write_bytes(with_odd_name((tied[0] / "m.pt2").read_bytes()))
+    assert zipfile.ZipFile(odd).testzip() is None
+    with pytest.raises(UnsafePT2Error, match="Python's zip reader .* read different archives"):
+        Deployed(odd)
+
+
+@pytest.mark.parametrize(
+    "entry,old,new,says",
+    [  # a payload in an entry there is not; a tensor larger than its bytes (torch's own error)
+        ("model_weights_config.json", b'"path_name": "weight_0"', b'"path_name": "weight_9999"', "weight_9999"),
+        ("model_weights_config.json", b'{"as_int": 32}', b'{"as_int": 320000}', "setStorage"),
+        ("models/model.json", b'"graph_module"', b'"graph_modul"', "graph_module"),
+        ("models/model.json", b"{", b"[", "is not valid JSON"),
+    ],
+)
+def test_a_corrupted_pt2_config_is_one_error_with_no_traceback(tied, tmp_path, capfd, entry, old, new, says):
+    from ssdfast.machinery.checkpoint import CheckpointError
+
+    bad = tmp_path / "bad.pt2"
+    rewrite_zip(tied[0] / "m.pt2", bad, lambda name, data: data.replace(old, new, 1) if name.endswith(entry) else data)
+    capfd.readouterr()
+    with pytest.raises(CheckpointError, match=f"{bad}: .*{says}") as error:
+        Deployed(bad)
+    assert "\n" not in str(error.value)
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out and "deserializing" not in printed.err, printed.err[-2000:]
+
+
+@pytest.mark.parametrize("how", ["sample_inputs", pytest.param("two_directories", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["eval", "detect"])
+def test_the_tools_refuse_a_crafted_pt2(tied, synthetic_coco, tmp_path, name, how):
+    marker = tmp_path / "MARKER"
+    bad = crafted_pt2(tied[0] / "m.pt2", tmp_path / "bad.pt2", how, marker)
     image = min((synthetic_coco / "val2017").glob("*.jpg"))
     args = {
         "eval": ["--data-path", synthetic_coco, "--num-workers", 0, "--output", tmp_path / "d.json"],
@@ -176,29 +281,41 @@ def edit_onnx_metadata(src: Path, dst: Path, edit, restamp: bool) -> None:
 
 @pytest.mark.parametrize(
     "key,value",
-    [("with_nms", None), ("score_threshold", 2.0), ("num_classes", "3"), ("category_names", ["a"]), ("max_det", 0)],
+    [
+        ("with_nms", None),
+        ("score_threshold", 2.0),
+        ("num_classes", "3"),
+        ("category_names", ["a"]),
+        ("max_det", 0),
+        ("num_classes", 10**12),
+        ("num_classes", {"num_classes": 2, "category_names": ["a", "b"], "category_ids": [1, 2]}),  # weights: 3
+        ("category_ids", [1, 1, 2]),
+        ("format", []),
+        ("max_det", 10**12),
+        ("topk_per_class", 10**12),
+        ("model_name", {}),
+    ],
 )
 def test_edited_metadata_gives_a_named_error(tied, tmp_path, key, value):
     from ssdfast.deploy.metadata import ExportMetadataError
 
     def edit(info):
-        info.pop(key) if value is None else info.__setitem__(key, value)
+        if isinstance(value, dict) and key in value:  # several keys, consistent with each other
+            info.update(value)
+        else:
+            info.pop(key) if value is None else info.__setitem__(key, value)
 
     edit_onnx_metadata(tied[0] / "m.onnx", tmp_path / "m.onnx", edit, restamp=True)
     with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
         Deployed(tmp_path / "m.onnx")
+
+    def edited(data):
+        info = json.loads(data)
+        edit(info)
+        return json.dumps(info).encode()
+
     rewrite_zip(
-        tied[0] / "m.pt2",
-        tmp_path / "m.pt2",
-        lambda name, data: (
-            json.dumps(
-                {k: v for k, v in json.loads(data).items() if k != key}
-                if value is None
-                else {**json.loads(data), key: value}
-            ).encode()
-            if name == "extra/ssdfast.json"
-            else data
-        ),
+        tied[0] / "m.pt2", tmp_path / "m.pt2", lambda name, data: edited(data) if name == "extra/ssdfast.json" else data
     )
     with pytest.raises(ExportMetadataError, match=f"'{key}' must be"):
         Deployed(tmp_path / "m.pt2")

@@ -12,6 +12,7 @@ the file's own either way (a caller who wants fewer detections cuts the sorted r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ssdfast.defaults import DetectionPolicy
-from ssdfast.deploy.metadata import PT2_METADATA, exported_policy, validate
-from ssdfast.deploy.onnx_digest import verified_metadata
+from ssdfast.deploy.metadata import ONNX_METADATA, PT2_METADATA, exported_policy, validate
+from ssdfast.deploy.onnx_digest import verified_model
 from ssdfast.deploy.pt2_guard import load_pt2
-from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.checkpoint import CheckpointError, head_classes
 from ssdfast.postprocess import Detections, select
 
 SUFFIXES = (".onnx", ".pt2")
@@ -51,14 +52,17 @@ def _onnx_session(path: Path, device: torch.device):
             )
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     data = path.read_bytes()  # read once: the bytes checked are the bytes run
-    text = verified_metadata(path, data)
+    model = verified_model(path, data)
+    text = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA), None)
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    del model
     try:
         session = ort.InferenceSession(data, providers=providers)
     except Exception as error:
         raise CheckpointError(
             f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} (truncated or corrupted file?)"
         ) from error
-    return session, text
+    return session, text, sizes
 
 
 def _pt2_program(path: Path, device: torch.device):
@@ -69,9 +73,19 @@ def _pt2_program(path: Path, device: torch.device):
             f"{path} calls the compiled ssdfast ops: it needs the extension ssdfast._C ({ops.LOAD_ERROR})"
         )
     program, text = load_pt2(path, PT2_METADATA)  # refuses a file that could run code (pt2_guard)
+    sizes = {name: tensor.numel() for name, tensor in program.state_dict.items()}
     if device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
-    return program.module(), text
+    return program.module(), text, sizes
+
+
+def _weights_classes(sizes: dict[str, int]) -> int | None:
+    """The class count of an exported detector's class heads, from {weight name: number of elements}
+    (the export names them model.<name in the PyTorch model>); None where the names do not say."""
+    try:
+        return head_classes({name.removeprefix("model."): n for name, n in sizes.items()})
+    except CheckpointError:
+        return None
 
 
 class Deployed:
@@ -91,12 +105,13 @@ class Deployed:
     ):
         self.path, self.device = Path(path), torch.device(device)
         if not self.path.is_file():
-            raise CheckpointError(f"exported model not found: {self.path}")
+            found_there = "is not a regular file" if self.path.exists() else "not found"
+            raise CheckpointError(f"exported model {found_there}: {self.path}")
         if self.path.suffix.lower() == ".onnx":
-            self.session, text = _onnx_session(self.path, self.device)
+            self.session, text, sizes = _onnx_session(self.path, self.device)
         else:
-            self.program, text = _pt2_program(self.path, self.device)
-        self.meta = validate(self.path, text)
+            self.program, text, sizes = _pt2_program(self.path, self.device)
+        self.meta = validate(self.path, text, _weights_classes(sizes))
         self.exported = exported_policy(self.meta)
         self.policy = self._applicable(policy)
 

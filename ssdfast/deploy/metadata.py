@@ -1,8 +1,9 @@
 """What an exported file says about itself: written by ``ssdfast.deploy.export``, checked by ``ssdfast.deploy.deployed``.
 
 The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the ``.onnx`` metadata_props
-key ``ssdfast``). Loading validates every key that is used (type and range), so an edited or foreign
-file fails with one ExportMetadataError naming the key, not a KeyError deep inside a tool. The
+key ``ssdfast``). Loading validates every key that is used (type and range; the model's keys by
+``ssdfast.machinery.model_metadata.MODEL_RULES``, as a checkpoint's), so an edited or foreign file fails
+with one ExportMetadataError naming the key, not a KeyError deep inside a tool. The
 post-processing is stored under the keys files have always had (score_threshold, nms_threshold, max_det;
 topk_per_class since it could differ from SSD's), read back as a DetectionPolicy by ``exported_policy``.
 """
@@ -14,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
+from ssdfast.flag_types import MAX_DETECTIONS
 from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.model_metadata import MODEL_RULES, found
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
@@ -64,40 +67,39 @@ def _is_int(value, low: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _policy_checks(info: dict) -> dict:
-    """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges."""
-    checks = {}
-    for key, field in POLICY_NAMES.items():
-        ok, must = POLICY_RANGES[field]
-        checks[key] = (ok(info.get(key)) or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
+def _model_checks(info: dict, head_classes: int | None) -> dict:
+    """{key: (ok, what it must be)} for the model's keys (MODEL_RULES), num_classes also against the
+    class count of the file's weights when it is known."""
+    checks = {key: (ok(info.get(key), info), must) for key, (ok, must) in MODEL_RULES.items()}
+    if head_classes is not None and checks["num_classes"][0] and info["num_classes"] != head_classes:
+        checks["num_classes"] = (False, f"the class count of its weights' class heads ({head_classes})")
     return checks
 
 
-def _problems(info: dict, suffix: str):
+def _policy_checks(info: dict) -> dict:
+    """{key: (ok, what it must be)} for the post-processing keys, with DetectionPolicy's own ranges; the counts
+    also at most the tools' cap (the post-processing allocates [B, K] rows: 10**12 would be tried)."""
+    checks = {}
+    for key, field in POLICY_NAMES.items():
+        ok, must = POLICY_RANGES[field]
+        value = info.get(key)
+        valid = ok(value)
+        if field in ("topk_per_class", "max_detections"):
+            valid, must = valid and value <= MAX_DETECTIONS, f"an integer in [1, {MAX_DETECTIONS}]"
+        checks[key] = (valid or (key in OPTIONAL_POLICY_KEYS and key not in info), must)
+    return checks
+
+
+def _problems(info: dict, suffix: str, head_classes: int | None):
     """(key, what it must be) for each invalid key of `info`, in a fixed order."""
-    n = info.get("num_classes")
     checks = {
         "format": (
-            info.get("format") in EXPORT_FORMATS and EXPORT_FORMATS[info.get("format")] == suffix,
+            isinstance(info.get("format"), str)
+            and info["format"] in EXPORT_FORMATS
+            and EXPORT_FORMATS[info["format"]] == suffix,
             f"the format of a {suffix} file",
         ),
-        "model_name": (isinstance(info.get("model_name"), str) and info.get("model_name") != "", "a non-empty string"),
-        "num_classes": (_is_int(n), "an integer >= 1"),
-        "category_names": (
-            isinstance(info.get("category_names"), list)
-            and len(info["category_names"]) == n
-            and all(isinstance(x, str) for x in info["category_names"]),
-            "num_classes strings",
-        ),
-        "category_ids": (
-            info.get("category_ids") is None
-            or (
-                isinstance(info["category_ids"], list)
-                and len(info["category_ids"]) == n
-                and all(_is_int(x, 0) for x in info["category_ids"])
-            ),
-            "null or num_classes integers >= 0",
-        ),
+        **_model_checks(info, head_classes),
         "with_nms": (isinstance(info.get("with_nms"), bool), "true or false"),
         **_policy_checks(info),
         "batch": (info.get("batch") == "dynamic" or _is_int(info.get("batch")), "'dynamic' or an integer >= 1"),
@@ -106,8 +108,9 @@ def _problems(info: dict, suffix: str):
     return [(key, must) for key, (ok, must) in checks.items() if not ok]
 
 
-def validate(path: Path, text: str | None) -> dict:
-    """The metadata of the exported file `path` from its JSON `text` (None: absent), checked."""
+def validate(path: Path, text: str | None, head_classes: int | None = None) -> dict:
+    """The metadata of the exported file `path` from its JSON `text` (None: absent), checked; head_classes:
+    the class count of the file's weights (None: not known for this file)."""
     if not text:
         raise ExportMetadataError(f"{path} carries no ssdfast metadata: export it with tools/export.py")
     try:
@@ -116,12 +119,11 @@ def validate(path: Path, text: str | None) -> dict:
         raise ExportMetadataError(f"{path}: its ssdfast metadata is not valid JSON ({error})") from error
     if not isinstance(info, dict):
         raise ExportMetadataError(f"{path}: its ssdfast metadata is a {type(info).__name__}, not a JSON object")
-    problems = _problems(info, path.suffix.lower())
+    problems = _problems(info, path.suffix.lower(), head_classes)
     if problems:
         key, must = problems[0]
-        found = repr(info[key])[:60] if key in info else "missing"
         raise ExportMetadataError(
-            f"{path}: its ssdfast metadata key {key!r} must be {must} (found: {found}); "
+            f"{path}: its ssdfast metadata key {key!r} must be {must} (found: {found(info, key)}); "
             "export it again with tools/export.py"
         )
     return info

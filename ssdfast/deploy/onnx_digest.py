@@ -51,6 +51,12 @@ def stamp(path: Path) -> None:
 def verified_metadata(path: Path, data: bytes) -> str | None:
     """ssdfast's metadata text of the .onnx whose bytes are `data`, once its content hash matches.
     Raises ExportIntegrityError (no hash, or another content) or CheckpointError (not ONNX)."""
+    return _props(verified_model(path, data)).get(ONNX_METADATA)
+
+
+def verified_model(path: Path, data: bytes):
+    """The onnx.ModelProto of the .onnx whose bytes are `data`, once its content hash matches (see
+    verified_metadata)."""
     import onnx
 
     try:
@@ -70,4 +76,4 @@ def verified_metadata(path: Path, data: bytes) -> str | None:
             f"{path} is not the file that was exported: its content does not match the "
             f"sha256 recorded at export (corrupted or edited); export it again"
         )
-    return props.get(ONNX_METADATA)
+    return model

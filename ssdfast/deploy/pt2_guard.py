@@ -5,32 +5,36 @@ back to a full pickle when that fails (torch._export.serde.serialize.deserialize
 full-unpickles weights and constants flagged ``use_pickle``, ``pickle.loads`` "opaque" constants,
 and loads AOTInductor shared libraries. A crafted file can therefore run any code. ssdfast writes
 far less than that format allows, so an archive is accepted only if it is exactly what
-``ssdfast.deploy.export`` writes, checked on the bytes that are then loaded (read once: no swap between
-check and load):
-  * entries: one root folder, no duplicate names, only the layout in ``_ENTRY`` (no AOTInductor
-    libraries, no pickled or custom-object constants, no legacy files); every entry's CRC is checked;
-  * weights and constants stored as raw bytes (``use_pickle`` false);
+``ssdfast.deploy.export`` writes, checked on the entries that torch then loads: the archive is read
+once and rebuilt from its checked entries (``ssdfast.machinery.zip_archive``: CRCs, one root folder,
+no duplicate names, the same entries to torch's reader as to Python's), and torch gets the rebuilt copy:
+  * entries: only the layout in ``_ENTRY`` (no AOTInductor libraries, no pickled or custom-object
+    constants, no legacy files);
+  * weights and constants stored as raw bytes (``use_pickle`` false), each naming an entry there is;
   * the one pickle left, the sample inputs, passes torch's weights_only unpickler here first;
   * every graph node calls an ``aten`` or ``ssdfast`` op or a symbolic-size operator, none of
     them one that opens a file by name (``aten::from_file`` could map any file and write to it);
   * torch.export.load then runs with TORCH_FORCE_WEIGHTS_ONLY_LOAD set, so no torch.load inside it
-    can fall back to a full pickle, whatever torch's code does.
-Cost: the archive is held in memory once more while it loads, and the checks read it once more.
+    can fall back to a full pickle, whatever torch's code does. A failure inside it is one
+    CheckpointError carrying torch's reason (torch.export.load logs it as a warning with its traceback,
+    then raises a message that says only "check the warnings above").
+Cost: the archive is held in memory twice while it loads, and the checks read it once more.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.zip_archive import Archive, ArchiveError, read_archive
 
 _ENTRY = re.compile(
     r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
@@ -50,67 +54,75 @@ class UnsafePT2Error(CheckpointError):
 def load_pt2(path: Path, extra_file: str) -> tuple[torch.export.ExportedProgram, str | None]:
     """The program in `path` and the text of its extra file `extra_file` (None if absent), after the
     checks above. Raises UnsafePT2Error (refused) or CheckpointError (unreadable)."""
-    data = path.read_bytes()
-    _check_archive(path, data)
+    try:
+        archive = read_archive(path, path.read_bytes(), "the torch.export program")
+    except ArchiveError as error:
+        raise (UnsafePT2Error if error.unsafe else CheckpointError)(str(error)) from error
+    _check_archive(path, archive)
     extra = {extra_file: ""}
     try:
-        with _weights_only_everywhere():
-            program = torch.export.load(io.BytesIO(data), extra_files=extra)
+        with _weights_only_everywhere(), _torch_export_reasons() as reasons:
+            program = torch.export.load(io.BytesIO(archive.data), extra_files=extra)
     except Exception as error:
+        reason = reasons[0] if reasons else error
+        text = (str(reason).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"cannot read the torch.export program {path}: {error.__class__.__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''} (truncated or corrupted file?)"
+            f"cannot read the torch.export program {path}: {reason.__class__.__name__}: {text} "
+            "(truncated or corrupted file?)"
         ) from error
     return program, extra[extra_file] or None
 
 
-def _check_archive(path: Path, data: bytes) -> None:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        broken = archive.testzip()  # reads every entry: CRCs, and local headers that agree with the directory
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise CheckpointError(
-            f"cannot read the torch.export program {path}: not a zip archive ({error}) (truncated or corrupted file?)"
-        ) from error
-    if broken is not None:
-        raise CheckpointError(f"cannot read the torch.export program {path}: entry {broken} is corrupted")
-    entries = _entries_under_one_root(path, archive.namelist())
+def _check_archive(path: Path, archive: Archive) -> None:
+    entries = _entries(path, archive.names)
     for config in _PAYLOAD_CONFIGS:
-        _check_raw_payloads(path, config, archive.read(entries[config]) if config in entries else b'{"config": {}}')
+        if config in entries:
+            _check_raw_payloads(path, config, _json(path, archive, config), entries)
     if "data/sample_inputs/model.pt" in entries:
-        _check_weights_only(path, "data/sample_inputs/model.pt", archive.read(entries["data/sample_inputs/model.pt"]))
+        _check_weights_only(path, "data/sample_inputs/model.pt", archive.read("data/sample_inputs/model.pt"))
     if "models/model.json" not in entries:
         raise CheckpointError(f"cannot read the torch.export program {path}: it holds no models/model.json")
-    _check_graph_targets(path, json.loads(archive.read(entries["models/model.json"])))
+    _check_graph_targets(path, _json(path, archive, "models/model.json"))
 
 
-def _entries_under_one_root(path: Path, names: list[str]) -> dict[str, str]:
-    """{name inside the root folder: full name}; refuses what ssdfast's exporter never writes."""
-    if len(set(names)) != len(names):
-        raise UnsafePT2Error(f"{path} is refused: its zip archive names an entry twice")
-    root = names[0].split("/")[0] + "/" if names else ""
-    entries = {}
+def _json(path: Path, archive: Archive, name: str):
+    try:
+        return json.loads(archive.read(name))
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(
+            f"cannot read the torch.export program {path}: {name} is not valid JSON ({str(error)[:120]})"
+        ) from error
+
+
+def _entries(path: Path, names: list[str]) -> set[str]:
+    """The names inside the root folder; refuses what ssdfast's exporter never writes."""
     for name in names:
-        inner = name[len(root) :] if name.startswith(root) else None
-        if inner is None or not _ENTRY.fullmatch(inner):
+        if not _ENTRY.fullmatch(name):
             raise UnsafePT2Error(
                 f"{path} is refused: it holds {name!r}, which ssdfast's exporter does not write "
                 "and torch.export.load could unpickle or run as code"
             )
-        entries[inner] = name
-    return entries
+    return set(names)
 
 
-def _check_raw_payloads(path: Path, config_name: str, config: bytes) -> None:
+def _check_raw_payloads(path: Path, config_name: str, config, entries: set[str]) -> None:
+    """Every payload of `config` is stored raw (not pickled) in an entry of the folder the config is in."""
+    folder = config_name.rsplit("/", 1)[0]
     try:
-        pickled = [name for name, meta in json.loads(config)["config"].items() if meta.get("use_pickle", True)]
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        payloads = {name: (meta.get("use_pickle", True), meta["path_name"]) for name, meta in config["config"].items()}
+    except (KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"cannot read the torch.export program {path}: {config_name} is malformed") from error
-    if pickled:
-        raise UnsafePT2Error(
-            f"{path} is refused: {config_name} stores {pickled[0]!r} as a pickle, which "
-            "torch.export.load unpickles without restriction (ssdfast writes raw tensors)"
-        )
+    for name, (pickled, entry) in payloads.items():
+        if pickled is not False:
+            raise UnsafePT2Error(
+                f"{path} is refused: {config_name} stores {name!r} as a pickle, which "
+                "torch.export.load unpickles without restriction (ssdfast writes raw tensors)"
+            )
+        if not isinstance(entry, str) or f"{folder}/{entry}" not in entries:
+            raise CheckpointError(
+                f"cannot read the torch.export program {path}: {config_name} stores {name!r} in "
+                f"{str(entry)[:60]!r}, which the archive does not hold"
+            )
 
 
 def _check_weights_only(path: Path, name: str, payload: bytes) -> None:
@@ -150,6 +162,26 @@ def _allowed_target(target: str) -> bool:
     _, _, namespace, name, overload = target.split(".")
     op = getattr(getattr(getattr(torch.ops, namespace), name, None), overload, None)
     return op is not None and not any(arg.name == "filename" for arg in op._schema.arguments)
+
+
+@contextmanager
+def _torch_export_reasons():
+    """While it lasts, torch.export's warnings are not printed; the exceptions they carry (why a load
+    failed: torch.export.load logs it, then raises a message without it) are collected in the list given."""
+    reasons: list[BaseException] = []
+
+    class Collect(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and record.exc_info[1] is not None:
+                reasons.append(record.exc_info[1])
+            return False  # not printed: the caller's error line says it
+
+    logger, collect = logging.getLogger("torch.export"), Collect()
+    logger.addFilter(collect)
+    try:
+        yield reasons
+    finally:
+        logger.removeFilter(collect)
 
 
 @contextmanager

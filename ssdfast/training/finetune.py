@@ -45,9 +45,21 @@ def transfer_weights(
             f"the weights are of another model (keys {', '.join(foreign[:4])}...): fine-tune from "
             f"a checkpoint of the same --model"
         )
+    outputs = class_output_layers(own)
+    for key in sorted(outputs):  # names and rows must agree, or rows would be read as the wrong categories
+        rows, own_rows = source[key].shape[0], own[key].shape[0]
+        if rows % (len(source_names) + 1) or own_rows % (len(target_names) + 1):
+            raise CheckpointError(
+                f"{key}: {rows} rows in the weights for {len(source_names)} category names, {own_rows} in the "
+                f"model for {len(target_names)}: the rows are not (names + background) x box shapes"
+            )
+        if rows // (len(source_names) + 1) != own_rows // (len(target_names) + 1):
+            raise CheckpointError(
+                f"{key}: {rows // (len(source_names) + 1)} box shapes per location in the weights, "
+                f"{own_rows // (len(target_names) + 1)} in the model: fine-tune from a checkpoint of the same --model"
+            )
     index = {name: i + 1 for i, name in enumerate(source_names)}
     shared = [(j + 1, index[name]) for j, name in enumerate(target_names) if name in index]
-    outputs = class_output_layers(own)
     for key, tensor in own.items():
         if key in outputs:  # rows by category: channel = category * nd + shape
             nd = tensor.shape[0] // (len(target_names) + 1)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from torch import nn
 
-from ssdfast.machinery.checkpoint import CheckpointError, check_categories, load_checkpoint
+from ssdfast.machinery.checkpoint import (
+    CheckpointError,
+    check_categories,
+    checkpoint_metadata,
+    load_checkpoint,
+    load_model_weights,
+    model_state_dict,
+)
 from ssdfast.training.optimizer import load_optimizer_state
 
 
@@ -82,13 +89,15 @@ def resume_training(
     Refuses (CheckpointError) a checkpoint of another model, class count or category set."""
     device = next(model.parameters()).device
     ckpt = load_checkpoint(path, map_location=device)
-    if ckpt.get("model_name") != model_name or ckpt.get("num_classes") != len(category_names):
+    state = model_state_dict(ckpt, path)
+    meta = checkpoint_metadata(path, ckpt, state)  # checked key by key
+    if meta["model_name"] != model_name or meta["num_classes"] != len(category_names):
         raise CheckpointError(
-            f"{path} holds {ckpt.get('model_name')} with {ckpt.get('num_classes')} classes, not "
+            f"{path} holds {meta['model_name']} with {meta['num_classes']} classes, not "
             f"{model_name} with {len(category_names)}: use another --save-folder or --no-resume"
         )
-    check_categories(ckpt.get("category_names", []), category_names, path, data, compare_names=check_names)
-    model.load_state_dict(ckpt["model"])
+    check_categories(meta["category_names"] or [], category_names, path, data, compare_names=check_names)
+    load_model_weights(model, state, path)
     try:
         load_optimizer_state(optimizer, ckpt["optimizer"])
     except ValueError as error:  # torch's message: another number or size of parameter groups
