@@ -129,7 +129,7 @@ def test_zero_detections_above_the_threshold_says_what_the_best_scored_once(rand
     for i, image in enumerate(images):
         cv2.imwrite(str(tmp_path / f"{i}.png"), image[..., ::-1])
     # The oracle: NMS always keeps the best box, so the best detection is the best class score of any anchor.
-    batch = torch.stack([SSDTransform(train=False, normalised=True)(img, *EMPTY, rng=None)[0] for img in images])
+    batch = torch.stack([SSDTransform(normalised=True)(img, *EMPTY)[0] for img in images])
     with torch.no_grad():
         best = float(model(batch)[1].softmax(-1)[..., 1:].max())
     assert 0.05 < best < 0.9  # detections exist below the threshold of 0.9, none above
