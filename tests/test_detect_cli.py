@@ -125,15 +125,17 @@ def random_weights(tmp_path_factory):
 def test_zero_detections_above_the_threshold_says_what_the_best_scored_once(random_weights, tmp_path, capsys):
     weights, model = random_weights
     rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"  # outputs may not lie inside the input folder
+    photos.mkdir()
     images = [rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(3)]
     for i, image in enumerate(images):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), image[..., ::-1])
+        cv2.imwrite(str(photos / f"{i}.png"), image[..., ::-1])
     # The oracle: NMS always keeps the best box, so the best detection is the best class score of any anchor.
     batch = torch.stack([SSDTransform(normalised=True)(img, *EMPTY)[0] for img in images])
     with torch.no_grad():
         best = float(model(batch)[1].softmax(-1)[..., 1:].max())
     assert 0.05 < best < 0.9  # detections exist below the threshold of 0.9, none above
-    argv = ["--weights", str(weights), "--input", str(tmp_path), "--device", "cpu", "--score-threshold"]
+    argv = ["--weights", str(weights), "--input", str(photos), "--device", "cpu", "--score-threshold"]
     assert detect.main([*argv, "0.9", "--output", str(tmp_path / "above")]) == 0
     err = capsys.readouterr().err
     shown = math.floor(best * 1000) / 1000
