@@ -116,6 +116,16 @@ COCO_CLASSES = (
 
 
 OUTSIDE_REASON = "image paths outside the image folder"
+NO_BOX_REASON = "training images without a usable box"
+
+
+def images_summary(num_images: int, dropped: dict, split: str = "train") -> str:
+    """A split's image count for a run's summary line, naming the images training left out for having no
+    usable box (none, or only crowd and degenerate ones): '22 train images (2 without a usable box left
+    out)'; dropped: the dataset's {reason: count}."""
+    no_box = dropped.get(NO_BOX_REASON, 0)
+    images = f"{num_images} {split} image{'' if num_images == 1 else 's'}"
+    return images + (f" ({no_box} without a usable box left out)" if no_box else "")
 
 
 def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
@@ -296,7 +306,7 @@ class CocoDetection(Dataset):
                 self.coco.imgToAnns.get(image_id, []), info["width"], info["height"], label_of, self.dropped
             )
             if self.train and len(boxes) == 0:
-                self.dropped["training images without a usable box"] += 1
+                self.dropped[NO_BOX_REASON] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
         if self.dropped.get("missing image files") and self.records:

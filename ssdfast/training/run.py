@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ssdfast.data import build_loader
+from ssdfast.data.coco import images_summary
 from ssdfast.evaluation import loop as evaluation_loop
 from ssdfast.flag_types import detection_policy
 from ssdfast.machinery.checkpoint import save_checkpoint
@@ -300,7 +301,8 @@ class TrainingRun:
         self.log = RunLog(self.save_folder, self.tensorboard_folder, steps_per_epoch, resumed_at, start)
         args = self.args
         print(
-            f"ssd: {args.model}, {len(self.info.category_ids)} classes, {self.info.num_images} train images, "
+            f"ssd: {args.model}, {len(self.info.category_ids)} classes, "
+            f"{images_summary(self.info.num_images, self.info.dropped)}, "
             f"world {self.world}, device {self.device}, amp {self.amp_dtype}, channels_last {self.channels_last}, "
             f"cuda graphs {args.cuda_graphs}, compile {args.compile_mode if args.compile else False}, "
             f"cudnn.benchmark {self.cudnn_benchmark}, "
@@ -406,8 +408,8 @@ class TrainingRun:
         if self.is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
             self.save_position(progress)
         args = self.args
-        shown = []  # the first val images, kept for the predictions picture (a copy: loaders reuse buffers)
-        coco, table, _, _ = evaluation_loop.evaluate(
+        shown = pictures.ValidationPictures(self.save_folder, self.val_loader.info)  # keeps the first val images
+        coco, table, results, image_ids = evaluation_loop.evaluate(
             self.ddp_model,
             self.val_loader,
             self.device,
@@ -417,12 +419,12 @@ class TrainingRun:
             max_batches=args.eval_batches,
             is_main=self.is_main,
             curves=self.curves,
-            on_batch=lambda batch: shown or shown.append(batch.images[: pictures.PREDICTED].clone()),
+            on_batch=shown,
         )
         if self.is_main:
             print(f"epoch {progress.epoch} COCO evaluation:\n{table}")
-            if shown and len(shown[0]):  # a few val images with their detections, in TensorBoard
-                grid = pictures.prediction_grid(self.model, shown[0], list(self.info.category_names), self.device)
+            grid = shown.save(self.model, self.device, results, image_ids)  # val_batch0_*.jpg, confusion_matrix.*
+            if grid is not None:  # the predictions in TensorBoard too
                 self.log.image("val/predictions", grid, progress.epoch)
             for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
                 record[f"coco/{key}"] = value
