@@ -167,7 +167,7 @@ def test_a_training_run_writes_its_val_pictures_beside_train_batch0(trained_run,
     counted once in the confusion matrix's true rows."""
     folder, _ = trained_run
     with Image.open(folder / "train_batch0.jpg") as image:
-        assert image.size == (4 * 300, 2 * 300)
+        assert image.size == (4 * 300, 300)  # batch 4: one row
     counts = np.array(check_val_pictures(folder)["counts"])
     annotations = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
     assert counts.shape == (4, 4) and counts[:-1].sum() == len(annotations["annotations"]) and counts[-1, -1] == 0

@@ -120,7 +120,10 @@ class ValidationPictures:
         return np.ascontiguousarray(predictions[..., ::-1])
 
     def save_confusion(self, results: list[dict], image_ids: list[int]) -> None:
-        """confusion_matrix.json (the counts) and confusion_matrix.png (rows normalised)."""
+        """confusion_matrix.json (the counts) and confusion_matrix.png (rows normalised); none when no image
+        was evaluated (the last ones stay, as pr.png does)."""
+        if not image_ids:
+            return
         threshold = DISPLAY_POLICY.score_threshold
         counts = coco_confusion(self.info.coco, results, list(self.info.category_ids), threshold, image_ids)
         names = list(self.info.category_names)

@@ -129,7 +129,7 @@ def plot_confusion(counts: np.ndarray, names: list[str], out_path: str | Path, t
     ax.set(xlabel="predicted", ylabel="true")
     if len(shown) <= ANNOTATED_CLASSES:
         for (row, column), value in np.ndenumerate(matrix):
-            if value > 0:
+            if value >= 0.005:  # what rounds to 0.00 stays blank
                 color = "white" if value > 0.5 else "black"
                 ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     if classes > SHOWN_CLASSES:
