@@ -17,7 +17,7 @@ from conftest import tool, train_args
 from PIL import Image
 
 from ssdfast.data import build_loader
-from ssdfast.data.coco import CocoDetection, read_image
+from ssdfast.data.coco import CocoDetection, images_summary, read_image
 from ssdfast.data.formats import detect_format, resolve_source
 from ssdfast.data.voc import VOC_CLASSES, read_voc
 from ssdfast.data.yolo import image_size, read_yolo
@@ -350,6 +350,41 @@ def test_voc_ap_of_a_hand_computed_case():
     assert out["per_class"]["B"] == pytest.approx({"VOC07": 0.5, "VOC12": 0.5})
     assert "C" not in out["per_class"]  # no box to find: not in the mean
     assert out["VOC12"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 2)
+
+
+def without_boxes(synthetic_coco: Path, folder: Path, emptied: int) -> Path:
+    """A copy of the synthetic set whose first `emptied` train images lost their boxes (one keeps only a
+    crowd box: no usable box either)."""
+    shutil.copytree(synthetic_coco, folder)
+    path = folder / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    gone = {image["id"] for image in data["images"][:emptied]}
+    crowd = next(a for a in data["annotations"] if a["image_id"] == min(gone))
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in gone] + [{**crowd, "iscrowd": 1}]
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def test_the_summary_counts_the_training_images_without_a_box(synthetic_coco, tmp_path):
+    data = without_boxes(synthetic_coco, tmp_path / "set", emptied=3)
+    total = len(coco_split(data, "train")["images"])
+    training = CocoDetection(data, "train")
+    assert len(training) == total - 3
+    assert (
+        images_summary(len(training), training.dropped) == f"{total - 3} train images (3 without a usable box left out)"
+    )
+    evaluation = CocoDetection(data, "train", train=False)  # evaluation keeps every image
+    assert images_summary(len(evaluation), evaluation.dropped) == f"{total} train images"
+    assert images_summary(1, {}, "val") == "1 val image"
+
+
+@pytest.mark.slow
+def test_a_training_run_says_how_many_images_had_no_box(synthetic_coco, tmp_path):
+    data = without_boxes(synthetic_coco, tmp_path / "set", emptied=2)
+    total = len(coco_split(data, "train")["images"])
+    flags = train_args(data, tmp_path / "run", 1, "--iters-per-epoch", 1, "--eval-every", 0)
+    printed = tool("train", *flags).stdout
+    assert f", {total - 2} train images (2 without a usable box left out), " in printed
 
 
 # ------------------------------------------------------------------ end to end, through the tools

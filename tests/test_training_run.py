@@ -127,8 +127,8 @@ def test_a_stop_before_the_first_step_trains_and_saves_nothing(synthetic_coco, t
 
 
 def test_a_run_draws_its_batch_predictions_curves_and_pr_plot(synthetic_coco, tmp_path, capsys):
-    """train_batch0.jpg (8 augmented images, 4 per row, 300 px each), results.png and pr.png in the save
-    folder, and the predictions image in TensorBoard's event file."""
+    """train_batch0.jpg (8 augmented images, 4 per row, 300 px each), results.png, pr.png, the val pictures
+    and the confusion matrix in the save folder, and the predictions image in TensorBoard's event file."""
     import cv2
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -137,8 +137,10 @@ def test_a_run_draws_its_batch_predictions_curves_and_pr_plot(synthetic_coco, tm
     assert started(args).train() == EXIT_DONE
     batch0 = cv2.imread(str(folder / "train_batch0.jpg"))
     assert batch0.shape == (600, 1200, 3) and batch0.std() > 10
-    for name in ("results.png", "pr.png"):
+    for name in ("results.png", "pr.png", "confusion_matrix.png"):
         assert cv2.imread(str(folder / name)) is not None, name
+    for name in ("val_batch0_labels.jpg", "val_batch0_pred.jpg"):  # the 4 val images also in TensorBoard
+        assert cv2.imread(str(folder / name)).shape == (300, 1200, 3), name
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "val/predictions" in events.Tags()["images"]

@@ -131,6 +131,16 @@ LEFT_OUT_AT_LOAD = {  # why an image is left out when the dataset loads -> its w
     CANNOT_OPEN_REASON: "{n} image path(s) in {ann_file} cannot be opened (a name too long for the file system, "
     "no permission): left out",
 }
+NO_BOX_REASON = "training images without a usable box"
+
+
+def images_summary(num_images: int, dropped: dict, split: str = "train") -> str:
+    """A split's image count for a run's summary line, naming the images training left out for having no
+    usable box (none, or only crowd and degenerate ones): '22 train images (2 without a usable box left
+    out)'; dropped: the dataset's {reason: count}."""
+    no_box = dropped.get(NO_BOX_REASON, 0)
+    images = f"{num_images} {split} image{'' if num_images == 1 else 's'}"
+    return images + (f" ({no_box} without a usable box left out)" if no_box else "")
 
 
 def coco_paths(root: str | Path, split: str, allow_outside: bool = False) -> tuple[Path, Path]:
@@ -347,7 +357,7 @@ class CocoDetection(Dataset):
                 self.coco.imgToAnns.get(image_id, []), info["width"], info["height"], label_of, self.dropped
             )
             if self.train and len(boxes) == 0:
-                self.dropped["training images without a usable box"] += 1
+                self.dropped[NO_BOX_REASON] += 1
                 continue
             self.records.append(ImageRecord(image_id, info["file_name"], info["height"], info["width"], boxes, labels))
         if self.records:  # (without any, _require_records says it all in one line)

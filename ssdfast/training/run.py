@@ -170,9 +170,9 @@ class TrainingRun:
         """COCO evaluation on every rank (a collective); the metrics join `record` on rank 0."""
         if self.is_main:  # the trained epoch is safe before the evaluation (a kill during it loses only that)
             self.save_position(progress)
-        names, device = list(self.data.info.category_names), self.placement.device
-        shown = []  # the first val images, kept for the predictions picture (a copy: loaders reuse buffers)
-        coco, table, _, _ = evaluation_loop.evaluate(
+        device = self.placement.device
+        shown = pictures.ValidationPictures(self.config.save_folder, self.data.val_loader.info)  # the first val images
+        coco, table, results, image_ids = evaluation_loop.evaluate(
             self.learner.ddp_model,
             self.data.val_loader,
             device,
@@ -182,12 +182,12 @@ class TrainingRun:
             max_batches=self.config.evaluation.eval_batches,
             is_main=self.is_main,
             curves=self.curves,
-            on_batch=lambda batch: shown or shown.append(batch.images[: pictures.PREDICTED].clone()),
+            on_batch=shown,
         )
         if self.is_main:
             print(f"epoch {progress.epoch} COCO evaluation:\n{table}")
-            if shown and len(shown[0]):  # a few val images with their detections, in TensorBoard
-                grid = pictures.prediction_grid(self.learner.model, shown[0], names, device)
+            grid = shown.save(self.learner.model, device, results, image_ids)  # val_batch0_*.jpg, confusion_matrix.*
+            if grid is not None:  # the predictions in TensorBoard too
                 self.log.image("val/predictions", grid, progress.epoch)
             for key, value in (coco or {}).items():  # None: nothing to evaluate (said in `table`)
                 record[f"coco/{key}"] = value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from ssdfast.data.coco import images_summary
 from ssdfast.machinery.outputs import write_json_atomic
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.run_log import RunLog
@@ -41,7 +42,7 @@ def open_log(config: TrainConfig, steps_per_epoch: int, start: tuple[int, int], 
 def header_line(config: TrainConfig, placement, info, base_lr: float) -> str:
     speed = config.speed
     return (
-        f"ssd: {config.model.model}, {len(info.category_ids)} classes, {info.num_images} train images, "
+        f"ssd: {config.model.model}, {len(info.category_ids)} classes, {images_summary(info.num_images, info.dropped)}, "
         f"world {placement.world}, device {placement.device}, amp {placement.amp_dtype}, "
         f"channels_last {placement.channels_last}, cuda graphs {speed.cuda_graphs}, "
         f"compile {speed.compile_mode if speed.compile else False}, cudnn.benchmark {placement.cudnn_benchmark}, "

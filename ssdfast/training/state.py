@@ -146,6 +146,10 @@ RUN_OUTPUTS = (
     "results.png",
     "pr.png",
     "train_batch0.jpg",
+    "val_batch0_labels.jpg",
+    "val_batch0_pred.jpg",
+    "confusion_matrix.png",
+    "confusion_matrix.json",
     "tensorboard",
 )
 
