@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import reprlib
 
-from ssdfast.models import MODELS
+from ssdfast.models.registry import MODELS
 
 MAX_CLASSES = 10_000  # above any detection dataset's count (LVIS 1203, Open Images 601, Objects365 365)
 MAX_NAME_CHARS = 256  # a category name is printed in every detection record and drawn on pictures

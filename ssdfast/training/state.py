@@ -74,6 +74,18 @@ class ResumePoint:
     global_step: int | None = None
 
 
+def restore_optimizer(optimizer, saved: dict, path: str | Path) -> None:
+    """The momentum buffers of a checkpoint's optimizer state `saved` into this run's `optimizer`, whose
+    settings stay this run's (load_optimizer_state); CheckpointError when the parameter groups differ."""
+    try:
+        load_optimizer_state(optimizer, saved)
+    except ValueError as error:  # torch's message: another number or size of parameter groups
+        raise CheckpointError(
+            f"{path}: its optimizer state does not fit this run ({error}); was --no-bn-weight-decay given to "
+            "one run and not the other? Use the same flags or --no-resume"
+        ) from error
+
+
 def resume_training(
     path: str | Path,
     model: nn.Module,
@@ -98,13 +110,7 @@ def resume_training(
         )
     check_categories(meta["category_names"] or [], category_names, path, data, compare_names=check_names)
     load_model_weights(model, state, path)
-    try:
-        load_optimizer_state(optimizer, ckpt["optimizer"])
-    except ValueError as error:  # torch's message: another number or size of parameter groups
-        raise CheckpointError(
-            f"{path}: its optimizer state does not fit this run ({error}); was --no-bn-weight-decay given to "
-            "one run and not the other? Use the same flags or --no-resume"
-        ) from error
+    restore_optimizer(optimizer, ckpt["optimizer"], path)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     position = ckpt.get("position")
