@@ -5,8 +5,8 @@ from scratch with the demo's recipe.
     python benchmarks/finetune.py                                   # trains A first (the demo's recipe)
     python benchmarks/finetune.py --source demo_output/model/best.pt    # start from make demo's model
 
-B is the synthetic generator with another seed (other images), 128 training and 64 val images (a
-coco128-sized set), its categories renamed (circle -> disc, square -> tile, triangle -> wedge): no class
+B is the synthetic generator with another seed (other images), 128 training and 64 val images by
+default (a coco128-sized set; --train-images, --val-images), its categories renamed (circle -> disc, square -> tile, triangle -> wedge): no class
 row is shared by name, so only the backbone, the extra layers and the box heads carry over. The shapes
 are the same ones A's model learnt, which makes B easier than a real new set.
 
@@ -175,13 +175,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=None, help="A's model (default: trained here, the demo's recipe)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--train-images", type=int, default=NUM_TRAIN, help="B's training images")
+    p.add_argument("--val-images", type=int, default=NUM_VAL, help="B's val images")
     p.add_argument("--note", default="", help="a note stored with the results (what else ran on the machine)")
     args = p.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     runs = {}
     with tempfile.TemporaryDirectory(prefix="ssdfast_finetune_") as tmp:
         tmp = Path(tmp)
-        set_b = second_set(tmp / "b")
+        set_b = second_set(tmp / "b", args.train_images, args.val_images)
         source = args.source
         if source is None:
             source_run = train_once(write_demo_data(tmp / "a"), tmp / "model_a", args.seed, EPOCHS, None, env)
@@ -200,13 +202,13 @@ def main() -> int:
         tuned = finetune_once(set_b, tmp / "tuned_b", source, args.seed, env)
         runs["B fine-tuned from A (recipe defaults)"] = {
             **tuned,
-            "steps": steps_of(FINE_TUNE.epochs, NUM_TRAIN, FINE_TUNE.batch_size),
+            "steps": steps_of(FINE_TUNE.epochs, args.train_images, FINE_TUNE.batch_size),
         }
         print(table(runs), flush=True)
         scratch = train_once(set_b, tmp / "scratch_b", args.seed, EPOCHS, None, env)
-        runs["B from scratch (demo recipe)"] = {**scratch, "steps": steps_of(EPOCHS, NUM_TRAIN, BATCH_SIZE)}
+        runs["B from scratch (demo recipe)"] = {**scratch, "steps": steps_of(EPOCHS, args.train_images, BATCH_SIZE)}
     machine = this_machine()
-    note = f"set B: {NUM_TRAIN} train / {NUM_VAL} val images; seed {args.seed}. {args.note}".strip()
+    note = f"set B: {args.train_images} train / {args.val_images} val images; seed {args.seed}. {args.note}".strip()
     out = RESULTS / f"finetune-{machine_name(machine)}.json"
     out.write_text(json.dumps({"machine": machine, "note": note, "runs": runs}, indent=1))
     print(table(runs))
