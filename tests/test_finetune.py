@@ -1,5 +1,7 @@
 """Fine-tuning weights onto other categories: what is kept, row by row, against the source model itself."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -48,3 +50,75 @@ def test_weights_of_another_model_are_refused():
     target = build_model("ssd", num_classes=2, backbone_weights="none")
     with pytest.raises(CheckpointError, match="another model"):
         transfer_weights(target, source.state_dict(), ["a", "b"], ["a", "b"])
+
+
+# benchmarks/finetune.py: the measurement in docs/training.md ("Fine-tune on a small dataset").
+
+
+def test_the_benchmark_fine_tunes_with_the_recipe_a_user_gets(tmp_path):
+    """Its fine-tune command gives no schedule flag: tools/train.py's own parser and TrainConfig (the oracle)
+    must resolve it to the fine-tuning recipe, with no value marked "(given)"."""
+    import finetune  # benchmarks/ and tools/ are on pytest's path (pyproject.toml)
+    import train
+
+    from ssdfast.training import recipe
+    from ssdfast.training.config import TrainConfig
+
+    cmd = finetune.finetune_command(tmp_path / "b", tmp_path / "run", tmp_path / "a.pt", seed=3)
+    assert cmd[1] == "tools/train.py"
+    config = TrainConfig.from_flags(vars(train.get_args(cmd[2:])))
+    schedule = config.schedule
+    assert (schedule.epochs, schedule.batch_size, schedule.lr, schedule.warmup) == (
+        recipe.FINE_TUNE.epochs,
+        recipe.FINE_TUNE.batch_size,
+        recipe.FINE_TUNE.lr,
+        recipe.FINE_TUNE.warmup,
+    )
+    assert schedule.multistep == recipe.milestones(recipe.FINE_TUNE.epochs)
+    assert config.recipe_line.startswith("recipe: fine-tune") and "(given)" not in config.recipe_line
+    assert config.model.weights == str(tmp_path / "a.pt") and config.run.seed == 3
+
+
+@pytest.mark.parametrize("images, batch", [(128, 8), (130, 8), (64, 32), (5, 8)])
+def test_steps_of_counts_the_batches_the_training_loader_gives(images, batch):
+    import finetune
+    from torch.utils.data import BatchSampler
+
+    from ssdfast.data.sampler import epoch_sampler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer images than a batch: the sampler says so
+        sampler, drop_last = epoch_sampler(range(images), "train", True, batch, 0, 1, 0)
+    batches = list(BatchSampler(sampler, batch, drop_last))  # what the DataLoader iterates over
+    assert finetune.steps_of(3, images, batch) == 3 * len(batches)
+
+
+def test_the_benchmarks_start_model_keeps_all_but_the_renamed_class_rows(tmp_path):
+    """'B before fine-tuning' is A's model with B's categories: every weight kept but the class rows of
+    the renamed categories, which start fresh; tools/eval.py's loader reads it with B's names."""
+    import finetune
+
+    from ssdfast.inference import load_detector
+    from ssdfast.machinery.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)  # not start_checkpoint's seed: the fresh rows must not be the source's own init
+    source = build_model("ssdlite", num_classes=3, backbone_weights="none")
+    names = ["circle", "square", "triangle"]
+    path = tmp_path / "a.pt"
+    save_checkpoint(
+        path,
+        {"model": source.state_dict(), "model_name": "ssdlite", "num_classes": 3, "category_names": names},
+    )
+    data = finetune.second_set(tmp_path / "b", num_train=1, num_val=1)
+    start = finetune.start_checkpoint(path, data, tmp_path / "start.pt", seed=0)
+    model, meta = load_detector(start)
+    assert meta["category_names"] == [finetune.RENAMED[n] for n in names]
+    src, got = source.state_dict(), model.state_dict()
+    outputs = class_output_layers(got)
+    for key in got:
+        if key in outputs:
+            nd = got[key].shape[0] // 4
+            assert torch.equal(got[key][:nd], src[key][:nd])  # background kept
+            assert not torch.equal(got[key][nd:], src[key][nd:]), key  # no name shared: fresh rows
+        else:
+            assert torch.equal(got[key], src[key]), key
