@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ssdfast.deploy.formats import FORMATS
 from ssdfast.models.registry import MODEL_CHOICES  # noqa: F401  (the tools' --model choices: from the model registry)
 
 
@@ -80,4 +81,4 @@ DATA_FORMATS = ("coco", "voc", "yolo")  # the dataset layouts read (ssdfast/data
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes (--compile-mode)
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # generated kernels, or the same graphs on eager kernels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # files read as images from a folder
-EXPORT_FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # tools/export.py --format -> the file suffix it writes
+EXPORT_FORMATS = {f.name: f.suffix for f in FORMATS.values()}  # --format -> the suffix it writes (deploy/formats.py)

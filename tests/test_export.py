@@ -332,3 +332,36 @@ def test_the_nms_flags_parse():
     common = ["--weights", "w.pt", "--format", "onnx", "--output", "m.onnx"]
     assert get_args(common).with_nms and get_args([*common, "--with-nms"]).with_nms
     assert not get_args([*common, "--no-nms"]).with_nms  # the flag README and --help name
+
+
+def test_every_list_of_export_formats_comes_from_the_registry():
+    """--format's choices, the suffixes ssdfast.load/eval/detect run, the suffix each format writes, and the code
+    that writes and opens each file are read from ssdfast/deploy/formats.py: one line per format."""
+    import argparse
+
+    import export as export_tool  # tools/export.py
+
+    from ssdfast.defaults import EXPORT_FORMATS
+    from ssdfast.deploy import deployed
+    from ssdfast.deploy.formats import FORMATS, format_of, function
+
+    assert EXPORT_FORMATS == {name: entry.suffix for name, entry in FORMATS.items()}
+    assert set(deployed.SUFFIXES) == {entry.suffix for entry in FORMATS.values()}
+    captured = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def catch(self, *args, **kwargs):  # the parser the tool builds, however it builds it
+        captured["parser"] = self
+        return original(self, *args, **kwargs)
+
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        export_tool.get_args(["--weights", "w.pt", "--format", "onnx", "--output", "o.onnx"])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    choices = next(a.choices for a in captured["parser"]._actions if a.dest == "format")
+    assert sorted(choices) == sorted(FORMATS)
+    for name, entry in FORMATS.items():
+        assert format_of(f"model{entry.suffix.upper()}") is entry and deployed.is_deployed(f"m{entry.suffix}")
+        assert callable(function(entry.writer)) and callable(function(entry.opener)), name
+    assert format_of("best.pt") is None and not deployed.is_deployed("best.pt")

@@ -107,7 +107,12 @@ def test_the_benchmarks_start_model_keeps_all_but_the_renamed_class_rows(tmp_pat
     path = tmp_path / "a.pt"
     save_checkpoint(
         path,
-        {"model": source.state_dict(), "model_name": "ssdlite300_mobilenetv2", "num_classes": 3, "category_names": names},
+        {
+            "model": source.state_dict(),
+            "model_name": "ssdlite300_mobilenetv2",
+            "num_classes": 3,
+            "category_names": names,
+        },
     )
     data = finetune.second_set(tmp_path / "b", num_train=1, num_val=1)
     start = finetune.start_checkpoint(path, data, tmp_path / "start.pt", seed=0)

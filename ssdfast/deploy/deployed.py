@@ -21,21 +21,24 @@ import torch
 from torch import Tensor
 
 from ssdfast.defaults import DetectionPolicy
+from ssdfast.deploy.formats import BY_SUFFIX, format_of, function
 from ssdfast.deploy.metadata import ONNX_METADATA, PT2_METADATA, exported_policy, validate
 from ssdfast.deploy.onnx_digest import verified_model
 from ssdfast.deploy.pt2_guard import load_pt2
 from ssdfast.machinery.checkpoint import CheckpointError, head_classes
 from ssdfast.postprocess import Detections, select
 
-SUFFIXES = (".onnx", ".pt2")
+SUFFIXES = tuple(BY_SUFFIX)  # the exported files ssdfast runs (ssdfast/deploy/formats.py)
 
 
 def is_deployed(path: str | Path) -> bool:
     """Whether `path` names an exported detector (by suffix) rather than a checkpoint."""
-    return Path(path).suffix.lower() in SUFFIXES
+    return format_of(path) is not None
 
 
-def _onnx_session(path: Path, device: torch.device):
+def open_onnx(path: Path, device: torch.device):
+    """An .onnx file's (run, metadata text, {initializer: elements}): checked (onnx_digest), then one ONNX
+    Runtime session on the checked bytes; run(images) -> the file's outputs on `device`."""
     try:
         import onnx  # noqa: F401  (ssdfast.deploy.onnx_digest checks the file with it)
         import onnxruntime as ort
@@ -62,10 +65,17 @@ def _onnx_session(path: Path, device: torch.device):
         raise CheckpointError(
             f"cannot read the ONNX model {path}: {str(error).splitlines()[0]} (truncated or corrupted file?)"
         ) from error
-    return session, text, sizes
+
+    def run(images: Tensor) -> list[Tensor]:
+        feed = {"images": images.detach().float().cpu().contiguous().numpy()}
+        return [torch.from_numpy(out).to(device) for out in session.run(None, feed)]
+
+    return run, text, sizes
 
 
-def _pt2_program(path: Path, device: torch.device):
+def open_pt2(path: Path, device: torch.device):
+    """A .pt2 file's (run, metadata text, {weight: elements}): loaded through pt2_guard (nothing in it runs
+    code); run(images) -> the program's outputs on `device`."""
     from ssdfast import ops  # registers torch.ops.ssdfast.*, which the program calls
 
     if ops.LOAD_ERROR is not None:
@@ -76,7 +86,13 @@ def _pt2_program(path: Path, device: torch.device):
     sizes = {name: tensor.numel() for name, tensor in program.state_dict.items()}
     if device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
-    return program.module(), text, sizes
+    module = program.module()
+
+    def run(images: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            return list(module(images.float().to(device)))
+
+    return run, text, sizes
 
 
 def _weights_classes(sizes: dict[str, int]) -> int | None:
@@ -107,10 +123,10 @@ class Deployed:
         if not self.path.is_file():
             found_there = "is not a regular file" if self.path.exists() else "not found"
             raise CheckpointError(f"exported model {found_there}: {self.path}")
-        if self.path.suffix.lower() == ".onnx":
-            self.session, text, sizes = _onnx_session(self.path, self.device)
-        else:
-            self.program, text, sizes = _pt2_program(self.path, self.device)
+        self.format = format_of(self.path)
+        if self.format is None:
+            raise CheckpointError(f"{self.path}: not an exported model (one of {', '.join(SUFFIXES)})")
+        self._run, text, sizes = function(self.format.opener)(self.path, self.device)
         self.meta = validate(self.path, text, _weights_classes(sizes))
         self.exported = exported_policy(self.meta)
         self.policy = self._applicable(policy)
@@ -134,11 +150,7 @@ class Deployed:
 
     def raw(self, images: Tensor) -> list[Tensor]:
         """The file's outputs as they are (see ssdfast.deploy.export), on self.device."""
-        if hasattr(self, "session"):
-            feed = {"images": images.detach().float().cpu().contiguous().numpy()}
-            return [torch.from_numpy(out).to(self.device) for out in self.session.run(None, feed)]
-        with torch.no_grad():
-            return list(self.program(images.float().to(self.device)))
+        return self._run(images)
 
     def __call__(self, images: Tensor) -> Detections:
         outputs = self.raw(images)

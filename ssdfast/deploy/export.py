@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ssdfast import ops, reference
 from ssdfast.defaults import DETECTION_POLICY, DetectionPolicy
 from ssdfast.deploy import onnx_digest
+from ssdfast.deploy.formats import FORMATS, function
 from ssdfast.deploy.metadata import ONNX_METADATA, PT2_METADATA, describe, exported_policy, output_names
 from ssdfast.deploy.nms_check import match_candidates, nms_problem
 from ssdfast.deploy.onnx_nms import _onnx_translation, postprocess_onnx
@@ -73,37 +74,45 @@ def export(
 ) -> dict:
     """Write `model` (eval mode, CPU) with its post-processing (`policy`) to `path` as `fmt` ('onnx' or
     'torch-export'); batch None: dynamic batch axis. Returns the metadata stored in the file."""
-    detector = ExportedDetector(model.eval(), for_onnx=fmt == "onnx", with_nms=with_nms, policy=policy).eval()
+    spec = FORMATS[fmt]
+    detector = ExportedDetector(model.eval(), for_onnx=spec.for_onnx, with_nms=with_nms, policy=policy).eval()
     # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
     example = torch.randn(batch or 2, 3, 300, 300)
     dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
     info = describe(meta, fmt, batch=batch, with_nms=with_nms, policy=policy)
     with torch.no_grad():
-        if fmt == "onnx":
-            program = torch.onnx.export(
-                detector,
-                (example,),
-                dynamo=True,
-                opset_version=ONNX_OPSET,
-                external_data=False,
-                custom_translation_table=_onnx_translation(),
-                input_names=["images"],
-                output_names=output_names(with_nms),
-                dynamic_shapes=dynamic,
-                verbose=False,
-            )
-            program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
-            program.save(str(path))
-            onnx_digest.stamp(Path(path))
-        else:
-            program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
-            # Serialised in memory (the file's size), written by Python: torch's zip writer, given a path, turns
-            # a full disk into a C++ exception its destructor throws again, which aborts the process.
-            buffer = io.BytesIO()
-            torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(info)})
-            with open(path, "wb") as f:
-                f.write(buffer.getbuffer())
+        function(spec.writer)(detector, example, dynamic, info, with_nms, Path(path))
     return info
+
+
+def write_onnx(detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path) -> None:
+    """The detector as an .onnx file carrying `info` and its content hash (onnx_digest)."""
+    program = torch.onnx.export(
+        detector,
+        (example,),
+        dynamo=True,
+        opset_version=ONNX_OPSET,
+        external_data=False,
+        custom_translation_table=_onnx_translation(),
+        input_names=["images"],
+        output_names=output_names(with_nms),
+        dynamic_shapes=dynamic,
+        verbose=False,
+    )
+    program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
+    program.save(str(path))
+    onnx_digest.stamp(Path(path))
+
+
+def write_pt2(detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path) -> None:
+    """The detector as a torch.export .pt2 file carrying `info` (PT2_METADATA)."""
+    program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
+    # Serialised in memory (the file's size), written by Python: torch's zip writer, given a path, turns
+    # a full disk into a C++ exception its destructor throws again, which aborts the process.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(info)})
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def compare_detections(expected: Detections, got: Detections, atol: float = 1e-4, tie: float = 1e-4) -> dict:
