@@ -1,6 +1,6 @@
 """COCO-format detection dataset for the PyTorch data path (any category set).
 
-Layout (the older implementation's): DATA/annotations/instances_{split}2017.json and DATA/{split}2017/*.jpg; any other
+Layout (COCO 2017's): DATA/annotations/instances_{split}2017.json and DATA/{split}2017/*.jpg; any other
 source (explicit paths, Pascal VOC, YOLO: ssdfast.data.formats) arrives as a DataSource, the same
 in-memory COCO dict, and goes through the same checks.
 Labels: 0 = background, 1..C = the categories sorted by category id (COCO: 80).
