@@ -71,7 +71,8 @@ def test_detect_never_overwrites_one_drawing_with_another(synthetic_coco, tmp_pa
     shutil.copy(image, inputs / "a.jpg")
     cv2.imwrite(str(inputs / "a.png"), cv2.imread(str(image)))
     tool("detect", "--weights", weights, "--input", inputs, "--output", tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "a.png", "detections.json"]
+    written = ["a.jpg", "a.png", "detections.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".ssdfast-outputs.jsonl", *written]  # + the ledger
     # One image into a folder (trailing slash, folder not there yet): drawn inside it, under its own name.
     tool("detect", "--weights", weights, "--input", inputs / "a.jpg", "--output", f"{tmp_path / 'single'}/")
     assert (tmp_path / "single" / "a.jpg").is_file() and (tmp_path / "single" / "detections.json").is_file()
