@@ -300,9 +300,11 @@ def main(argv=None) -> int:
     from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import configure_cudnn, pick_device
+    from ssdfast.models.pretrained import weights_file
 
     source, output = Path(args.input), Path(args.output)
     try:
+        weights = weights_file(args.weights)  # a missing file or name is found before the inputs are read
         device = pick_device(args.device)
         configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
         stream = video_source(args.input)
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
         check_outputs(
             [*drawn, ("detections file", json_path)],
             [] if single else [("output folder", output)],
-            inputs=[("weights", args.weights)]
+            inputs=[("weights", weights)]
             + ([("input video", source)] if isinstance(source, Path) else [])
             + ([] if video else [("input image", p) for p in targets]),
             input_folders=[("input folder", source)] if not video and source.is_dir() else [],
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
             writable_folder(output, "output folder")
         # --max-det cuts each image's detections after --classes (select): the post-processing keeps its K.
         args.policy = flags.detection_policy(args, DISPLAY_POLICY, max_det_flag=False)
-        model, meta = load_detector(args.weights, device, policy=args.policy)
+        model, meta = load_detector(weights, device, policy=args.policy)
         # The detector keeps weaker detections too, and args.cut drops them: a run that draws nothing
         # can then say what the best one scored.
         detector = keeping_weaker(as_detector(model, policy=args.policy))

@@ -91,12 +91,18 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise CheckpointError(str(error)) from error
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint dict safely (see the module docstring). Raises CheckpointError naming the file."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """`path` when it is a regular file; else CheckpointError naming it (checked before any other work)."""
     path = Path(path)
     if not path.is_file():
         found_there = "is not a regular file" if path.exists() else "not found"
         raise CheckpointError(f"checkpoint {found_there}: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint dict safely (see the module docstring). Raises CheckpointError naming the file."""
+    path = existing_checkpoint(path)
     data = path.read_bytes()
     if data.startswith(ZIP_MAGIC) or zipfile.is_zipfile(io.BytesIO(data)):  # torch's test for its format, or Python's
         try:

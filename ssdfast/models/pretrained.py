@@ -124,6 +124,14 @@ def resolve(weights, kind: str = "detector"):
     return fetch_named(_of_kind(PRETRAINED[str(weights)], kind))
 
 
+def weights_file(weights, kind: str = "detector") -> Path:
+    """resolve(), then the file must be there: the tools call it before any other work, so that a missing
+    file or a name that cannot be had is found before the dataset loads. CheckpointError otherwise."""
+    from ssdfast.machinery.checkpoint import existing_checkpoint
+
+    return existing_checkpoint(resolve(weights, kind))
+
+
 def resolve_backbone(weights, model: ModelEntry) -> Path | None:
     """The backbone weights file for `model` (a registry entry): None for 'none' (random init); 'imagenet' and
     the backbone names, their checked file in the cache; a path, itself. FileNotFoundError for a path that

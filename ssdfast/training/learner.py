@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ssdfast.models import build_model
+from ssdfast.models.pretrained import resolve_backbone, weights_file
+from ssdfast.models.registry import MODELS
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.finetune import load_source, transfer_weights
 from ssdfast.training.optimizer import LrSchedule, build_optimizer, scaled_lr
@@ -69,6 +71,16 @@ class Learner:
             lr_schedule=LrSchedule(base_lr, schedule.multistep, schedule.warmup),
             step=step,
         )
+
+
+def fetch_starting_point(config: TrainConfig) -> None:
+    """Find the --weights file, or the --backbone-weights one (downloaded once and checked, when named: see
+    ssdfast/models/pretrained.py), before the data loads: a missing file costs a second, not the data's
+    loading time. fresh_model() finds it again from the cache (its sha256 is checked at every use)."""
+    if config.model.weights:
+        weights_file(config.model.weights)
+    else:
+        resolve_backbone(config.model.backbone_weights, MODELS[config.model.model])
 
 
 def fresh_model(config: TrainConfig, num_classes: int, category_names: list[str], say: bool) -> nn.Module:

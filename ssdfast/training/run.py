@@ -27,7 +27,7 @@ from ssdfast.machinery.runtime import host_sync_point
 from ssdfast.training import pictures, recipe, run_report
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.epoch import EpochProgress, NonFiniteLossError, train_one_epoch
-from ssdfast.training.learner import Learner
+from ssdfast.training.learner import Learner, fetch_starting_point
 from ssdfast.training.lock import hold_save_folder
 from ssdfast.training.placement import Placement
 from ssdfast.training.run_data import RunData
@@ -57,6 +57,7 @@ class TrainingRun:
             writable_folder(config.save_folder, "save folder")
             writable_folder(config.tensorboard_folder, "TensorBoard folder")
             hold_save_folder(config.save_folder)
+        fetch_starting_point(config)  # the weights, before the data (which can take a minute to load)
         data = RunData.load(config, placement)
         learner = Learner.build(config, placement, list(data.info.category_names))
         state = RunState.resume(config, placement, learner, data.info)
