@@ -109,3 +109,15 @@ def test_the_demo_ap_range_in_the_readme_and_quality_page_is_the_results_files()
     low, high = ap50.split("-")
     assert f"**AP50 between about {low} and {high}** (AP {ap})" in " ".join(quality.split())
     assert "(128 steps) AP50\n" not in quality  # the sentence cut off mid-way
+
+
+def test_a_stopped_demo_says_how_to_resume_and_a_failed_step_says_it_failed(monkeypatch):
+    import demo  # tools/demo.py (on pytest's path: pyproject.toml)
+
+    from ssdfast.machinery.exit_codes import EXIT_ERROR, EXIT_STOPPED
+
+    for code, expected in [(EXIT_STOPPED, "run `make demo` again to resume"), (EXIT_ERROR, "step failed (exit 1)")]:
+        monkeypatch.setattr(demo.subprocess, "run", lambda cmd, cwd, code=code: subprocess.CompletedProcess(cmd, code))
+        with pytest.raises(SystemExit) as stopped:
+            demo.run(["python", "tools/train.py"])
+        assert expected in str(stopped.value.code), stopped.value.code

@@ -308,6 +308,9 @@ def test_the_fine_tuning_recipe_comes_with_weights_only_and_a_given_flag_wins():
     assert "epochs 65 (given), batch 16 (given), lr 0.01 for 32 images (given), warmup 0 iterations (given)" in (
         given.recipe_line
     )
+    assert given.recipe_line.startswith("recipe: fine-tune (--weights): ")  # --multistep was not given
+    every = config_of("--epochs", 20, "--batch-size", 16, "--lr", 0.01, "--warmup", 0, "--multistep", 5, 9)
+    assert every.recipe_line.startswith("recipe: your own: epochs 20 (given)"), every.recipe_line
     assert recipe_of(config_of("--weights", "w.pt", "--epochs", 10)) == (10, 8, 1.3e-3, 50, (7, 8))
     # Only --weights chooses it: --backbone-weights starts a detector from scratch.
     assert recipe_of(config_of("--backbone-weights", "none")) == (65, 32, 2.6e-3, 0, (43, 54))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ssdfast import flag_types as flags
-from ssdfast.machinery.exit_codes import EXIT_ERROR
+from ssdfast.machinery.exit_codes import EXIT_ERROR, EXIT_STOPPED
 from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, train_command, write_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(cmd: list[str]) -> None:
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode == EXIT_STOPPED:  # stopped after writing last.pt: `make demo` again goes on from there
+        sys.exit(f"demo: stopped; last.pt is saved: run `make demo` again to resume ({shlex.join(cmd)})")
     if result.returncode != 0:
         sys.exit(f"demo: step failed (exit {result.returncode}): {shlex.join(cmd)}")
 

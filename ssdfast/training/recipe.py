@@ -74,7 +74,8 @@ def choose(given: dict, fine_tune: bool) -> tuple[dict, str]:
             shown("multistep", f"lr x0.1 at epochs {drops}" if drops else "no lr drop"),
         ]
     )
-    return values, f"recipe: {recipe.name}: {line}"
+    every_flag_given = all(given.get(name) is not None for name in RECIPE_FLAGS)
+    return values, f"recipe: {'your own' if every_flag_given else recipe.name}: {line}"
 
 
 def short_run_warning(epochs: int, steps_per_epoch: int, global_batch: int, images: int) -> str | None:
