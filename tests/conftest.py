@@ -13,7 +13,8 @@ Fixtures
                    runs each such test once per seed.
 Helpers (`from conftest import ...`)
   tool(name, *args, check=True, prefix=(), env=None)
-                                              runs tools/<name>.py in a subprocess (env: variables to add);
+                                              runs tools/<name>.py in its own process (env: variables to
+                                              add), forked from one with PyTorch imported (tool_server.py);
                                               train_args(...), resume_args(...): tools/train.py's flags for
                                               the runs above (a flag given again in *extra wins: argparse)
   shared_once(tmp_path_factory, name, build)  a folder built once for the whole run, xdist workers included
@@ -25,13 +26,19 @@ computes with one thread, so two workers share 2 cores without oversubscription;
 that take more than a few seconds go through shared_once, so the workers build them once between them.
 """
 
+import atexit
 import fcntl
+import json
 import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -66,13 +73,70 @@ def grid_boxes(n: int, generator: torch.Generator, cells: int = 4, device="cpu")
 
 def tool(name, *args, check=True, prefix=(), env=None):
     """tools/<name>.py run as a user runs it (its own process): the CompletedProcess, text output.
-    env: environment variables to set for it, on top of this process's."""
+    env: environment variables to set for it, on top of this process's. Without a prefix (torchrun), the
+    process is forked from one that has PyTorch imported already (tests/tool_server.py)."""
     cmd = [*(prefix or [sys.executable]), str(ROOT / "tools" / f"{name}.py"), *map(str, args)]
-    environment = {**os.environ, **env} if env else None
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment)
+    environment = {**os.environ, **(env or {})}
+    if prefix or not TOOL_SERVER.usable():
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment)
+    else:
+        result = TOOL_SERVER.run(cmd[1:], environment, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+class ToolServer:
+    """This process's tests/tool_server.py, started at the first run (SSDFAST_TEST_FORK=0: plain subprocesses)."""
+
+    def __init__(self):
+        self.process = None
+        self.refused = os.environ.get("SSDFAST_TEST_FORK") == "0"
+
+    def usable(self) -> bool:
+        if self.refused:
+            return False
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "tool_server.py")],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+            reply = json.loads(self.process.stdout.readline() or '{"refused": "it exited"}')
+            if "refused" in reply:
+                warnings.warn(
+                    f"tests/tool_server.py refused ({reply['refused']}): tools run as plain subprocesses", stacklevel=2
+                )
+                self.refused = True
+                return False
+        return True
+
+    def run(self, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"argv": argv, "cwd": str(ROOT), "env": env, "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            pid = json.loads(self.process.stdout.readline())["pid"]
+            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            code = json.loads(self.process.stdout.readline())["returncode"]
+            if not ready:
+                raise subprocess.TimeoutExpired(argv, timeout)
+            read = lambda path: path.read_bytes().decode("utf-8", errors="replace")  # noqa: E731
+            return subprocess.CompletedProcess([sys.executable, *argv], code, read(out), read(err))
+
+    def close(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+TOOL_SERVER = ToolServer()
+atexit.register(TOOL_SERVER.close)
 
 
 def train_args(data, folder, epochs, *extra):

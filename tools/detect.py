@@ -304,7 +304,6 @@ def main(argv=None) -> int:
 
     source, output = Path(args.input), Path(args.output)
     try:
-        weights = weights_file(args.weights)  # a missing file or name is found before the inputs are read
         device = pick_device(args.device)
         configure_cudnn(device, not args.no_cudnn_benchmark)  # every frame is resized to the same input size
         stream = video_source(args.input)
@@ -312,6 +311,8 @@ def main(argv=None) -> int:
         source = source if stream is None else stream
         if video:
             check_video_output(source, output)
+        weights = weights_file(args.weights)  # a missing file or name is found before the images are listed
+        if video:
             json_path, single = sidecar(output, True), True
             drawn = [("output video", output)]
         else:
