@@ -70,7 +70,8 @@ def int8_data(
             f"the calibration (train) and validation (val) images share {len(shared)} file(s), e.g. "
             f"{sorted(shared)[0]}: the AP check needs images the calibration has not seen"
         )
-    batches = [batch.images for batch in _subset(train, calibrate) if len(batch.images)]
+    # normalised as the file's input contract says (the loader gives uint8; Batch.to normalises)
+    batches = [batch.to("cpu").images for batch in _subset(train, calibrate) if len(batch.images)]
     if not batches:
         raise ValueError(f"no readable training image in {data_path} to calibrate with")
     return Int8Data(batches, _subset(val, check))

@@ -1,11 +1,12 @@
 """INT8 of an ONNX graph: ONNX Runtime's static QDQ quantization (``onnxruntime.quantization.quantize_static``)
 of the network's nodes only, the backbone and the heads.
 
-Which nodes: those the exporter scoped under the ExportedDetector's ``model`` attribute (``NETWORK_SCOPE``;
-OpenVINO's NNCF quantization takes the same list, ``ssdfast.deploy.openvino_file``). Box decoding,
-softmax, top-k and NMS stay float32: their inputs span a few units at most, and 8 bits on a box offset
-move a box by up to 1/256 of its size, which costs AP75 at no gain in speed (they are a small part of
-the time). Weights are quantized per output channel (int8), activations per tensor (uint8, MinMax over
+Which nodes: those the exporter scoped under a submodule of the ExportedDetector's ``model`` attribute
+(``NETWORK_SCOPE``: backbone, extra blocks, heads; OpenVINO's NNCF quantization takes the same list,
+``ssdfast.deploy.openvino_file``). The heads' outputs stay float32 from there on: the reshapes and
+concatenations of the SSD's own forward, box decoding, softmax, top-k and NMS: the concatenated class
+logits would share one per-tensor range across all heads, 8 bits on a box offset move a box by up to
+1/256 of its size (AP75), and these steps are a small part of the time. Weights are quantized per output channel (int8), activations per tensor (uint8, MinMax over
 the calibration images).
 """
 
@@ -23,11 +24,13 @@ _NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # the exporter's per-node record of
 
 
 def network_nodes(model) -> list[str]:
-    """Names of the nodes of `model` (onnx.ModelProto) that compute the network (backbone and heads)."""
+    """Names of the nodes of `model` (onnx.ModelProto) inside the network's submodules (backbone, extra
+    blocks, heads): scopes ['', 'model', 'model.<submodule>', ...]."""
     names = []
     for node in model.graph.node:
         scopes = {prop.key: prop.value for prop in node.metadata_props}.get(_NAME_SCOPES)
-        if scopes and ast.literal_eval(scopes)[1:2] == [NETWORK_SCOPE]:
+        scopes = ast.literal_eval(scopes) if scopes else []
+        if scopes[1:2] == [NETWORK_SCOPE] and scopes[2:3] and scopes[2].startswith(NETWORK_SCOPE + "."):
             names.append(node.name)
     return names
 
