@@ -3,6 +3,7 @@
     python benchmarks/report.py benchmarks/results/latest.json
     python benchmarks/report.py part1.json part2.json --checks checks.json    # what tools/gpu_check.py does
     python benchmarks/report.py export.json --name export-cpu-2-cores       # docs/deploy.md's table
+    python benchmarks/report.py edge.json --name edge-cpu-2-cores           # docs/deploy.md's formats table
 
 Ratios compare candidates with their group's baseline from the same run (same machine, same process).
 docs/speed.md's table (between the bench markers) and docs/deploy.md's (between the export-bench markers) are
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 EXPORT_START, EXPORT_END = "<!-- export-bench:start -->", "<!-- export-bench:end -->"
+EDGE_START, EDGE_END = "<!-- edge-bench:start -->", "<!-- edge-bench:end -->"
 
 
 def machine_name(info: dict) -> str:
@@ -110,6 +112,9 @@ def summarise(raw: dict) -> dict:
                     "speedup_vs_baseline": base["stats"]["median"] / median if base else None,
                     "pct_of_bf16_peak": 100 * flop * items / median / peak if flop and peak else None,
                     "work": b["extra_info"].get("work"),
+                    # benchmarks/test_bench_edge.py: COCO AP of the file, and of the float model, on the same images
+                    "ap": b["extra_info"].get("ap"),
+                    "ap_float": b["extra_info"].get("ap_float"),
                 }
             )  # what one call computes (roofline-style note)
         out.append({"group": group, "baseline": base["name"] if base else None, "rows": rows})
@@ -124,7 +129,11 @@ def table(result: dict) -> str:
         + (f", commit {m['commit']}" if m.get("commit") else "")
         + (f". {m['note']}" if m.get("note") else ""),
         "",
-        "| benchmark | implementation | median | throughput | vs baseline | % of bf16 peak |",
+    ]
+    with_ap = any(row.get("ap") is not None for group in result["groups"] for row in group["rows"])
+    last = "AP (float model)" if with_ap else "% of bf16 peak"
+    lines += [
+        f"| benchmark | implementation | median | throughput | vs baseline | {last} |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for group in result["groups"]:
@@ -138,6 +147,8 @@ def table(result: dict) -> str:
             median = row["median_s"]
             shown = f"{median * 1e3:.2f} ms" if median < 1 else f"{median:.2f} s"
             pct = f"{row['pct_of_bf16_peak']:.1f}%" if row.get("pct_of_bf16_peak") else ""
+            if with_ap:
+                pct = f"{row['ap']:.3f} ({row['ap_float']:.3f})" if row.get("ap") is not None else ""
             lines.append(f"| {group['group']} | {row['name']} | {shown} | {thr} | {ratio} | {pct} |")
         work = next((row["work"] for row in group["rows"] if row.get("work")), None)
         if work:
@@ -164,20 +175,27 @@ def fill_between(text: str, start: str, end: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-# results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) go to docs/deploy.md,
-# the others to docs/speed.md: (start marker, end marker, export results?, page).
+# results/export-*.json (benchmarks/test_bench_export.py, `--name export-<machine>`) and results/edge-*.json
+# (benchmarks/test_bench_edge.py, `--name edge-<machine>`) go to docs/deploy.md, the others to docs/speed.md:
+# (start marker, end marker, results name prefix ("": none of the others), page).
 PAGES = [
-    (START, END, False, ROOT / "docs" / "speed.md"),
-    (EXPORT_START, EXPORT_END, True, ROOT / "docs" / "deploy.md"),
+    (START, END, "", ROOT / "docs" / "speed.md"),
+    (EXPORT_START, EXPORT_END, "export-", ROOT / "docs" / "deploy.md"),
+    (EDGE_START, EDGE_END, "edge-", ROOT / "docs" / "deploy.md"),
 ]
+PREFIXES = [prefix for *_, prefix, _ in PAGES if prefix]
 
 
-def tables(export: bool) -> str:
-    """The tables of every results file of one page (export results or the others), as the page shows them."""
+def _kind(name: str) -> str:
+    return next((prefix for prefix in PREFIXES if name.startswith(prefix)), "")
+
+
+def tables(prefix: str) -> str:
+    """The tables of every results file whose name starts with `prefix` ("": of no other page), as the page shows them."""
     results = [
         json.loads(p.read_text())
         for p in sorted(RESULTS.glob("*.json"))
-        if p.name != "latest.json" and p.name.startswith("export-") == export
+        if p.name != "latest.json" and _kind(p.name) == prefix
     ]
     # quality.py and finetune.py write results of another kind (no groups), with tables of their own.
     return "\n\n".join(table(result) for result in results if "groups" in result)
@@ -210,11 +228,11 @@ def main(argv: list[str]) -> int:
     target = RESULTS / f"{args.name or machine_name(result['machine'])}.json"
     target.write_text(json.dumps(result, indent=1))
     print(f"wrote {target}")
-    for start, end, export, page in PAGES:
+    for start, end, prefix, page in PAGES:
         text = page.read_text()
         if start in text and end in text:
-            page.write_text(fill_between(text, start, end, tables(export)))
-            print(f"updated the {'export' if export else 'speed'} table in {page}")
+            page.write_text(fill_between(text, start, end, tables(prefix)))
+            print(f"updated the {prefix or 'speed '}table in {page}")
     print(table(result))
     return 0
 

@@ -36,6 +36,7 @@ from ssdfast.machinery.outputs import (
     OutputError,
     atomic_output,
     check_outputs,
+    run_inputs,
     writable_file,
     writable_folder,
     write_json_atomic,
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
         check_outputs(
             [*drawn, ("detections file", json_path)],
             [] if single else [("output folder", output)],
-            inputs=[("weights", weights)]
+            inputs=run_inputs(weights=[weights])["inputs"]
             + ([("input video", source)] if isinstance(source, Path) else [])
             + ([] if video else [("input image", p) for p in targets]),
             input_folders=[("input folder", source)] if not video and source.is_dir() else [],

@@ -1,7 +1,8 @@
 """Run an exported detector like a checkpoint: ``.onnx`` through ONNX Runtime, ``.pt2`` through
-torch.export.load. Normalised images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py
-and tools/detect.py measure and use exactly the file that is shipped (chosen by the weights' suffix).
-A .pt2 is loaded only if it cannot run code (``ssdfast.deploy.pt2_guard``).
+torch.export.load, the other formats of ``ssdfast.deploy.formats`` through their own runtimes. Normalised
+images [B, 3, 300, 300] in, ssdfast ``Detections`` out, so tools/eval.py and tools/detect.py measure and
+use exactly the file that is shipped (chosen by the weights' suffix). A .pt2 is loaded only if it cannot
+run code (``ssdfast.deploy.pt2_guard``); every file's integrity is checked before it runs.
 
 A file exported with NMS has its thresholds inside the graph: a higher score threshold can still be
 applied afterwards (NMS visits boxes by decreasing score, so dropping weaker ones later changes
@@ -13,6 +14,8 @@ the file's own either way (a caller who wants fewer detections cuts the sorted r
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ssdfast.defaults import DetectionPolicy
-from ssdfast.deploy.formats import BY_SUFFIX, format_of, function
+from ssdfast.deploy.formats import BY_SUFFIX, format_of, function, missing
 from ssdfast.deploy.metadata import ONNX_METADATA, PT2_METADATA, exported_policy, validate
 from ssdfast.deploy.onnx_digest import verified_model
 from ssdfast.deploy.pt2_guard import load_pt2
@@ -37,15 +40,11 @@ def is_deployed(path: str | Path) -> bool:
 
 
 def open_onnx(path: Path, device: torch.device):
-    """An .onnx file's (run, metadata text, {initializer: elements}): checked (onnx_digest), then one ONNX
-    Runtime session on the checked bytes; run(images) -> the file's outputs on `device`."""
-    try:
-        import onnx  # noqa: F401  (ssdfast.deploy.onnx_digest checks the file with it)
-        import onnxruntime as ort
-    except ImportError as error:
-        raise CheckpointError(
-            f"{path} is an ONNX model: running it needs onnx and onnxruntime (make install EXTRAS=export)"
-        ) from error
+    """An .onnx file's (run, metadata text, class count of its weights): checked (onnx_digest), then one ONNX
+    Runtime session on the checked bytes; run(images) -> the file's outputs on `device`. An INT8 file's
+    quantized initializers are read under their float names (NAME_quantized: NAME)."""
+    import onnxruntime as ort
+
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -57,7 +56,7 @@ def open_onnx(path: Path, device: torch.device):
     data = path.read_bytes()  # read once: the bytes checked are the bytes run
     model = verified_model(path, data)
     text = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA), None)
-    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    sizes = {init.name.removesuffix("_quantized"): math.prod(init.dims) for init in model.graph.initializer}
     del model
     try:
         session = ort.InferenceSession(data, providers=providers)
@@ -70,11 +69,27 @@ def open_onnx(path: Path, device: torch.device):
         feed = {"images": images.detach().float().cpu().contiguous().numpy()}
         return [torch.from_numpy(out).to(device) for out in session.run(None, feed)]
 
-    return run, text, sizes
+    return run, text, weights_classes(sizes)
+
+
+def companion_bytes(path: Path, suffix: str) -> bytes:
+    """The bytes of the file that belongs to the exported model `path` (OpenVINO's .bin): the regular file
+    beside it with its stem and `suffix`, never a link (a file handed to ssdfast reads nothing outside its
+    folder). CheckpointError naming it otherwise."""
+    companion = path.with_suffix(suffix)
+    must = f"{path} needs {companion.name} beside it, a regular file (not a link)"
+    try:
+        fd = os.open(companion, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise CheckpointError(f"{must}: {error.strerror or error}") from error
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CheckpointError(f"{must}: it is not a regular file")
+        return f.read()
 
 
 def open_pt2(path: Path, device: torch.device):
-    """A .pt2 file's (run, metadata text, {weight: elements}): loaded through pt2_guard (nothing in it runs
+    """A .pt2 file's (run, metadata text, class count of its weights): loaded through pt2_guard (nothing in it runs
     code); run(images) -> the program's outputs on `device`."""
     from ssdfast import ops  # registers torch.ops.ssdfast.*, which the program calls
 
@@ -92,10 +107,10 @@ def open_pt2(path: Path, device: torch.device):
         with torch.no_grad():
             return list(module(images.float().to(device)))
 
-    return run, text, sizes
+    return run, text, weights_classes(sizes)
 
 
-def _weights_classes(sizes: dict[str, int]) -> int | None:
+def weights_classes(sizes: dict[str, int]) -> int | None:
     """The class count of an exported detector's class heads, from {weight name: number of elements}
     (the export names them model.<name in the PyTorch model>); None where the names do not say."""
     try:
@@ -126,8 +141,11 @@ class Deployed:
         self.format = format_of(self.path)
         if self.format is None:
             raise CheckpointError(f"{self.path}: not an exported model (one of {', '.join(SUFFIXES)})")
-        self._run, text, sizes = function(self.format.opener)(self.path, self.device)
-        self.meta = validate(self.path, text, _weights_classes(sizes))
+        absent = missing(self.format, f"{self.path} is a {self.format.name} model: running it")
+        if absent:
+            raise CheckpointError(absent)
+        self._run, text, classes = function(self.format.opener)(self.path, self.device)
+        self.meta = validate(self.path, text, classes)
         self.exported = exported_policy(self.meta)
         self.policy = self._applicable(policy)
 

@@ -1,4 +1,5 @@
-"""Export a trained detector (model + post-processing) to ONNX or a torch.export ``.pt2``, and check it.
+"""Export a trained detector (model + post-processing) to a file of one of the export formats
+(``ssdfast.deploy.formats``: ONNX, a torch.export ``.pt2``, OpenVINO IR, ExecuTorch), and check it.
 
 What is exported, ``ExportedDetector``: images float32 [B, 3, 300, 300], RGB resized to 300x300 and
 normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet mean) / std), ->
@@ -8,10 +9,12 @@ normalised as ``ssdfast.data.transforms.to_tensor`` does ((x / 255 - ImageNet me
                dropped): the input of an NMS stage of one's own (e.g. TensorRT's EfficientNMS).
 ONNX runs NMS as the standard NonMaxSuppression operator (``ssdfast.deploy.onnx_nms``); the ``.pt2`` holds the
 ssdfast ops themselves (their fake kernels trace them), so loading it needs the extension ssdfast._C.
+OpenVINO IR is converted from that ONNX graph; an ExecuTorch file holds no NMS (XNNPACK has none).
 Boxes are decoded with the model's own box coding (``model.anchor_spec.variances``), detections kept by a
 ``DetectionPolicy``. The artifact carries its metadata (``ssdfast.deploy.metadata``): model, categories,
-the policy; an
-.onnx also its content hash (``ssdfast.deploy.onnx_digest``).
+the policy, the precision; and a digest of its content checked at load (``ssdfast.deploy.onnx_digest``,
+``ssdfast.deploy.stamped_digest``). INT8 (``calibration``): the network only, quantized by the format's
+own tool; decode and NMS stay float32 (``ssdfast.deploy.onnx_int8``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from ssdfast.deploy.onnx_nms import _onnx_translation, postprocess_onnx
 from ssdfast.postprocess import Detections, decode_scores, postprocess, select
 
 ONNX_OPSET = 18  # the dynamo exporter's own opset (NonMaxSuppression exists since 10); onnx_nms uses opset18
-MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
 
 
 class ExportedDetector(nn.Module):
@@ -71,22 +73,29 @@ def export(
     batch: int | None,
     with_nms: bool,
     policy: DetectionPolicy = DETECTION_POLICY,
+    calibration: list[Tensor] | None = None,
 ) -> dict:
-    """Write `model` (eval mode, CPU) with its post-processing (`policy`) to `path` as `fmt` ('onnx' or
-    'torch-export'); batch None: dynamic batch axis. Returns the metadata stored in the file."""
+    """Write `model` (eval mode, CPU) with its post-processing (`policy`) to `path` as `fmt` (a name in
+    ssdfast.deploy.formats; its companion files beside it); batch None: dynamic batch axis; calibration:
+    None (float32) or normalised image batches [b, 3, 300, 300] to quantize the network to INT8 with.
+    A format without NMS inside is written without. Returns the metadata stored in the file."""
     spec = FORMATS[fmt]
+    if calibration is not None and not spec.int8:
+        raise ValueError(f"the {fmt} format has no INT8 variant")
+    with_nms = with_nms and spec.nms_inside
     detector = ExportedDetector(model.eval(), for_onnx=spec.for_onnx, with_nms=with_nms, policy=policy).eval()
     # A dynamic axis is traced at 2: torch.export specialises sizes 0 and 1.
     example = torch.randn(batch or 2, 3, 300, 300)
-    dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if batch is None else None
-    info = describe(meta, fmt, batch=batch, with_nms=with_nms, policy=policy)
+    dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=spec.max_batch)}} if batch is None else None
+    precision = "float32" if calibration is None else "int8"
+    info = describe(meta, fmt, batch=batch, with_nms=with_nms, policy=policy, precision=precision)
     with torch.no_grad():
-        function(spec.writer)(detector, example, dynamic, info, with_nms, Path(path))
+        function(spec.writer)(detector, example, dynamic, info, with_nms, Path(path), calibration)
     return info
 
 
-def write_onnx(detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path) -> None:
-    """The detector as an .onnx file carrying `info` and its content hash (onnx_digest)."""
+def trace_onnx(detector: nn.Module, example: Tensor, dynamic, with_nms: bool, path: Path) -> None:
+    """The detector (plain ops) as ONNX at `path`, without ssdfast's metadata or hash."""
     program = torch.onnx.export(
         detector,
         (example,),
@@ -99,13 +108,37 @@ def write_onnx(detector: nn.Module, example: Tensor, dynamic, info: dict, with_n
         dynamic_shapes=dynamic,
         verbose=False,
     )
-    program.model.metadata_props[ONNX_METADATA] = json.dumps(info)
     program.save(str(path))
-    onnx_digest.stamp(Path(path))
 
 
-def write_pt2(detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path) -> None:
-    """The detector as a torch.export .pt2 file carrying `info` (PT2_METADATA)."""
+def write_onnx(
+    detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path, calibration=None
+) -> None:
+    """The detector as an .onnx file carrying `info` and its content hash (onnx_digest); calibration: the
+    batches of ONNX Runtime's static INT8 quantization of the network (onnx_int8), or None."""
+    import onnx
+
+    if calibration is None:
+        trace_onnx(detector, example, dynamic, with_nms, path)
+    else:
+        from ssdfast.deploy.onnx_int8 import quantize
+
+        float_path = path.with_suffix(".float")  # a temporary's name: a killed run's is cleared as the file's
+        try:
+            trace_onnx(detector, example, dynamic, with_nms, float_path)
+            quantize(float_path, path, calibration)
+        finally:
+            float_path.unlink(missing_ok=True)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {ONNX_METADATA: json.dumps(info)})
+    onnx.save(model, str(path))
+    onnx_digest.stamp(path)
+
+
+def write_pt2(
+    detector: nn.Module, example: Tensor, dynamic, info: dict, with_nms: bool, path: Path, calibration=None
+) -> None:
+    """The detector as a torch.export .pt2 file carrying `info` (PT2_METADATA); no INT8 variant."""
     program = torch.export.export(detector, (example,), dynamic_shapes=dynamic)
     # Serialised in memory (the file's size), written by Python: torch's zip writer, given a path, turns
     # a full disk into a C++ exception its destructor throws again, which aborts the process.

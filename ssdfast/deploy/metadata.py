@@ -1,7 +1,8 @@
 """What an exported file says about itself: written by ``ssdfast.deploy.export``, checked by ``ssdfast.deploy.deployed``.
 
 The metadata is one JSON object (the ``.pt2`` extra file ``ssdfast.json``, the ``.onnx`` metadata_props
-key ``ssdfast``). Loading validates every key that is used (type and range; the model's keys by
+key ``ssdfast``, an OpenVINO ``.xml``'s rt_info ``ssdfast/metadata``, a ``.pte``'s constant method
+``ssdfast_metadata``). Loading validates every key that is used (type and range; the model's keys by
 ``ssdfast.machinery.model_metadata.MODEL_RULES``, as a checkpoint's), so an edited or foreign file fails
 with one ExportMetadataError naming the key, not a KeyError deep inside a tool. The
 post-processing is stored under the keys files have always had (score_threshold, nms_threshold, max_det;
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ssdfast.defaults import DETECTION_POLICY, EXPORT_FORMATS, POLICY_NAMES, POLICY_RANGES, DetectionPolicy
+from ssdfast.deploy.formats import FORMATS
 from ssdfast.flag_types import MAX_DETECTIONS
 from ssdfast.machinery.checkpoint import CheckpointError
 from ssdfast.machinery.model_metadata import MODEL_RULES, found
@@ -24,6 +26,7 @@ ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
 # The post-processing's metadata keys are defaults.POLICY_NAMES; topk_per_class may be missing (files
 # written before it was stored).
 OPTIONAL_POLICY_KEYS = {"topk_per_class"}
+PRECISIONS = ("float32", "int8")  # the network's ("precision"; missing in files written before INT8: float32)
 
 
 class ExportMetadataError(CheckpointError):
@@ -41,10 +44,13 @@ def describe(
     batch: int | None,
     with_nms: bool,
     policy: DetectionPolicy,
+    precision: str = "float32",
 ) -> dict:
-    """The metadata stored in a file exported as `fmt` with `policy` from a model with checkpoint metadata `meta`."""
+    """The metadata stored in a file exported as `fmt` with `policy` from a model with checkpoint metadata
+    `meta`; precision: the network's, "float32" or "int8" (the post-processing is float32 in both)."""
     return {
         "format": fmt,
+        "precision": precision,
         "model_name": meta["model_name"],
         "num_classes": meta["num_classes"],
         "category_names": meta["category_names"],
@@ -92,6 +98,7 @@ def _policy_checks(info: dict) -> dict:
 
 def _problems(info: dict, suffix: str, head_classes: int | None):
     """(key, what it must be) for each invalid key of `info`, in a fixed order."""
+    fmt = next((f for f in FORMATS.values() if f.name == info.get("format")), None)
     checks = {
         "format": (
             isinstance(info.get("format"), str)
@@ -99,8 +106,16 @@ def _problems(info: dict, suffix: str, head_classes: int | None):
             and EXPORT_FORMATS[info["format"]] == suffix,
             f"the format of a {suffix} file",
         ),
+        "precision": (
+            info.get("precision", "float32") in PRECISIONS
+            and (info.get("precision") != "int8" or (fmt is not None and fmt.int8)),
+            f"one of {', '.join(PRECISIONS)} (int8 only for a format with INT8)",
+        ),
         **_model_checks(info, head_classes),
-        "with_nms": (isinstance(info.get("with_nms"), bool), "true or false"),
+        "with_nms": (
+            isinstance(info.get("with_nms"), bool) and (not info["with_nms"] or fmt is None or fmt.nms_inside),
+            "true or false (false for a format without NMS inside)",
+        ),
         **_policy_checks(info),
         "batch": (info.get("batch") == "dynamic" or _is_int(info.get("batch")), "'dynamic' or an integer >= 1"),
         "outputs": (info.get("outputs") == output_names(info.get("with_nms") is True), "the outputs with_nms implies"),

@@ -372,10 +372,14 @@ def check_outputs(
 
 
 def run_inputs(*, weights=(), data_path=None, annotations=(), image_folders=()) -> dict[str, list]:
-    """A run's inputs as check_outputs takes them (inputs=, input_folders=): weight files, the dataset
-    (--data-path: a folder, or a data.yaml and its folder), annotation files and image folders; None
-    entries (flags not given) and names that are not files (imagenet, none) drop out there."""
-    inputs = [("weights", w) for w in weights] + [("annotation file", a) for a in annotations]
+    """A run's inputs as check_outputs takes them (inputs=, input_folders=): weight files (an exported
+    model's with the files that belong to it: OpenVINO's .bin), the dataset (--data-path: a folder, or a
+    data.yaml and its folder), annotation files and image folders; None entries (flags not given) and
+    names that are not files (imagenet, none) drop out there."""
+    from ssdfast.deploy.formats import format_of  # torch-free: the formats' files
+
+    weight_files = [f for w in weights for f in (format_of(w).files(w) if w and format_of(w) else [w])]
+    inputs = [("weights", w) for w in weight_files] + [("annotation file", a) for a in annotations]
     folders = [("image folder", f) for f in image_folders]
     if data_path is not None:
         path = Path(data_path)
@@ -398,22 +402,56 @@ def write_together(files: list[tuple[str | Path, str, bytes]]) -> None:
     goes. A stop before the note leaves the previous files (temporaries that the next check_outputs
     clears), a stop after it a note that the next check_outputs completes: the previous set or the new
     one, never a file deleted first. Failures before the note raise OutputError; nothing changed."""
-    files = [(Path(p), what, data) for p, what, data in files]
+
+    def fill(tmp: Path, data: bytes) -> None:
+        tmp.write_bytes(data)
+
+    _together([(Path(p), what, len(data), data) for p, what, data in files], fill)
+
+
+@contextmanager
+def atomic_outputs(paths: list[str | Path], what: str) -> Iterator[list[Path]]:
+    """atomic_output for a file and the files that belong to it (OpenVINO's .xml and its .bin), claimed:
+    yields their temporaries, the first beside paths[0] with its suffix (.NAME.RANDOM.tmp.SUFFIX), the
+    others named as the first with their own suffix (a runtime finds them by that name). When the block
+    ends normally they replace `paths` as one (write_together's commit note); on failure none is left."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        with atomic_output(paths[0], what, keep_suffix=True, claim=True) as tmp:
+            yield [tmp]
+        return
+    first = _temporary(paths[0], what, 0, keep_suffix=True)
+    temporaries = [first, *(first.with_suffix(p.suffix) for p in paths[1:])]
+    try:
+        yield temporaries
+        _together([(p, what, 0, tmp) for p, tmp in zip(paths, temporaries)], lambda tmp, done: os.replace(done, tmp))
+    except BaseException as error:
+        if _is_write_failure(error):
+            raise _write_error(paths[0], what, error, 0) from error
+        raise
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+
+
+def _together(files: list[tuple[Path, str, int, object]], fill: Callable[[Path, object], None]) -> None:
+    """write_together's steps for [(path, what, bytes needed, content)]: fill(temporary, content) makes each
+    temporary (writes the bytes, or moves a finished file in), then seal and claim, the note, the renames."""
     folder = files[0][0].parent
-    if any(p.parent != folder for p, _, _ in files):
+    if any(p.parent != folder for p, *_ in files):
         raise ValueError("write_together: the files must share a folder")
     temporaries: list[Path] = []
     try:
-        for path, what, data in files:
-            tmp = _temporary(path, what, len(data))
+        for path, what, needed, content in files:
+            tmp = _temporary(path, what, needed)
             temporaries.append(tmp)
             try:
-                tmp.write_bytes(data)
+                fill(tmp, content)
                 _seal(tmp, path, claim=True)
             except OSError as error:
-                raise _write_error(path, what, error, len(data)) from error
+                raise _write_error(path, what, error, needed) from error
         note = _commit_note(files[0][0])
-        renames = [[tmp.name, path.name] for tmp, (path, _, _) in zip(temporaries, files)]
+        renames = [[tmp.name, path.name] for tmp, (path, *_) in zip(temporaries, files)]
         write_json_atomic(note, renames, f"commit note of the {files[0][1]}")
     except BaseException:
         for tmp in temporaries:
