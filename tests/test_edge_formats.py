@@ -261,11 +261,9 @@ def test_an_xml_that_is_not_an_ir_is_refused_even_with_a_valid_hash(xml, tmp_pat
 
 def pseudo_labelled(folder: Path, weights: Path, source: Path, blank_train: bool) -> Path:
     """A COCO-layout set at `folder`: the train split of `source` (its images blanked if blank_train),
-    and its val images labelled with the detections of `weights` scoring above 0.2 (at most 5 per image)."""
-    from ssdfast.defaults import DetectionPolicy
-    from ssdfast.inference import detect, load_detector
-
-    model, _ = load_detector(weights)
+    and its val images labelled with the detections of `weights` scoring above 0.2 (at most 5 per image),
+    as tools/eval.py computes them: the path the export's AP check takes, so that the float model's AP on
+    its own labels is near 1 whatever the young model detects."""
     for split in ("train", "val"):
         (folder / f"{split}2017").mkdir(parents=True)
         for image in sorted((source / f"{split}2017").glob("*.jpg")):
@@ -277,23 +275,25 @@ def pseudo_labelled(folder: Path, weights: Path, source: Path, blank_train: bool
     (folder / "annotations").mkdir()
     train = (source / "annotations/instances_train2017.json").read_text()
     (folder / "annotations/instances_train2017.json").write_text(train)
+    detections = folder.parent / "float_detections.json"
+    tool("eval", "--weights", weights, "--data-path", source, "--output", detections, "--num-workers", 0)
+    kept = {}
+    for det in sorted(json.loads(detections.read_text()), key=lambda det: -det["score"]):
+        if det["score"] > 0.2 and len(kept.setdefault(det["image_id"], [])) < 5:
+            kept[det["image_id"]].append(det)
     val = json.loads((source / "annotations/instances_val2017.json").read_text())
-    annotations = []
-    for record in val["images"]:
-        rgb = np.asarray(Image.open(folder / "val2017" / record["file_name"]).convert("RGB"))
-        dets = detect(model, [rgb], DetectionPolicy(score_threshold=0.2))[0]
-        for (x1, y1, x2, y2), label in list(zip(dets["boxes"].tolist(), dets["labels"].tolist()))[:5]:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": record["id"],
-                    "category_id": val["categories"][label - 1]["id"],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
-    assert len(annotations) >= len(val["images"]), "the float model must detect something on every image"
+    annotations = [
+        {
+            "id": n,
+            "image_id": det["image_id"],
+            "category_id": det["category_id"],
+            "bbox": det["bbox"],
+            "area": det["bbox"][2] * det["bbox"][3],
+            "iscrowd": 0,
+        }
+        for n, det in enumerate((det for dets in kept.values() for det in dets), 1)
+    ]
+    assert len(kept) == len(val["images"]), "the float model must detect something on every image"
     (folder / "annotations/instances_val2017.json").write_text(json.dumps({**val, "annotations": annotations}))
     return folder
 

@@ -81,22 +81,36 @@ def test_overfit_two_images(synthetic_coco):
     offsets, labels = ops.match_encode(
         batch.boxes, batch.labels, model.anchors, center_variance=center, size_variance=size
     )
+
+    def missed() -> list[str]:
+        """What the model does not yet recover: each true box found (IoU > 0.5) with the right class."""
+        model.eval()
+        with torch.no_grad():
+            dets = postprocess(*model(batch.images), model.anchors, model.anchor_spec.variances, DISPLAY_POLICY)
+        model.train()
+        misses = []
+        for i in range(2):
+            truth = batch.boxes[i][batch.labels[i] > 0]
+            found = dets.boxes[i, : dets.counts[i]]
+            iou = ops.box_iou(truth, found)
+            for t in range(len(truth)):
+                j = int(iou[t].argmax()) if iou.shape[1] else -1
+                if j < 0 or iou[t, j] <= 0.5:
+                    misses.append(f"image {i}: box {t} not recovered (IoU {iou[t].max() if j >= 0 else 0})")
+                elif dets.labels[i, j] != batch.labels[i][batch.labels[i] > 0][t]:
+                    misses.append(f"image {i}: box {t} found with class {int(dets.labels[i, j])}")
+        return misses
+
+    # Within 100 steps the loss falls below a quarter of its start and every box is recovered; checked
+    # every 10 steps from step 40 on, the test stops as soon as both hold (the same claim, fewer steps).
     losses = []
-    for _ in range(100):
+    for step in range(1, 101):
         optimizer.zero_grad()
         loss = loss_fn(*model(batch.images), offsets, labels).total
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if step >= 40 and step % 10 == 0 and losses[-1] < 0.25 * losses[0] and not missed():
+            break
     assert losses[-1] < 0.25 * losses[0], losses[::10]
-    model.eval()
-    with torch.no_grad():
-        dets = postprocess(*model(batch.images), model.anchors, model.anchor_spec.variances, DISPLAY_POLICY)
-    for i in range(2):
-        truth = batch.boxes[i][batch.labels[i] > 0]
-        found = dets.boxes[i, : dets.counts[i]]
-        iou = ops.box_iou(truth, found)
-        for t in range(len(truth)):  # each true box is found, with the right class
-            j = int(iou[t].argmax()) if iou.shape[1] else -1
-            assert j >= 0 and iou[t, j] > 0.5, f"image {i}: box {t} not recovered (IoU {iou[t].max() if j >= 0 else 0})"
-            assert dets.labels[i, j] == batch.labels[i][batch.labels[i] > 0][t]
+    assert not missed(), missed()
