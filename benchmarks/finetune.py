@@ -36,12 +36,14 @@ import time
 from pathlib import Path
 
 from quality import run_checked, shown, train_once  # benchmarks/quality.py and report.py, beside this script
-from report import RESULTS, machine_name, this_machine
+from report import RESULTS, fill_between, machine_name, this_machine
 
 from ssdfast.training.demo_recipe import BATCH_SIZE, EPOCHS, write_demo_data
 from ssdfast.training.recipe import FINE_TUNE
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "training.md"  # its table, between these markers, is generated from the results file
+DOC_START, DOC_END = "<!-- finetune:start -->", "<!-- finetune:end -->"
 
 RENAMED = {"circle": "disc", "square": "tile", "triangle": "wedge"}
 NUM_TRAIN, NUM_VAL = 128, 64  # set B: a coco128-sized set (the recipe's 30 epochs: 480 steps of 8)
@@ -171,6 +173,14 @@ def table(runs: dict) -> str:
     return "\n".join(rows)
 
 
+def doc_table(results: Path) -> str:
+    """docs/training.md's measured table: the machine and the note of a results file, then its table."""
+    data = json.loads(results.read_text())
+    machine = data["machine"]
+    where = f"{machine.get('cpu') or machine_name(machine)}, torch {machine.get('torch', '?')}"
+    return f"`benchmarks/results/{results.name}` ({where}; {data['note']}):\n\n{table(data['runs'])}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=None, help="A's model (default: trained here, the demo's recipe)")
@@ -211,8 +221,9 @@ def main() -> int:
     note = f"set B: {args.train_images} train / {args.val_images} val images; seed {args.seed}. {args.note}".strip()
     out = RESULTS / f"finetune-{machine_name(machine)}.json"
     out.write_text(json.dumps({"machine": machine, "note": note, "runs": runs}, indent=1))
+    DOC.write_text(fill_between(DOC.read_text(), DOC_START, DOC_END, doc_table(out)))
     print(table(runs))
-    print(f"wrote {out}")
+    print(f"wrote {out} and its table in {DOC.relative_to(ROOT)}")
     return 0
 
 
