@@ -1,5 +1,6 @@
 """Fine-tuning weights onto other categories: what is kept, row by row, against the source model itself."""
 
+import json
 import warnings
 
 import pytest
@@ -127,3 +128,21 @@ def test_the_benchmarks_start_model_keeps_all_but_the_renamed_class_rows(tmp_pat
             assert not torch.equal(got[key][nd:], src[key][nd:]), key  # no name shared: fresh rows
         else:
             assert torch.equal(got[key], src[key]), key
+
+
+def test_the_training_page_shows_the_measured_results_file_as_finetune_py_writes_it():
+    """docs/training.md's measured table is generated (benchmarks/finetune.py): the file it names, rendered."""
+    import re
+
+    import finetune  # benchmarks/finetune.py (on pytest's path: pyproject.toml)
+    from report import fill_between
+
+    page = finetune.DOC.read_text()
+    shown = page.split(finetune.DOC_START, 1)[1].split(finetune.DOC_END, 1)[0].strip()
+    named = re.match(r"`benchmarks/results/(finetune-[\w.-]+\.json)`", shown)
+    assert named, shown[:200]
+    results = finetune.RESULTS / named.group(1)
+    assert shown == finetune.doc_table(results)
+    assert fill_between(page, finetune.DOC_START, finetune.DOC_END, finetune.doc_table(results)) == page
+    runs = json.loads(results.read_text())["runs"]
+    assert "B fine-tuned from A (recipe defaults)" in runs and "B from scratch (demo recipe)" in runs

@@ -238,6 +238,9 @@ RANGES = {
         "--nms-threshold": ((0, "open"), 1, REAL),
         "--score-threshold": (0, (1, "open"), REAL),
         "--max-det": (1, 100_000, INT),
+        "--calib-images": (1, 2000, INT),
+        "--val-images": (1, 100_000, INT),
+        "--max-ap-drop": (0, 100, REAL),
     },
     "demo": {
         "--epochs": (1, None, INT),
