@@ -15,19 +15,24 @@ VARIANCES = SSD300_RESNET50.variances  # ssd300_outputs' anchors
 @pytest.mark.parametrize("impl", ["batched_compiled", "older_style_loop"])
 def test_postprocess(benchmark, device, impl):
     benchmark.group = f"postprocess 32xSSD300 [{device}]"
-    locs, confs, anchors = (t.to(device) for t in ssd300_outputs())
+    batch = 2 if benchmark.disabled else 32  # a smoke run (make test) only checks that both run: 2 images
+    locs, confs, anchors = (t.to(device) for t in ssd300_outputs(batch))
     if impl == "batched_compiled":
         out = run(
-            benchmark, lambda: postprocess(locs, confs, anchors, VARIANCES), role="candidate", items=32, device=device
+            benchmark,
+            lambda: postprocess(locs, confs, anchors, VARIANCES),
+            role="candidate",
+            items=batch,
+            device=device,
         )
-        assert out.boxes.shape == (32, 200, 4)
+        assert out.boxes.shape == (batch, 200, 4)
     else:
         # One round on CUDA: the loop syncs with the host for every kept box (minutes per call there).
         run(
             benchmark,
             lambda: baselines.postprocess_loop(locs, confs, anchors, VARIANCES),
             role="baseline",
-            items=32,
+            items=batch,
             rounds=1 if device == "cuda" else 2,
             warmup=0,
             device=device,

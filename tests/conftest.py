@@ -7,6 +7,7 @@ Fixtures
   straight_run     session: the folder of the uninterrupted run that interrupted runs are compared with:
                    tools/train.py with resume_args(...) (2 epochs, --seed 5, no evaluation) and
                    --keep-checkpoints 1. Same flags + a kill/signal + a rerun must end at its weights.
+  ddp_run          session: the folder of tools/train.py under torchrun (2 CPU processes, 3 iterations).
                    Both are read-only: copy a file out before changing it (other tests read the folder).
   test_seed        the seed of a randomised test: $SSDFAST_TEST_SEED, or one from the clock; a failing
                    test's report says it ("rerun with SSDFAST_TEST_SEED=..."). SSDFAST_TEST_SEEDS=0-19
@@ -18,7 +19,7 @@ Helpers (`from conftest import ...`)
                                               train_args(...), resume_args(...): tools/train.py's flags for
                                               the runs above (a flag given again in *extra wins: argparse)
   shared_once(tmp_path_factory, name, build)  a folder built once for the whole run, xdist workers included
-  free_port()                                 a free TCP port for torchrun's --master_port
+  free_port(), torchrun(processes=2)          a free TCP port for torchrun's --master_port; torchrun's prefix
   CUDA, DEVICES, random_boxes, grid_boxes
 
 Parallel runs (`make test` runs pytest-xdist, `-n 2`): each worker and each process a test starts
@@ -86,15 +87,52 @@ def tool(name, *args, check=True, prefix=(), env=None):
     return result
 
 
+class ForkedRun:
+    """A run forked by the ToolServer, going on in the background: the part of subprocess.Popen the tests
+    use (pid, poll, wait, send_signal, kill, returncode), plus `log` (its output file, stdout and stderr
+    merged unless the request split them) and output(). The server answers nothing else meanwhile."""
+
+    def __init__(self, server: "ToolServer", argv: list[str], pid: int, log: Path):
+        self.server, self.args, self.pid, self.log, self.returncode = server, argv, pid, log, None
+
+    def poll(self) -> int | None:
+        return self.wait(timeout=0, expire=False)
+
+    def wait(self, timeout: float | None = None, expire: bool = True) -> int | None:
+        if self.returncode is None:
+            ready, _, _ = select.select([self.server.process.stdout], [], [], timeout)
+            if not ready:
+                if expire:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                return None
+            self.returncode = json.loads(self.server.process.stdout.readline())["returncode"]
+            self.server.in_flight = None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:  # not yet reaped by the server: the pid is still this run's
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def output(self, timeout: float = 600) -> str:
+        """Wait for the end; everything it printed."""
+        self.wait(timeout)
+        return self.log.read_text()
+
+
 class ToolServer:
     """This process's tests/tool_server.py, started at the first run (SSDFAST_TEST_FORK=0: plain subprocesses)."""
 
     def __init__(self):
         self.process = None
+        self.in_flight = None  # the ForkedRun the server waits for, if any
         self.refused = os.environ.get("SSDFAST_TEST_FORK") == "0"
 
     def usable(self) -> bool:
-        if self.refused:
+        """True when the server can fork a run now (not while a background run of it goes on)."""
+        if self.refused or (self.in_flight is not None and self.in_flight.poll() is None):
             return False
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
@@ -114,18 +152,24 @@ class ToolServer:
                 return False
         return True
 
+    def start(self, argv: list[str], env: dict, log: Path, stderr: Path | None = None, session=False) -> ForkedRun:
+        """`python argv...` forked in the background, its stdout to `log` (stderr too, unless `stderr`);
+        session: in its own session and process group (os.killpg(run.pid, ...) reaches it and its workers)."""
+        request = {"argv": argv, "cwd": str(ROOT), "env": env, "stdout": str(log), "stderr": str(stderr or log)}
+        self.process.stdin.write(json.dumps({**request, "session": session}) + "\n")
+        self.in_flight = ForkedRun(self, argv, json.loads(self.process.stdout.readline())["pid"], log)
+        return self.in_flight
+
     def run(self, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"argv": argv, "cwd": str(ROOT), "env": env, "stdout": str(out), "stderr": str(err)}
-            self.process.stdin.write(json.dumps(request) + "\n")
-            pid = json.loads(self.process.stdout.readline())["pid"]
-            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-            code = json.loads(self.process.stdout.readline())["returncode"]
-            if not ready:
-                raise subprocess.TimeoutExpired(argv, timeout)
+            forked = self.start(argv, env, out, err)
+            try:
+                code = forked.wait(timeout)
+            except subprocess.TimeoutExpired:
+                forked.kill()
+                forked.wait()
+                raise
             read = lambda path: path.read_bytes().decode("utf-8", errors="replace")  # noqa: E731
             return subprocess.CompletedProcess([sys.executable, *argv], code, read(out), read(err))
 
@@ -228,6 +272,31 @@ def straight_run(synthetic_coco, tmp_path_factory):
         tmp_path_factory,
         "straight_run",
         lambda folder: tool("train", *resume_args(synthetic_coco, folder, "--keep-checkpoints", 1)),
+    )
+
+
+DDP_RUN_ARGS = ("--iters-per-epoch", 3, "--eval-every", 0, "--batch-size", 2)  # ddp_run's flags beyond train_args
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """The prefix that runs a tool under torchrun with `processes` CPU processes (gloo), on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_port={free_port()}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def ddp_run(synthetic_coco, tmp_path_factory):
+    """tools/train.py under torchrun, 2 processes: 1 epoch of 3 iterations, batch 2 per rank, no
+    evaluation (train_args + DDP_RUN_ARGS): its folder (last.pt)."""
+    return shared_once(
+        tmp_path_factory,
+        "ddp_run",
+        lambda folder: tool("train", *train_args(synthetic_coco, folder, 1, *DDP_RUN_ARGS), prefix=torchrun()),
     )
 
 

@@ -8,11 +8,9 @@ about 2 minutes for inductor (docs/training.md, "Compiled step"), and it gave bi
 weights here; the tolerances (rtol 1e-4) leave room for AOTAutograd's decompositions to reorder a few
 fp32 operations in another torch version. Inductor's own kernels are checked by the slow test."""
 
-import sys
-
 import pytest
 import torch
-from conftest import CUDA, free_port, random_boxes, resume_args, tool, train_args
+from conftest import CUDA, DDP_RUN_ARGS, random_boxes, resume_args, tool, torchrun, train_args
 from torch import nn
 
 from ssdfast.anchors import AnchorSpec
@@ -353,14 +351,13 @@ def test_a_compiled_run_resumes_to_the_weights_of_an_uninterrupted_eager_run(str
 
 
 @pytest.mark.slow
-def test_compiled_ddp_run_equals_the_eager_ddp_run(synthetic_coco, tmp_path):
+def test_compiled_ddp_run_equals_the_eager_ddp_run(ddp_run, synthetic_coco, tmp_path):
     """torchrun, 2 processes (gloo): under DDP the compiled step traces around DDP's forward (not one
-    graph); the gradients are still averaged across the ranks: the same weights as the eager run."""
-    for name, extra in (("eager", ()), ("compiled", ("--compile", "--compile-backend", "aot_eager"))):
-        args = train_args(synthetic_coco, tmp_path / name, 1, "--iters-per-epoch", 3, "--eval-every", 0, *extra)
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-        tool("train", *args, "--batch-size", 2, prefix=torchrun)
-    eager, compiled = (load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("eager", "compiled"))
+    graph); the gradients are still averaged across the ranks: the same weights as the eager run (ddp_run:
+    the same flags without --compile)."""
+    compiled_args = ("--compile", "--compile-backend", "aot_eager")
+    tool("train", *train_args(synthetic_coco, tmp_path, 1, *DDP_RUN_ARGS, *compiled_args), prefix=torchrun())
+    eager, compiled = (load_checkpoint(folder / "last.pt")["model"] for folder in (ddp_run, tmp_path))
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
 

@@ -385,6 +385,33 @@ def test_int8_onnx_quantizes_the_network_and_leaves_decode_and_nms_float(int8_ex
     assert all(producers[output.name].op_type != "DequantizeLinear" for output in graph.output)
 
 
+@pytest.mark.slow
+def test_int8_openvino_quantizes_every_convolution_and_leaves_decode_and_nms_float(int8_exported):
+    """Read back with OpenVINO itself: NNCF's INT8 IR feeds every convolution a FakeQuantize'd input and
+    weights stored as int8 constants; no post-processing op reads a FakeQuantize."""
+    ov = pytest.importorskip("openvino")
+    path, _ = int8_exported("openvino")
+    ops = list(ov.Core().read_model(str(path)).get_ordered_ops())
+
+    def producer(op, index):
+        return op.input_value(index).get_node()
+
+    def stored_as_int8(node, depth=4):  # weights: Constant(i8) -> Convert -> [Subtract] -> Multiply [-> Reshape]
+        if node.get_type_name() == "Constant":
+            return node.get_output_element_type(0) == ov.Type.i8
+        inputs = [producer(node, i) for i in range(node.get_input_size())]
+        return depth > 0 and any(stored_as_int8(n, depth - 1) for n in inputs)
+
+    convs = [op for op in ops if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    assert len(convs) == 88, len(convs)  # SSDLite: backbone, extra blocks and both heads' 24 convolutions
+    assert all(producer(op, 0).get_type_name() == "FakeQuantize" for op in convs)  # int8 inputs
+    assert all(stored_as_int8(producer(op, 1)) for op in convs)  # and int8 weights
+    post = [op for op in ops if op.get_type_name() in ("Exp", "Softmax", "NonMaxSuppression", "TopK")]
+    assert {op.get_type_name() for op in post} == {"Exp", "Softmax", "NonMaxSuppression", "TopK"}
+    for op in post:  # decode, scores, NMS: computed in float32 from float inputs
+        assert all(producer(op, i).get_type_name() != "FakeQuantize" for i in range(op.get_input_size()))
+
+
 # ---- OpenVINO and ExecuTorch files (float): export, load, eval, detect; hostile copies ----------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import RESUMED_EPOCHS as EPOCHS
-from conftest import ROOT, free_port, resume_args, shared_once
+from conftest import ROOT, TOOL_SERVER, free_port, resume_args, shared_once
 
 from ssdfast.machinery.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -33,9 +33,13 @@ def train_cmd(data, folder, *extra, epochs=EPOCHS, batch_size=4):
 
 
 def run(cmd, prefix=(sys.executable,), env=None, check=True):
-    result = subprocess.run(
-        [*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
-    )
+    """`python cmd...` (or `prefix cmd...`) to its end. Plain Python runs are forked from conftest's tool
+    server, unless `env` sets PYTHONPATH (a sitecustomize shim must be imported at interpreter start)."""
+    environment = {**os.environ, **(env or {})}
+    if tuple(prefix) == (sys.executable,) and "PYTHONPATH" not in (env or {}) and TOOL_SERVER.usable():
+        result = TOOL_SERVER.run(list(map(str, cmd)), environment, timeout=900)
+    else:
+        result = subprocess.run([*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -63,7 +67,13 @@ class Started(subprocess.Popen):
         return self.log.read_text()
 
 
-start = Started
+def start(cmd, prefix=(sys.executable,), env=None, session=False):
+    """`python cmd...` (or `prefix cmd...`) in the background: forked from conftest's tool server where
+    run() would be, else a Started subprocess. Either has pid, poll, wait, kill, send_signal, log, output."""
+    if tuple(prefix) == (sys.executable,) and "PYTHONPATH" not in (env or {}) and TOOL_SERVER.usable():
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ssdfast_run_{time.time_ns()}.log"
+        return TOOL_SERVER.start(list(map(str, cmd)), {**os.environ, **(env or {})}, log, session=session)
+    return Started(cmd, prefix, env, session)
 
 
 def wait_for(condition, process, what, timeout=600):
@@ -350,6 +360,11 @@ def test_a_hung_rank_ends_the_job_within_the_timeout(synthetic_coco, tmp_path):
     os.kill(ranks[1], signal.SIGSTOP)
     stopped_at = time.time()
     try:
+        # Once rank 0 has ended, torchrun stops the job: SIGTERM to every rank, and SIGKILL 30 s later to one
+        # that is stopped (a stopped process does not take SIGTERM). The test sends that SIGKILL itself once
+        # torchrun has reaped rank 0 (its /proc entry gone), so rank 0 stays the first failure torchrun saw.
+        wait_for(lambda: not Path(f"/proc/{ranks[0]}").exists(), launcher, "the end of rank 0", timeout=120)
+        os.kill(ranks[1], signal.SIGKILL)
         output = launcher.output(timeout=180)
     finally:
         for pid in ranks.values():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 # tool, train_args: new test files may import them from here too
-from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, train_args  # noqa: F401
+from conftest import RESUMED_EPOCHS, ROOT, free_port, resume_args, tool, torchrun, train_args  # noqa: F401
 
 from ssdfast.inference import load_detector
 from ssdfast.machinery.checkpoint import load_checkpoint
@@ -175,24 +175,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(straight_run, synthet
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_ddp_two_processes_on_cpu(synthetic_coco, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    tool("train", *train_args(synthetic_coco, tmp_path / "ddp", 1, "--batch-size", 2), prefix=torchrun)
-    model, meta = load_detector(tmp_path / "ddp" / "last.pt")
+def test_ddp_two_processes_on_cpu(ddp_run, synthetic_coco, tmp_path):
+    weights = tmp_path / "last.pt"  # a copy: the shared run's folder stays as it was
+    weights.write_bytes((ddp_run / "last.pt").read_bytes())
+    model, meta = load_detector(weights)
     assert meta["num_classes"] == 3 and meta["epoch"] == 0
     result = tool(
-        "eval",
-        "--data-path",
-        synthetic_coco,
-        "--weights",
-        tmp_path / "ddp" / "last.pt",
-        "--batch-size",
-        3,
-        "--num-workers",
-        0,
-        prefix=torchrun,
-    )
-    metrics = json.loads((tmp_path / "ddp" / "metrics_val.json").read_text())
+        "eval", "--data-path", synthetic_coco, "--weights", weights, "--batch-size", 3, "--num-workers", 0,
+        prefix=torchrun(),
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics_val.json").read_text())
     assert metrics["images_evaluated"] == metrics["distinct_images_evaluated"] == 8, result.stdout
 
 

@@ -5,7 +5,8 @@ imports again, nor the teardown of every module at exit (leave()). The imports c
 tools a few hundred times: most of its time went there.
 
 Protocol, one JSON line each way on the server's stdin/stdout:
-    request  {"argv": [script, *args], "cwd": ..., "env": {...}, "stdout": path, "stderr": path}
+    request  {"argv": [script, *args], "cwd": ..., "env": {...}, "stdout": path, "stderr": path (the same
+              path: one merged file), "session": bool (own session and process group)}
     replies  {"pid": pid of the run}, then {"returncode": subprocess's convention (-N: killed by signal N)}
 
 Forking is safe only from a single-threaded process (a lock held by another thread at the fork stays held
@@ -69,9 +70,14 @@ def become(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if request.get("session"):
+        os.setsid()  # its own session and process group, as Popen(start_new_session=True)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        if fd == 2 and path == request["stdout"]:
+            os.dup2(1, 2)  # one file, one offset: stdout and stderr interleave as they are written
+            continue
         file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(file, fd)
         os.close(file)

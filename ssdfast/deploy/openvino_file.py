@@ -3,8 +3,9 @@
 Written by OpenVINO's own converter (``openvino.convert_model``) from the ONNX graph (NMS as
 NonMaxSuppression, which OpenVINO runs natively), weights kept in float32 (``compress_to_fp16=False``:
 the export check compares with PyTorch). INT8: NNCF's post-training quantization (``nncf.quantize``) of
-the network only: the nodes ``ssdfast.deploy.onnx_int8.network_nodes`` names may be quantized, the
-decode, softmax, top-k and NMS nodes are NNCF's ignored scope and stay float32.
+the network only: the ops converted from the nodes ``ssdfast.deploy.onnx_int8.network_nodes`` names may be
+quantized (every convolution: int8 weights and inputs), the decode, softmax, top-k and NMS ops are NNCF's
+ignored scope and stay float32.
 The metadata and the content hash live in the .xml's rt_info (``ssdfast/metadata``, ``ssdfast/sha256``);
 the hash covers both files (``ssdfast.deploy.stamped_digest``). Loading reads both files once, the .bin
 only as the regular file beside the .xml (``ssdfast.deploy.deployed.companion_bytes``), refuses an .xml
@@ -58,12 +59,19 @@ def write(
     stamped_digest.stamp([path, path.with_suffix(".bin")])
 
 
+def onnx_node_of(op_name: str) -> str:
+    """The ONNX node an OpenVINO op came from: the converter names each op after its node and the ops it
+    splits a node into NODE/PART (a convolution with a bias becomes NODE/WithoutBiases and the Add NODE)."""
+    return op_name.split("/", 1)[0]
+
+
 def quantize(model, calibration: list[Tensor], network: set[str]):
-    """NNCF's INT8 post-training quantization of `model`'s nodes in `network` (ONNX node names, which the
-    converter keeps as friendly names); every other node is ignored (stays float32)."""
+    """NNCF's INT8 post-training quantization of `model`'s ops that came from the ONNX nodes `network`;
+    every other op is ignored (stays float32)."""
     import nncf
 
-    ignored = sorted({op.get_friendly_name() for op in model.get_ordered_ops()} - network)
+    names = {op.get_friendly_name() for op in model.get_ordered_ops()}
+    ignored = sorted(name for name in names if onnx_node_of(name) not in network)
     nncf.set_log_level(logging.ERROR)  # its per-node notes and progress bars would bury the tool's lines
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return nncf.quantize(
