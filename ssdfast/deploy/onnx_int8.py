@@ -6,8 +6,8 @@ Which nodes: those the exporter scoped under a submodule of the ExportedDetector
 ``ssdfast.deploy.openvino_file``). The heads' outputs stay float32 from there on: the reshapes and
 concatenations of the SSD's own forward, box decoding, softmax, top-k and NMS: the concatenated class
 logits would share one per-tensor range across all heads, 8 bits on a box offset move a box by up to
-1/256 of its size (AP75), and these steps are a small part of the time. Weights are quantized per output channel (int8), activations per tensor (uint8, MinMax over
-the calibration images).
+1/256 of its size (AP75), and these steps are a small part of the time. Weights are quantized per output channel (int8 values in 7 bits: ``reduce_range``), activations
+per tensor (uint8, MinMax over the calibration images).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def quantize(float_path: Path, path: Path, calibration: list[Tensor]) -> None:
             Batches(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=True,  # 7-bit weights: without VNNI, x86 sums u8 x s8 pairs in 16 bits, which saturate (docs/deploy.md)
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes,

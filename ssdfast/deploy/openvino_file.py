@@ -69,6 +69,7 @@ def quantize(model, calibration: list[Tensor], network: set[str]):
     """NNCF's INT8 post-training quantization of `model`'s ops that came from the ONNX nodes `network`;
     every other op is ignored (stays float32)."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     names = {op.get_friendly_name() for op in model.get_ordered_ops()}
     ignored = sorted(name for name in names if onnx_node_of(name) not in network)
@@ -79,6 +80,9 @@ def quantize(model, calibration: list[Tensor], network: set[str]):
             nncf.Dataset(calibration, lambda batch: batch.float().cpu().numpy()),
             subset_size=len(calibration),  # items of the Dataset: batches
             ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            # 7-bit weights in every layer (NNCF's default: the first only): without VNNI, x86 sums u8 x s8
+            # pairs in 16 bits, which saturate (as onnx_int8's reduce_range; AP measured, docs/deploy.md)
+            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
         )
 
 
