@@ -27,18 +27,26 @@ MODELS = {"ssdlite": "ssdlite300_mobilenetv2", "ssd300": "ssd300_resnet50"}
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
+SMOKE = ("ssdlite", 1)  # what a smoke run (--benchmark-disable, as `make test` does) runs: each way, once
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{model: (PyTorch model, path of its .onnx)}, exported once per model."""
+    """exported(model) -> (PyTorch model, path of its .onnx), exported on first use."""
     out = {}
-    for short, name in MODELS.items():
-        torch.manual_seed(0)
-        model = build_model(name, num_classes=80).eval()
-        path = tmp_path_factory.mktemp("export") / f"{short}.onnx"
-        meta = {"model_name": name, "num_classes": 80, "category_names": [str(i) for i in range(80)]}
-        export(model, meta, "onnx", path, batch=None, with_nms=True, policy=DETECTION_POLICY)
-        out[short] = model, path
-    return out
+
+    def get(short: str):
+        if short not in out:
+            name = MODELS[short]
+            torch.manual_seed(0)
+            model = build_model(name, num_classes=80).eval()
+            path = tmp_path_factory.mktemp("export") / f"{short}.onnx"
+            meta = {"model_name": name, "num_classes": 80, "category_names": [str(i) for i in range(80)]}
+            export(model, meta, "onnx", path, batch=None, with_nms=True, policy=DETECTION_POLICY)
+            out[short] = model, path
+        return out[short]
+
+    return get
 
 
 def make_call(model, path, how: str, device: str):
@@ -55,7 +63,9 @@ def make_call(model, path, how: str, device: str):
 
 
 def bench(benchmark, exported, short, batch, how, device):
-    model, path = exported[short]
+    if benchmark.disabled and (short, batch) != SMOKE:
+        pytest.skip("a smoke run (--benchmark-disable) checks SSDLite b1 only")
+    model, path = exported(short)  # after the skip: an SSD300 export takes a minute on 2 cores
     model = model.to(device)
     images = torch.randn(batch, 3, 300, 300, generator=torch.Generator().manual_seed(1)).to(device)
     call = make_call(model, path, how, device)
