@@ -10,6 +10,7 @@ that were saved.
 """
 
 import io
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -162,6 +163,25 @@ def test_a_flipped_byte_inside_a_weight_is_refused(tmp_path, weights, digest):
     for load in (load_checkpoint, ssdfast.load, load_detector):
         with pytest.raises(CheckpointError, match=f"{path}: its entry {entry} is corrupted"):
             load(path)
+
+
+def test_backbone_weights_follow_the_model_file_rules(tmp_path, monkeypatch):
+    """--backbone-weights is a model file too: a FIFO there is refused before it is opened (it would block the
+    run forever), and a flipped byte inside a weight fails its zip CRC (torch.load alone uses the file)."""
+    import torchvision
+
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match=f"checkpoint is not a regular file: {fifo}"):
+        build_model("ssdlite", backbone_weights=str(fifo))
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
+    build_model("ssdlite", backbone_weights=str(path))  # a genuine file loads
+    entry = flip_in_place(path)
+    assert zipfile.ZipFile(path).testzip() == entry  # the oracle: the entry's CRC fails
+    torch.load(path, weights_only=True)  # and torch alone would use it
+    with pytest.raises(ValueError, match=f"cannot read the backbone weights {path}: .*its entry {entry} is corrupted"):
+        build_model("ssdlite", backbone_weights=str(path))
 
 
 def test_a_weight_rewritten_with_a_fresh_crc_fails_the_digest(saved):

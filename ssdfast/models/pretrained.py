@@ -135,13 +135,16 @@ def weights_file(weights, kind: str = "detector") -> Path:
 def resolve_backbone(weights, model: ModelEntry) -> Path | None:
     """The backbone weights file for `model` (a registry entry): None for 'none' (random init); 'imagenet' and
     the backbone names, their checked file in the cache; a path, itself. FileNotFoundError for a path that
-    does not exist; CheckpointError for a name that cannot be had or does not fit the model."""
+    does not exist; CheckpointError for a path that is not a regular file, or a name that cannot be had or
+    does not fit the model."""
     if weights in (None, "none"):
         return None
     own = PRETRAINED[model.imagenet]
     weights = own.name if weights == "imagenet" else str(weights)
-    if Path(weights).exists():
-        return Path(weights)
+    if Path(weights).exists():  # a FIFO or a folder is refused here, before it could be opened
+        from ssdfast.machinery.checkpoint import existing_checkpoint
+
+        return existing_checkpoint(weights)
     if weights not in PRETRAINED:
         raise FileNotFoundError(
             f"backbone weights file not found: {weights} (expected none, {known_names('backbone')}, or a path to "

@@ -78,14 +78,17 @@ def load_backbone_weights(module: nn.Module, path: str | Path | None, what: str)
 
 
 def read_backbone_file(path: Path, what: str) -> dict:
-    """The state dict in a --backbone-weights file (weights_only: no code runs); ValueError naming it."""
+    """The state dict in a --backbone-weights file, read as every model file is (a regular file, its zip
+    entries CRC-checked and read once, torch given only those; weights_only: no code runs); ValueError
+    naming it."""
+    from ssdfast.machinery.checkpoint import CheckpointError, load_checkpoint
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a zip, truncated, pickled code refused by weights_only...
+        state = load_checkpoint(path)
+    except CheckpointError as error:  # not a zip, truncated, corrupted, pickled code refused by weights_only...
         raise ValueError(
-            f"cannot read the backbone weights {path}: {error.__class__.__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''} (expected a torchvision {what} "
-            "state dict saved with torch.save)"
+            f"cannot read the backbone weights {path}: {error} (expected a torchvision {what} state dict saved "
+            "with torch.save)"
         ) from error
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
