@@ -425,3 +425,54 @@ def test_an_xml_entity_bomb_is_dropped_by_name(tmp_path):
     with no_hang(10):
         kept, warned = load(root)
     assert sorted(records(kept)) == ["000000000001"] and f"{B}.xml: limit on input amplification" in warned, warned
+
+
+# ---- JSON from a user's file: one reader, no RecursionError ----------------------------------------------
+
+DEEP = "[" * 100_000  # 100 KB of JSON nested deeper than Python's stack: json.loads raises RecursionError
+
+
+def test_every_json_of_a_users_file_is_parsed_by_parse_json():
+    """The rule in one place: ssdfast parses JSON only through user_errors.parse_json (a ValueError for
+    anything json cannot take), so every reader's `except ValueError` also covers nesting."""
+    from ssdfast.machinery.user_errors import parse_json
+
+    callers = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in (ROOT / "ssdfast").rglob("*.py")
+        if path.name != "user_errors.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bjson\.loads?\(", line)
+    ]
+    assert callers == []
+    with pytest.raises(RecursionError):
+        json.loads(DEEP)  # the oracle: what json alone does
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(DEEP)
+
+
+def test_deeply_nested_json_in_each_file_kind_is_a_named_error_or_ignored(tmp_path):
+    """Readers of deeply nested JSON: a model's metadata, a COCO file and an eval commit note are named
+    errors; the lock's holder and the output ledger (files ssdfast wrote that a user may have edited) are
+    unreadable and ignored, as any other invalid JSON there."""
+    from ssdfast.data.coco import read_coco_json
+    from ssdfast.deploy.metadata import ExportMetadataError, validate
+    from ssdfast.machinery.outputs import OWN_FILES, finish_interrupted, is_own
+
+    with pytest.raises(ExportMetadataError, match="metadata is not valid JSON .*nested too deeply"):
+        validate(tmp_path / "m.onnx", DEEP)
+    (tmp_path / "instances_val2017.json").write_text(DEEP)
+    with pytest.raises(ValueError, match="cannot parse COCO annotation file .*nested too deeply"):
+        read_coco_json(tmp_path / "instances_val2017.json")
+    (tmp_path / OWN_FILES).write_text(DEEP + "\n")
+    (tmp_path / "d.json").write_text("[]")
+    assert not is_own(tmp_path / "d.json")
+    note = tmp_path / ".d.json.commit.json"
+    note.write_text(DEEP)
+    with pytest.raises(ValueError, match=f"{note} is not a commit note ssdfast wrote: remove it"):
+        finish_interrupted([tmp_path / "d.json"])
+    assert (tmp_path / "d.json").read_text() == "[]"  # nothing renamed
+    lock = tmp_path / "train.lock"
+    lock.write_text("[" * 4096)
+    with SaveFolderLock(tmp_path).acquire(say=lambda line: None):  # a holder it cannot read: taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()

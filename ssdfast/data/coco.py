@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import stat
 import warnings
@@ -34,7 +33,7 @@ from ssdfast.data.draws import draw
 from ssdfast.data.image_files import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, image_bytes
 from ssdfast.data.transforms import SSDTransform
 from ssdfast.data.validate import SHOW_IDS, ValidationReport, validate_coco
-from ssdfast.machinery.user_errors import shown
+from ssdfast.machinery.user_errors import parse_json, shown
 
 COCO_CLASSES = (
     "person",
@@ -176,11 +175,9 @@ def read_coco_json(ann_file: Path) -> dict:
     with open_regular(ann_file, None) as file:
         raw = read_bounded(file, ann_file, None)
     try:
-        return json.loads(raw)
-    except ValueError as error:  # not JSON, not UTF-8, an integer of over 4300 digits
+        return parse_json(raw)
+    except ValueError as error:  # not JSON, not UTF-8, an integer of over 4300 digits, nested too deeply
         raise ValueError(f"cannot parse COCO annotation file {ann_file}: {error}") from error
-    except RecursionError:  # "[[[[..." nested deeper than Python's stack
-        raise ValueError(f"cannot parse COCO annotation file {ann_file}: nested too deeply") from None
 
 
 def coco_source(ann_file: str | Path, image_dir: str | Path) -> DataSource:

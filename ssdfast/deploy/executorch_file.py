@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ssdfast.deploy import stamped_digest
 from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.user_errors import parse_json
 
 METADATA_METHOD, DIGEST_METHOD = "ssdfast_metadata", "ssdfast_sha256"
 # A dynamic .pte runs batches in chunks of this many images: ExecuTorch plans its memory for the largest
@@ -33,7 +34,7 @@ DYNAMIC_CHUNK = 8
 def _batch(text: str | None) -> int | None:
     """The fixed batch size in the metadata text, or None (dynamic, or unreadable: validated later)."""
     try:
-        batch = json.loads(text)["batch"]
+        batch = parse_json(text)["batch"]
     except (TypeError, ValueError, KeyError):
         return None
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else None

@@ -11,7 +11,6 @@ topk_per_class since it could differ from SSD's), read back as a DetectionPolicy
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ssdfast.deploy.formats import FORMATS
 from ssdfast.flag_types import MAX_DETECTIONS
 from ssdfast.machinery.checkpoint import CheckpointError
 from ssdfast.machinery.model_metadata import MODEL_RULES, found
+from ssdfast.machinery.user_errors import parse_json
 
 PT2_METADATA = "ssdfast.json"  # the extra file inside a .pt2 (torch.export.save(extra_files=...))
 ONNX_METADATA = "ssdfast"  # the metadata_props key of an .onnx
@@ -129,7 +129,7 @@ def validate(path: Path, text: str | None, head_classes: int | None = None) -> d
     if not text:
         raise ExportMetadataError(f"{path} carries no ssdfast metadata: export it with tools/export.py")
     try:
-        info = json.loads(text)
+        info = parse_json(text)
     except ValueError as error:
         raise ExportMetadataError(f"{path}: its ssdfast metadata is not valid JSON ({error})") from error
     if not isinstance(info, dict):

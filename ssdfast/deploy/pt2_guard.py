@@ -24,7 +24,6 @@ Cost: the archive is held in memory twice while it loads, and the checks read it
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.user_errors import parse_json
 from ssdfast.machinery.zip_archive import Archive, ArchiveError, read_archive
 
 _ENTRY = re.compile(
@@ -87,7 +87,7 @@ def _check_archive(path: Path, archive: Archive) -> None:
 
 def _json(path: Path, archive: Archive, name: str):
     try:
-        return json.loads(archive.read(name))
+        return parse_json(archive.read(name))
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise CheckpointError(
             f"cannot read the torch.export program {path}: {name} is not valid JSON ({str(error)[:120]})"

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from ssdfast.machinery.user_errors import parse_json
+
 
 class OutputError(RuntimeError):
     """An output file that cannot be written; the message names it, the reason and what was kept."""
@@ -225,7 +227,7 @@ def _ledger(folder: Path) -> list[dict]:
     entries = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            entry = json.loads(line)
+            entry = parse_json(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and {"name", "size", "sha256"} <= entry.keys():
@@ -463,7 +465,7 @@ def _together(files: list[tuple[Path, str, int, object]], fill: Callable[[Path, 
 def _commit(note: Path) -> None:
     """Do the renames a commit note lists (those not done yet), then delete it."""
     try:
-        renames = json.loads(note.read_text())
+        renames = parse_json(note.read_text())
         assert isinstance(renames, list) and all(
             isinstance(pair, list)
             and len(pair) == 2

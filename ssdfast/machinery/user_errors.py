@@ -9,6 +9,7 @@ items and characters per level) and cuts what is left to MAX_SHOWN characters.
 
 from __future__ import annotations
 
+import json
 import reprlib
 
 MAX_SHOWN = 200  # characters of a value in a message, the ellipsis included
@@ -32,3 +33,13 @@ def shown(value) -> str:
     except ValueError:  # an int of over 4300 digits has no repr (Python's own guard)
         text = f"<a {type(value).__name__} too long to show>"
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def parse_json(data: str | bytes):
+    """json.loads for the text of a file a user hands ssdfast: a ValueError (as for any JSON it cannot take)
+    also when the text nests deeper than Python's stack ('[' * 100_000 is 100 KB), where json raises a
+    RecursionError that no `except ValueError` around it catches."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

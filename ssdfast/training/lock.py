@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ssdfast.machinery.outputs import remove_stale_temporaries
+from ssdfast.machinery.user_errors import parse_json
 
 LOCK_NAME = "train.lock"
 _held: dict[Path, SaveFolderLock] = {}  # this process's locks: main() may run twice in one process (tests)
@@ -147,7 +148,7 @@ def _identity() -> dict:
 def _read_holder(fd: int) -> dict:
     """The holder a lock file names ({} if empty or unreadable: its writer died before writing it)."""
     try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        holder = parse_json(os.pread(fd, 4096, 0) or b"{}")
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}

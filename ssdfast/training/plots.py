@@ -6,7 +6,6 @@ confusion matrix. Matplotlib's object API (no pyplot state, no display).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssdfast.evaluation.confusion import most_common_classes, normalise_rows
+from ssdfast.machinery.user_errors import parse_json
 from ssdfast.visualize import draw_detections
 
 LOSS_PARTS = ("loss", "loss_loc", "loss_conf")
@@ -25,7 +25,7 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     after a kill may have logged an iteration twice: the later record wins."""
     steps, epochs = {}, {}
     for line in Path(path).read_text().splitlines():
-        record = json.loads(line)
+        record = parse_json(line)
         if "iteration" in record:
             steps[(record["epoch"], record["iteration"])] = record
         elif "loss" in record:
