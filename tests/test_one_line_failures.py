@@ -84,6 +84,30 @@ def weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
+    "tool, flag",
+    [("detect", "--input"), ("detect", "--output"), ("eval", "--weights"), ("export", "--output")],
+)
+def test_a_path_the_system_refuses_is_one_line_naming_it(tool, flag, weights, tmp_path, capsys):
+    """A name longer than the file system takes (Path.is_file() raises on ENAMETOOLONG rather than saying
+    False): the system's reason and the name, shortened, on one line (user_errors.error_line)."""
+    import export
+
+    long = str(tmp_path / ("x" * 300))
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    argv = {
+        "detect": ["--weights", str(weights), "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")],
+        "eval": ["--weights", str(weights), "--data-path", str(tmp_path)],
+        "export": ["--weights", str(weights), "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+    }[tool]
+    argv[argv.index(flag) + 1] = long + (".jpg" if flag == "--input" else ".onnx" if tool == "export" else "")
+    argv += [] if tool == "export" else ["--device", "cpu"]  # export runs on the CPU only
+    code = {"detect": detect.main, "eval": eval_tool.main, "export": export.main}[tool](argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_ERROR and len(err) == 1, err
+    assert err[0].startswith("error: File name too long: ") and "x" * 50 in err[0] and len(err[0]) < 260, err
+
+
+@pytest.mark.parametrize(
     "spec, words",
     [
         ("²", "no input images found at ²"),  # Python's isdigit() takes it; int() does not

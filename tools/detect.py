@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     from ssdfast.inference import ScoreCut, as_detector, keeping_weaker, load_detector
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import configure_cudnn, pick_device
+    from ssdfast.machinery.user_errors import error_line
     from ssdfast.models.pretrained import weights_file
 
     source, output = Path(args.input), Path(args.output)
@@ -348,8 +349,8 @@ def main(argv=None) -> int:
             if not report:
                 raise ValueError(f"none of the {len(targets)} input image(s) could be read")
         write_json_atomic(json_path, report, "detections file", indent=1, claim=True)
-    except (CheckpointError, FileNotFoundError, ValueError, OutputError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CheckpointError, OSError, ValueError, OutputError) as error:
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     count = sum(len(v) for v in report.values())
     if args.cut.note():

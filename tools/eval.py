@@ -222,14 +222,15 @@ def main(argv=None) -> int:
     from ssdfast.evaluation.loop import evaluate
     from ssdfast.machinery.checkpoint import CheckpointError
     from ssdfast.machinery.runtime import autocast_dtype, configure_cudnn, setup_distributed
+    from ssdfast.machinery.user_errors import error_line
 
     try:
         rank, world, device = setup_distributed(args.device)
         configure_cudnn(device, not args.no_cudnn_benchmark)
         outputs = output_paths(args) if rank == 0 else {}
         model, meta, loader, policy, channels_last = load_model_and_data(args, rank, world, device)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CheckpointError, OSError, ValueError) as error:
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     evaluation = evaluate(
         model,

@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     from ssdfast.deploy.export import check_against_pytorch, export
     from ssdfast.inference import load_detector
     from ssdfast.machinery.checkpoint import CheckpointError
+    from ssdfast.machinery.user_errors import error_line
 
     fmt = FORMATS[args.format]
     try:
@@ -158,8 +159,8 @@ def main(argv=None) -> int:
             raise ValueError(absent)
         model, meta = load_detector(args.weights, "cpu")
         int8 = int8_data(args) if args.int8 else None
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CheckpointError, OSError, ValueError) as error:
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     policy = flags.detection_policy(args)
     # Written under temporary names beside the output; put in place only once the file has passed the check.

@@ -43,3 +43,12 @@ def parse_json(data: str | bytes):
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def error_line(error: BaseException) -> str:
+    """What a tool's `error:` line says of the error it stops on: an OSError the system raised about a path
+    (a name longer than the file system takes, a folder where a file should be, no permission) as its
+    reason and the path, shown(); any other error, its own message (ssdfast's name their input already)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or type(error).__name__}: {shown(str(error.filename))}"
+    return str(error)
