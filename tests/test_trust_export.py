@@ -406,3 +406,31 @@ def test_nms_check_on_a_hand_computed_chain(kept, valid):
 def test_nms_check_lets_either_of_two_tied_boxes_win(kept, valid):
     problem = problem_keeping(*boxes_and_scores((0.0, 0.6), (0.1, 0.6)), kept)  # IoU 0.82, the same score
     assert (problem is None) == valid, problem
+
+
+def test_an_onnx_with_external_data_is_refused_even_with_a_valid_hash(tied, tmp_path, monkeypatch):
+    """A weight moved to an external file named relative to nothing: ONNX Runtime, given the bytes, opens it
+    from the working folder (the oracle below). ssdfast refuses any external tensor, whatever the hash says."""
+    import onnx
+    import onnxruntime as ort
+
+    from ssdfast.deploy import onnx_digest
+    from ssdfast.machinery.checkpoint import CheckpointError
+
+    model = onnx.load(str(tied[0] / "m.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    (tmp_path / "secret.bin").write_bytes(weight.raw_data)
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="secret.bin")
+    path = tmp_path / "m.onnx"  # a forger recomputes the hash (as onnx_digest.stamp, external data left out)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, onnx_digest.DIGEST_KEY: onnx_digest._digest(model)})
+    onnx.save(model, str(path))
+    monkeypatch.chdir(tmp_path)
+    ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])  # the oracle: it reads secret.bin
+    (tmp_path / "secret.bin").unlink()
+    with pytest.raises(Exception, match="secret.bin"):
+        ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    with pytest.raises(CheckpointError, match=f"{path} is refused: its tensor .* is stored in an external file"):
+        Deployed(path)

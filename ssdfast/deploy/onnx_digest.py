@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ssdfast.deploy.metadata import ONNX_METADATA
 from ssdfast.machinery.checkpoint import CheckpointError
+from ssdfast.machinery.user_errors import shown
 
 DIGEST_KEY = "ssdfast.sha256"
 
@@ -76,4 +77,25 @@ def verified_model(path: Path, data: bytes):
             f"{path} is not the file that was exported: its content does not match the "
             f"sha256 recorded at export (corrupted or edited); export it again"
         )
+    external = next(_external_tensors(model.graph), None)
+    if external is not None:  # ONNX Runtime would open it by name, from the working folder
+        raise CheckpointError(
+            f"{path} is refused: its tensor {shown(external.name)} is stored in an external file "
+            f"({shown(next((e.value for e in external.external_data if e.key == 'location'), '?'))}); the .onnx "
+            "files ssdfast writes hold every weight, and a model file is never read beside itself"
+        )
     return model
+
+
+def _external_tensors(graph):
+    """The tensors of `graph` (an onnx.GraphProto: initializers, node attributes, subgraphs) whose data lives
+    in an external file."""
+    import onnx
+
+    tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer)]
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors += [attribute.t, *attribute.tensors]
+            for subgraph in [attribute.g, *attribute.graphs]:
+                yield from _external_tensors(subgraph)
+    yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
