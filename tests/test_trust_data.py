@@ -324,3 +324,31 @@ def test_eval_reads_outside_paths_only_when_allowed(tmp_path):
         result = tool("eval", "--data-path", root, "--weights", weights, "--num-workers", 0, "--output", out, *flag)
         assert json.loads(out.with_name("d.metrics.json").read_text())["images_evaluated"] == expected
         assert ("--allow-outside-paths reads them" in result.stderr) == (not flag)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("long_name", "its category_names must be num_classes strings of at most 256 characters"),
+        ("too_many", "its num_classes must be an integer in [1, 10000] (found 10001)"),
+    ],
+)
+def test_categories_no_checkpoint_could_hold_are_refused_before_training(change, words, tmp_path):
+    """The model-file rules (machinery/model_metadata: what every load of a checkpoint checks) applied to the
+    dataset at load: a 300-character category name, or 10,001 categories, would train into a last.pt that
+    nothing loads (and 10,001 heads take gigabytes). One line, nothing written."""
+    from ssdfast.data import write_synthetic_coco
+
+    data = write_synthetic_coco(tmp_path / "data", num_train=4, num_val=2, seed=1)
+    path = data / "annotations" / "instances_train2017.json"
+    coco = json.loads(path.read_text())
+    if change == "long_name":
+        coco["categories"][0]["name"] = "n" * 300
+    else:
+        coco["categories"] += [{"id": 100 + i, "name": f"c{i}"} for i in range(10_001 - len(coco["categories"]))]
+    path.write_text(json.dumps(coco))
+    result = tool("train", *train_args(data, tmp_path / "run", 1), check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert errors[0].startswith(f"error: the categories of {data} cannot go in a checkpoint: {words}"), errors
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -40,6 +40,7 @@ class RunData:
         train = build_loader(
             data.data_path, "train", train=True, ann_file=data.train_ann, image_dir=data.train_images, **common
         )
+        check_categories(data.data_path, train.info)
         val = None
         if config.evaluation.eval_every > 0:
             val = build_loader(
@@ -51,3 +52,23 @@ class RunData:
         """Optimizer steps in one epoch of this rank (--iters-per-epoch caps it)."""
         steps = len(self.train_loader)
         return steps if iters_per_epoch is None else min(steps, iters_per_epoch)
+
+
+def check_categories(data_path, info: DatasetInfo) -> None:
+    """The dataset's categories must fit the checkpoint the run will write (the rules every load applies,
+    ssdfast.machinery.model_metadata): refused here, before a model of that size is built and trained into a
+    file nothing would load. ValueError naming the key."""
+    from ssdfast.machinery.model_metadata import MODEL_RULES, found, problem
+
+    meta = {
+        "num_classes": len(info.category_names),
+        "category_names": list(info.category_names),
+        "category_ids": list(info.category_ids),
+    }
+    bad = problem(meta, {key: MODEL_RULES[key] for key in meta})
+    if bad:
+        key, must = bad
+        raise ValueError(
+            f"the categories of {data_path} cannot go in a checkpoint: its {key} must be {must} "
+            f"(found {found(meta, key)})"
+        )
