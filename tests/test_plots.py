@@ -53,6 +53,17 @@ def test_the_log_is_read_once_per_step_in_order(tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
 
 
+def test_lines_that_are_not_records_are_passed_over(tmp_path):
+    """A line torn by a kill in the middle of its write, or lines a user left in the folder (not JSON, JSON
+    that is no record, nested deeper than Python's stack): the records around them are read as without."""
+    path = write_log(tmp_path / "log.jsonl")
+    clean = read_log(path)
+    lines = path.read_text().splitlines()
+    junk = ['{"epoch": 0, "iteration": 1, "lo', "not json", "[1, 2]", '{"epoch": "x"}', "[" * 100_000, ""]
+    path.write_text("\n".join([junk[0], *lines[:3], *junk[1:], *lines[3:]]) + '\n{"epoch": 2, "iter')
+    assert read_log(path) == clean
+
+
 def test_results_png_and_pr_plot_are_images(tmp_path):
     image = cv2.imread(str(plot_run(write_log(tmp_path / "log.jsonl"), tmp_path / "results.png")))
     assert image.shape == (400, 1500, 3) and image.std() > 10

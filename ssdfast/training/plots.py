@@ -22,11 +22,17 @@ LOSS_PARTS = ("loss", "loss_loc", "loss_conf")
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-iteration records, per-epoch records) of a log.jsonl, each in the order written; a run resumed
-    after a kill may have logged an iteration twice: the later record wins."""
+    after a kill may have logged an iteration twice: the later record wins. A line that is not a record
+    (torn by a kill in the middle of its write, or not written by ssdfast) is passed over."""
     steps, epochs = {}, {}
-    for line in Path(path).read_text().splitlines():
-        record = parse_json(line)
-        if "iteration" in record:
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = parse_json(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            continue
+        if isinstance(record.get("iteration"), int):
             steps[(record["epoch"], record["iteration"])] = record
         elif "loss" in record:
             epochs[record["epoch"]] = record
