@@ -367,3 +367,36 @@ def test_train_refuses_bad_weights_and_a_bad_last_pt_and_resumes_with_a_digest(
     flip_with_a_fresh_crc(run / "last.pt")
     rerun = tool("train", *train_args(synthetic_coco, run, 3, "--eval-every", 0), check=False)
     assert f"{run / 'last.pt'} is corrupted" in one_error_line(rerun)
+
+
+@pytest.mark.parametrize("value", [7, "w", None], ids=["int", "str", "none"])
+def test_a_weight_that_is_no_tensor_is_a_named_error(tmp_path, weights, value):
+    """A file without a digest (torch.save) whose state dict holds a plain value for a weight: one error
+    naming the file and the key, not an AttributeError from inside the load."""
+    key = sorted(weights)[0]
+    path = tmp_path / "model.pt"
+    torch.save({"model_state_dict": {**weights, key: value}, "epoch": 3}, path)
+    for load in (ssdfast.load, load_detector):
+        with pytest.raises(CheckpointError, match=f"{path}.*wrong shapes: {key}"):
+            load(path)
+
+
+@pytest.mark.parametrize(
+    "ckpt, key",
+    [
+        ({"position": "x", "epoch": 0}, "position"),
+        ({"position": {"epoch": "1", "iteration": 2}}, "position"),
+        ({"position": {"epoch": 1, "iteration": -2}}, "position"),
+        ({"position": {"epoch": 1}}, "position"),
+        ({"position": None, "epoch": "3"}, "epoch"),
+        ({"epoch": 2.5}, "epoch"),
+    ],
+)
+def test_a_resume_position_is_checked_before_it_is_counted_with(ckpt, key):
+    from ssdfast.training.state import resume_position
+
+    with pytest.raises(CheckpointError, match=f"last.pt: its '{key}' must be"):
+        resume_position("last.pt", ckpt)
+    good = {"epoch": 1, "iteration": 4, "world": 2}
+    assert resume_position("last.pt", {"position": good, "epoch": 0}) == good
+    assert resume_position("last.pt", {"position": None, "epoch": -1}) is None

@@ -419,3 +419,25 @@ def test_export_writes_the_pt2_through_python(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="full"):
         exporter.export(model, meta, "torch-export", tmp_path / "m.pt2", batch=1, with_nms=True)
     assert not isinstance(seen[0], (str, Path)) and not (tmp_path / "m.pt2").exists()
+
+
+def test_a_planted_commit_note_cannot_move_a_file_over_another_output(tmp_path):
+    """A note beside eval's detections that renames a planted temporary over best.pt (the run's weights):
+    a note may only finish the outputs being written, so it is refused and best.pt stays."""
+    import json
+
+    from ssdfast.machinery.outputs import finish_interrupted
+
+    (tmp_path / "best.pt").write_bytes(b"the weights")
+    (tmp_path / ".best.pt.aaaaaaaa.tmp").write_bytes(b"planted")
+    note = tmp_path / ".detections_val.json.commit.json"
+    note.write_text(json.dumps([[".best.pt.aaaaaaaa.tmp", "best.pt"]]))
+    outputs = [tmp_path / "detections_val.json", tmp_path / "detections_val.metrics.json"]
+    with pytest.raises(ValueError, match=f"{note} is not a commit note ssdfast wrote: remove it"):
+        finish_interrupted(outputs)
+    assert (tmp_path / "best.pt").read_bytes() == b"the weights"
+    # the oracle: a note naming this run's own outputs is carried out
+    (tmp_path / ".detections_val.json.bbbbbbbb.tmp").write_text("[]")
+    note.write_text(json.dumps([[".detections_val.json.bbbbbbbb.tmp", "detections_val.json"]]))
+    finish_interrupted(outputs)
+    assert (tmp_path / "detections_val.json").read_text() == "[]" and not note.exists()

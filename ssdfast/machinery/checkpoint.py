@@ -247,7 +247,9 @@ def load_model_weights(model: nn.Module, state: dict, path: str | Path = "<check
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    wrong_shape = sorted(  # a value that is no tensor (a crafted file) counts as a wrong shape
+        k for k in set(own) & set(state) if not isinstance(state[k], torch.Tensor) or own[k].shape != state[k].shape
+    )
     if missing or unexpected or wrong_shape:
 
         def show(keys):

@@ -459,11 +459,13 @@ def _together(files: list[tuple[Path, str, int, object]], fill: Callable[[Path, 
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
         raise
-    _commit(note)
+    _commit(note, {path.name for path, *_ in files})
 
 
-def _commit(note: Path) -> None:
-    """Do the renames a commit note lists (those not done yet), then delete it."""
+def _commit(note: Path, targets: set[str]) -> None:
+    """Do the renames a commit note lists (those not done yet), then delete it. Every file it renames to
+    must be one of `targets` (the names of the outputs being finished): a planted note cannot move a
+    temporary over any other file, the run's weights say."""
     try:
         renames = parse_json(note.read_text())
         assert isinstance(renames, list) and all(
@@ -472,6 +474,7 @@ def _commit(note: Path) -> None:
             and all(isinstance(n, str) and "/" not in n and n not in ("", ".", "..") for n in pair)
             and pair[0].startswith(f".{pair[1]}.")
             and pair[0].endswith(".tmp")
+            and pair[1] in targets
             for pair in renames
         )
     except (OSError, ValueError, AssertionError):
@@ -491,11 +494,12 @@ TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\.[^.]*)?$")  # mkst
 def finish_interrupted(paths: Iterable[str | Path]) -> None:
     """What killed writes of `paths` left: their commit notes completed (write_together), then their
     temporaries deleted (.NAME.RANDOM.tmp, and the notes' own). Each folder is listed once."""
+    paths = [Path(p) for p in paths]
     by_folder: dict[Path, set[str]] = {}
-    for path in map(Path, paths):
+    for path in paths:
         note = _commit_note(path)
         if note.is_file() and not note.is_symlink():
-            _commit(note)
+            _commit(note, {p.name for p in paths if p.parent == path.parent})
         by_folder.setdefault(path.parent, set()).update((path.name, note.name))
     for folder, names in by_folder.items():
         if not folder.is_dir():

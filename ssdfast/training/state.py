@@ -20,6 +20,7 @@ from ssdfast.machinery.checkpoint import (
     load_model_weights,
     model_state_dict,
 )
+from ssdfast.machinery.model_metadata import found, is_int
 from ssdfast.training.optimizer import load_optimizer_state
 
 
@@ -113,7 +114,7 @@ def resume_training(
     restore_optimizer(optimizer, ckpt["optimizer"], path)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    position = ckpt.get("position")
+    position = resume_position(path, ckpt)
     return ResumePoint(
         start_epoch=position["epoch"] if position else ckpt["epoch"] + 1,
         best_ap=ckpt.get("best_ap", -1.0),
@@ -176,3 +177,21 @@ def set_aside_previous_run(folder: str | Path) -> Path | None:
     for path in found:
         path.rename(aside / path.name)
     return aside
+
+
+def resume_position(path, ckpt: dict) -> dict | None:
+    """The checkpoint's position in its epoch ({"epoch", "iteration", ...}), or None after a finished epoch
+    (ckpt["epoch"]), each checked before the run counts with them: CheckpointError naming the key."""
+    position, epoch = ckpt.get("position"), ckpt.get("epoch")
+    if position is not None and not (
+        isinstance(position, dict)
+        and is_int(position.get("epoch"), 0, 10**9)
+        and is_int(position.get("iteration"), 0, 10**12)
+    ):
+        raise CheckpointError(
+            f"{path}: its 'position' must be null or {{'epoch', 'iteration'}} integers >= 0 (found "
+            f"{found(ckpt, 'position')}): not a last.pt that ssdfast wrote"
+        )
+    if position is None and not is_int(epoch, -1, 10**9):
+        raise CheckpointError(f"{path}: its 'epoch' must be an integer >= -1 (found {found(ckpt, 'epoch')})")
+    return position
