@@ -400,3 +400,23 @@ def test_a_resume_position_is_checked_before_it_is_counted_with(ckpt, key):
     good = {"epoch": 1, "iteration": 4, "world": 2}
     assert resume_position("last.pt", {"position": good, "epoch": 0}) == good
     assert resume_position("last.pt", {"position": None, "epoch": -1}) is None
+
+
+def test_a_large_file_that_is_no_checkpoint_is_refused_from_its_first_bytes(tmp_path):
+    """A 2 GB sparse file of zeros as --weights: refused from its first and last bytes, before it is read
+    (peak memory of a subprocess, the oracle: reading it whole would take 2 GB)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.pt"
+    with open(path, "wb") as file:
+        file.truncate(2 << 30)
+    code = (
+        "import resource, sys; from ssdfast.machinery.checkpoint import CheckpointError, load_checkpoint\n"
+        "try:\n    load_checkpoint(sys.argv[1])\nexcept CheckpointError as error:\n    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    message, peak_mb = out.strip().splitlines()
+    assert message.startswith(f"cannot read checkpoint {path}: not a PyTorch checkpoint"), message
+    assert int(peak_mb) < 1500, peak_mb  # the interpreter and PyTorch, not the file

@@ -103,6 +103,11 @@ def existing_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint dict safely (see the module docstring). Raises CheckpointError naming the file."""
     path = existing_checkpoint(path)
+    if not _looks_like_a_checkpoint(path):  # decided from a few KB: a 2 GB file of anything else is not read
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint (neither a zip archive nor a pickle, by its "
+            "first and last bytes)"
+        )
     data = path.read_bytes()
     if data.startswith(ZIP_MAGIC) or zipfile.is_zipfile(io.BytesIO(data)):  # torch's test for its format, or Python's
         try:
@@ -123,6 +128,14 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if DIGEST_KEY in ckpt:
         _check_digest(path, ckpt)
     return ckpt
+
+
+def _looks_like_a_checkpoint(path: Path) -> bool:
+    """torch.save's zip format (its first bytes, or a zip end record: read_archive then judges it) or its
+    legacy pickle (the PROTO opcode first), from bounded reads."""
+    with open(path, "rb") as file:
+        head = file.read(len(ZIP_MAGIC))
+    return head.startswith(ZIP_MAGIC) or head[:1] == b"\x80" or zipfile.is_zipfile(path)
 
 
 def _check_digest(path: Path, ckpt: dict) -> None:
