@@ -133,6 +133,21 @@ def test_every_file_a_dataset_names_stays_inside_and_is_a_regular_file(tmp_path,
         assert records(load(root, allow=True)[0]) == clean
 
 
+@pytest.mark.parametrize("data_format, name", [("voc", f"Annotations/{B}.xml"), ("yolo", f"labels/train/{B}.txt")])
+def test_one_images_annotations_over_their_size_limit_are_dropped_unread(tmp_path, data_format, name):
+    """A label file or an XML holds one image's boxes: one larger than MAX_RECORD_BYTES (here sparse, so
+    reading it would cost the memory, not the disk) is dropped with a warning naming it, before it is read."""
+    from ssdfast.data.dataset_files import MAX_RECORD_BYTES
+
+    root = tiny_set(data_format, tmp_path)
+    clean = records(load(root)[0])
+    with open(root / name, "r+b") as file:
+        file.truncate(MAX_RECORD_BYTES + 1)
+    data, warned = load(root)
+    assert records(data) == {k: v for k, v in clean.items() if k != B}
+    assert f"{B}" in warned and "over the size limit" in warned, warned
+
+
 @pytest.mark.slow
 def test_tools_refuse_a_symlinked_annotation_file_in_one_line_and_read_it_when_allowed(tmp_path):
     root = tiny_set("voc", tmp_path)

@@ -27,6 +27,9 @@ from ssdfast.machinery.user_errors import shown
 # Label files, VOC XMLs, list files and data.yaml are read whole: a list of 4 million image paths fits,
 # a label file or an XML is kilobytes. Reading one costs at most this much memory.
 MAX_TEXT_BYTES = 256 * 2**20
+# One image's annotations (a YOLO label file, a VOC XML): 16 MiB holds about 500,000 boxes; parsing a
+# 200 MB label file took 5.7 GB.
+MAX_RECORD_BYTES = 16 * 2**20
 
 OUTSIDE = "outside the dataset folder"
 NOT_REGULAR = "not a regular file"
@@ -116,9 +119,11 @@ def read_dataset_bytes(
         return read_bounded(file, path, max_bytes)
 
 
-def read_dataset_text(folder: str | Path, name: str | Path, allow_outside: bool = False) -> str:
+def read_dataset_text(
+    folder: str | Path, name: str | Path, allow_outside: bool = False, max_bytes: int | None = MAX_TEXT_BYTES
+) -> str:
     """read_dataset_bytes as UTF-8 text (a BOM is dropped); UnusableFile naming the file when it is not."""
-    raw = read_dataset_bytes(folder, name, allow_outside)
+    raw = read_dataset_bytes(folder, name, allow_outside, max_bytes)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -28,7 +28,14 @@ from pathlib import Path
 from PIL import Image
 
 from ssdfast.data.coco import DataSource
-from ssdfast.data.dataset_files import UnusableFile, contained, open_regular, read_dataset_bytes, read_dataset_text
+from ssdfast.data.dataset_files import (
+    MAX_RECORD_BYTES,
+    UnusableFile,
+    contained,
+    open_regular,
+    read_dataset_bytes,
+    read_dataset_text,
+)
 from ssdfast.data.validate import ValidationReport
 from ssdfast.machinery.user_errors import shown
 
@@ -76,7 +83,7 @@ def parse_voc_xml(path: Path, allow_outside: bool = False) -> dict:
     try:
         # The standard parser: no external entities, no DTD fetches; expat (>= 2.4) stops entity expansion
         # bombs ("billion laughs") itself.
-        root = ET.fromstring(read_dataset_bytes(path.parent, path.name, allow_outside))
+        root = ET.fromstring(read_dataset_bytes(path.parent, path.name, allow_outside, MAX_RECORD_BYTES))
     except UnusableFile as error:
         raise ValueError(f"{shown(path.name)}: {error.problem}") from None
     except (ET.ParseError, OSError) as error:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from ssdfast.data.coco import DataSource
 from ssdfast.data.dataset_files import (
+    MAX_RECORD_BYTES,
     MAX_TEXT_BYTES,
     UnusableFile,
     contained,
@@ -159,7 +160,7 @@ def image_size(path: Path) -> tuple[int, int]:
 def label_lines(root: Path, labels: Path, allow_outside: bool = False) -> list[str]:
     """The lines of a label file ([] when there is none); UnusableFile when it cannot be used."""
     try:
-        return read_dataset_text(root, labels.relative_to(root), allow_outside).splitlines()
+        return read_dataset_text(root, labels.relative_to(root), allow_outside, MAX_RECORD_BYTES).splitlines()
     except FileNotFoundError:
         return []
 
