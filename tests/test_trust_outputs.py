@@ -441,3 +441,27 @@ def test_a_planted_commit_note_cannot_move_a_file_over_another_output(tmp_path):
     note.write_text(json.dumps([[".detections_val.json.bbbbbbbb.tmp", "detections_val.json"]]))
     finish_interrupted(outputs)
     assert (tmp_path / "detections_val.json").read_text() == "[]" and not note.exists()
+
+
+@pytest.mark.slow
+def test_a_new_run_never_replaces_a_users_args_json(synthetic_coco, tmp_path):
+    """A fresh run (no last.pt) in a folder holding an args.json ssdfast did not write refuses in one line and
+    leaves it; one that ssdfast wrote (a run killed before its first checkpoint) is replaced as before."""
+    from conftest import train_args
+
+    from ssdfast.machinery.outputs import write_json_atomic
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "args.json").write_text('{"mine": true}')
+    args = train_args(synthetic_coco, folder, 1, "--iters-per-epoch", 1, "--eval-every", 0)
+    result = tool("train", *args, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and errors == [
+        f"error: {folder / 'args.json'} is a file ssdfast did not write (or one edited since): a new run would "
+        "replace it; give another --save-folder"
+    ], result.stderr[-2000:]
+    assert (folder / "args.json").read_text() == '{"mine": true}' and not (folder / "last.pt").exists()
+    write_json_atomic(folder / "args.json", {"epochs": 1}, claim=True)  # as a killed run of ssdfast left it
+    tool("train", *args)
+    assert json.loads((folder / "args.json").read_text())["epochs"] == 1 and (folder / "last.pt").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from ssdfast.data.coco import images_summary
-from ssdfast.machinery.outputs import write_json_atomic
+from ssdfast.machinery.outputs import is_own, write_json_atomic
 from ssdfast.training.config import TrainConfig
 from ssdfast.training.run_log import RunLog
 
@@ -29,7 +29,13 @@ def record_arguments(config: TrainConfig, trained_with: dict, last) -> None:
             f"warning: resuming {last} with other arguments than it was trained with: {', '.join(changed)}; "
             "the run goes on with the new values"
         )
-    write_json_atomic(config.save_folder / "args.json", current, "arguments file", indent=1)
+    path = config.save_folder / "args.json"
+    if not trained_with and not (config.save_folder / "last.pt").exists() and path.exists() and not is_own(path):
+        raise ValueError(  # a new run in a folder whose args.json is a user's (or one edited since it was written)
+            f"{path} is a file ssdfast did not write (or one edited since): a new run would replace it; give "
+            "another --save-folder"
+        )
+    write_json_atomic(path, current, "arguments file", indent=1, claim=True)
 
 
 def open_log(config: TrainConfig, steps_per_epoch: int, start: tuple[int, int], saved_step: int | None) -> RunLog:
