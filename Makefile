@@ -67,8 +67,12 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests -q -ra $(XDIST)
-	$(PY) -m pytest benchmarks -q --benchmark-disable $(XDIST)
-	$(PY) tools/gpu_check.py --smoke
+	@# The GPU check's smoke run (single-threaded, mostly collecting tests) goes on beside the benchmarks' smoke
+	@# run: both only check that things run, nothing is timed. Its output is printed after theirs.
+	@$(PY) tools/gpu_check.py --smoke > .gpu_check_smoke.log 2>&1 & smoke=$$!; \
+	  $(PY) -m pytest benchmarks -q --benchmark-disable $(XDIST); bench=$$?; \
+	  wait $$smoke; check=$$?; cat .gpu_check_smoke.log; rm -f .gpu_check_smoke.log; \
+	  echo "benchmarks smoke: exit $$bench; gpu_check --smoke: exit $$check"; test $$bench -eq 0 && test $$check -eq 0
 
 # The edit loop (a few minutes): everything not marked slow (the end-to-end runs of the tools).
 test-quick: install
