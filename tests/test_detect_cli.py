@@ -3,6 +3,7 @@
 
 import json
 import math
+import os
 
 import cv2
 import detect  # tools/detect.py (pyproject.toml puts tools/ on pytest's path)
@@ -147,3 +148,28 @@ def test_zero_detections_above_the_threshold_says_what_the_best_scored_once(rand
     assert "note:" not in capsys.readouterr().err  # drawn: nothing to explain
     report = json.loads((tmp_path / "below" / "detections.json").read_text())
     assert max(r["score"] for recs in report.values() for r in recs) == pytest.approx(best, abs=1e-4)
+
+
+def test_a_listed_name_that_is_no_regular_file_is_left_out_with_a_warning(tmp_path):
+    """A folder holding one image, a FIFO and a link to /dev/zero named as images: the image is detected,
+    the other two are never opened (a FIFO would block, /dev/zero never ends), one warning counts them."""
+    from PIL import Image
+
+    from ssdfast.machinery.checkpoint import save_checkpoint as save
+    from ssdfast.models import build_model
+
+    weights = tmp_path / "w.pt"
+    meta = {"model_name": "ssdlite300_mobilenetv2", "num_classes": 2, "category_names": ["a", "b"]}
+    save(weights, {"model": build_model("ssdlite", num_classes=2).state_dict(), **meta, "epoch": 0})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), "gray").save(folder / "a.jpg")
+    os.mkfifo(folder / "x.jpg")
+    (folder / "z.jpg").symlink_to("/dev/zero")
+    result = tool("detect", "--weights", weights, "--input", folder, "--output", tmp_path / "out", "--device", "cpu")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 2 listed name(s) are not regular files and are left out, e.g. {folder / 'x.jpg'}"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "a.jpg",
+        "detections.json",
+    ]

@@ -41,6 +41,7 @@ from ssdfast.machinery.outputs import (
     writable_folder,
     write_json_atomic,
 )
+from ssdfast.machinery.user_errors import shown
 from ssdfast.visualize import draw_detections
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -281,6 +282,15 @@ def image_plan(spec: str, source: Path, output_spec: str) -> tuple[dict[Path, Pa
     image given as a file goes to a file name; otherwise OUTPUT is a folder (also for one image and an
     existing folder, a trailing '/', or a name without suffix)."""
     paths, output = list_images(spec), Path(output_spec)
+    if source.is_dir() or any(ch in spec for ch in "*?["):  # a listing: names that are no regular file are left out
+        others = [p for p in paths if not p.is_file()]  # a FIFO would block the reader, a device never ends
+        if others:
+            print(
+                f"warning: {len(others)} listed name(s) are not regular files and are left out, e.g. "
+                f"{shown(str(others[0]))}",
+                file=sys.stderr,
+            )
+        paths = [p for p in paths if p.is_file()]
     if not paths or not all(p.is_file() for p in paths):
         raise FileNotFoundError(
             f"no input images found at {spec} (an image, a folder of images, a glob such as 'dir/*.jpg', "
