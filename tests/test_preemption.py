@@ -32,11 +32,17 @@ def train_cmd(data, folder, *extra, epochs=EPOCHS, batch_size=4):
     ]
 
 
+def forkable(prefix, env) -> bool:
+    """A plain `python script` run the tool server can fork: no launcher prefix, and no PYTHONPATH in `env`
+    (a sitecustomize shim must be imported at interpreter start)."""
+    return tuple(prefix) == (sys.executable,) and "PYTHONPATH" not in (env or {}) and TOOL_SERVER.usable()
+
+
 def run(cmd, prefix=(sys.executable,), env=None, check=True):
     """`python cmd...` (or `prefix cmd...`) to its end. Plain Python runs are forked from conftest's tool
     server, unless `env` sets PYTHONPATH (a sitecustomize shim must be imported at interpreter start)."""
     environment = {**os.environ, **(env or {})}
-    if tuple(prefix) == (sys.executable,) and "PYTHONPATH" not in (env or {}) and TOOL_SERVER.usable():
+    if forkable(prefix, env):
         result = TOOL_SERVER.run(list(map(str, cmd)), environment, timeout=900)
     else:
         result = subprocess.run([*prefix, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment)
@@ -70,7 +76,7 @@ class Started(subprocess.Popen):
 def start(cmd, prefix=(sys.executable,), env=None, session=False):
     """`python cmd...` (or `prefix cmd...`) in the background: forked from conftest's tool server where
     run() would be, else a Started subprocess. Either has pid, poll, wait, kill, send_signal, log, output."""
-    if tuple(prefix) == (sys.executable,) and "PYTHONPATH" not in (env or {}) and TOOL_SERVER.usable():
+    if forkable(prefix, env):
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ssdfast_run_{time.time_ns()}.log"
         return TOOL_SERVER.start(list(map(str, cmd)), {**os.environ, **(env or {})}, log, session=session)
     return Started(cmd, prefix, env, session)

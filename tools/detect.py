@@ -83,11 +83,16 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
+def is_listing(spec: str) -> bool:
+    """Whether --input names several images: a folder, or a glob."""
+    return Path(spec).is_dir() or any(ch in spec for ch in "*?[")
+
+
 def list_images(spec: str) -> list[Path]:
     path = Path(spec)
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if any(ch in spec for ch in "*?["):
+    if is_listing(spec):
         return sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     return [path]
 
@@ -282,7 +287,7 @@ def image_plan(spec: str, source: Path, output_spec: str) -> tuple[dict[Path, Pa
     image given as a file goes to a file name; otherwise OUTPUT is a folder (also for one image and an
     existing folder, a trailing '/', or a name without suffix)."""
     paths, output = list_images(spec), Path(output_spec)
-    if source.is_dir() or any(ch in spec for ch in "*?["):  # a listing: names that are no regular file are left out
+    if is_listing(spec):  # names that are no regular file are left out of a listing
         others = [p for p in paths if not p.is_file()]  # a FIFO would block the reader, a device never ends
         if others:
             print(
